@@ -6,62 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from app_fixtures import fake_trainer_command
 from core import jobs
-
-FAKE_TRAINER = textwrap.dedent(
-    """
-    import argparse, json, signal, sys, time
-    from pathlib import Path
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config"); ap.add_argument("--run-dir"); ap.add_argument("--resume", action="store_true")
-    a = ap.parse_args()
-    run = Path(a.run_dir)
-    cfg = json.loads(Path(a.config).read_text())
-    mode = cfg.get("fake", "loop")
-    term = []
-    signal.signal(signal.SIGTERM, lambda *_: term.append(1))
-
-    def emit(event, **kw):
-        with (run / "progress.jsonl").open("a") as f:
-            f.write(json.dumps({"event": event, "time": time.time(), **kw}) + "\\n")
-
-    emit("start", config=cfg, pid=0, resumed=a.resume)
-    print("fake trainer up", flush=True)
-    if mode == "crash":
-        sys.exit(3)
-    if mode == "error":
-        emit("error", message="The dataset folder is empty.", traceback="")
-        sys.exit(1)
-    if mode == "ignore_stop":
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    emit("phase", phase="training")
-    steps = 3 if a.resume else 1000
-    for step in range(1, steps + 1):
-        if (run / "STOP").exists() and mode != "ignore_stop" or term:
-            emit("checkpoint", path=str(run / "checkpoint.safetensors"), epoch=1, step=step)
-            emit("stopped", reason="SIGTERM" if term else "stop file")
-            sys.exit(0)
-        emit("step", epoch=1, epochs=1, step=step, total_steps=steps, loss=5.0 / step, lr=1e-3,
-             images_per_s=10.0, eta_s=steps - step)
-        time.sleep(0.05)
-    emit("epoch", epoch=1, train_loss=1.0, metrics={"BLEU-4": 0.1, "CIDEr": 0.2}, best=True)
-    emit("done", bundle=str(run / "model"), metrics={"BLEU-4": 0.1, "CIDEr": 0.2})
-    """
-)
 
 
 @pytest.fixture
 def fake(tmp_path):
-    script = tmp_path / "fake_trainer.py"
-    script.write_text(FAKE_TRAINER)
-    return [sys.executable, str(script)]
+    return fake_trainer_command(tmp_path)
 
 
 @pytest.fixture

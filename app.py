@@ -1,0 +1,57 @@
+"""Home page: what the app does, the active model, the compute device and the dataset; links to the pages."""
+import streamlit as st
+
+from core.data import inspect_dataset
+from core.jobs import REPO_ROOT, models_dir
+from ui.loader import bundle_choices, device_info
+
+COCO_DIR = REPO_ROOT / "cocoapi"
+
+
+@st.cache_data(ttl=600, show_spinner="Looking for a dataset in cocoapi/...")
+def coco_status() -> tuple[bool, str]:
+    info = inspect_dataset(COCO_DIR)
+    if info.ok:
+        return True, ", ".join(f"{split}: {n:,} images" for split, n in info.splits.items())
+    return False, "; ".join(info.problems)
+
+
+def model_section() -> None:
+    st.subheader("Active model")
+    bundles, active = bundle_choices(models_dir())
+    if not bundles:
+        st.warning("No model yet. Train one on the Train page (or copy a model folder into `models/`).")
+        return
+    b = bundles[active]
+    st.markdown(f"**{b.name}** — {b.config.get('backbone', '?')} encoder, {b.config.get('decoder', '?')} decoder")
+    if b.metrics:
+        cols = st.columns(min(len(b.metrics), 4))
+        for i, (name, value) in enumerate(list(b.metrics.items())[:8]):
+            cols[i % len(cols)].metric(name, f"{value:.3f}" if isinstance(value, (int, float)) else str(value))
+    if b.card:
+        with st.expander("Model card"):
+            st.markdown(b.card)
+
+
+def main() -> None:
+    st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
+    st.title("Image captioning")
+    st.markdown(
+        "Describe photos in a sentence: a CNN reads the picture, an LSTM writes the caption.  \n"
+        "Caption your own images in batches, or train a new model on COCO-2017 or a Flickr-style dataset."
+    )
+    model_section()
+    st.subheader("This computer")
+    dev = device_info()
+    st.markdown(f"Compute device: **{dev['device'].upper()}** ({dev['name']})")
+    found, detail = coco_status()
+    if found:
+        st.markdown(f"Dataset in `cocoapi/`: **COCO-2017 found** ({detail})")
+    else:
+        st.markdown(f"Dataset in `cocoapi/`: **none** — {detail}. You can still train on another folder.")
+    st.subheader("Pages")
+    st.page_link("pages/1_Caption.py", label="Caption images: upload photos or a zip, edit and download captions")
+    st.page_link("pages/2_Train.py", label="Train a model: start, watch, stop and resume a training run")
+
+
+main()

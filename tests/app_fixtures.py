@@ -1,0 +1,104 @@
+"""Fixtures for the app tests, built on the spot: tiny images, a tiny Flickr-style dataset, a tiny model bundle."""
+from __future__ import annotations
+
+import io
+import sys
+import textwrap
+from pathlib import Path
+
+from PIL import Image
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
+          "black": (10, 10, 10), "white": (245, 245, 245)}
+
+
+def jpeg_bytes(color=(200, 30, 30), size=(48, 40), fmt="JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_flickr_dataset(root: Path, n: int = 12) -> Path:
+    """`n` solid-colour squares with captions like "a red square", in Flickr layout with train/dev lists."""
+    images = Path(root) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    names, lines = [], ["image,caption"]
+    for i in range(n):
+        word, rgb = list(COLORS.items())[i % len(COLORS)]
+        name = f"{word}_{i}.jpg"
+        Image.new("RGB", (32, 32), rgb).save(images / name)
+        names.append(name)
+        lines += [f"{name},a {word} square", f"{name},a square that is {word}"]
+    (Path(root) / "captions.txt").write_text("\n".join(lines) + "\n")
+    (Path(root) / "Flickr_trainImages.txt").write_text("\n".join(names[: n - 2]) + "\n")
+    (Path(root) / "Flickr_devImages.txt").write_text("\n".join(names[n - 2 :]) + "\n")
+    return Path(root)
+
+
+def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "efficientnet_lite0") -> Path:
+    """A randomly initialised model bundle (tiny decoder, real frozen backbone), saved with core.bundle."""
+    import torch
+
+    from core.bundle import save_bundle
+    from core.config import ModelConfig
+    from core.model import CaptionModel
+    from core.vocabulary import Vocabulary
+
+    torch.manual_seed(0)
+    vocab = Vocabulary.build([f"a {w} square" for w in COLORS], min_count=1)
+    cfg = ModelConfig(vocab_size=len(vocab), backbone=backbone, decoder=decoder, embed_dim=16, hidden_dim=16,
+                      attention_dim=16, max_len=8)
+    model = CaptionModel(cfg, with_encoder=False, pretrained=False)
+    return save_bundle(Path(folder), model, vocab, metrics={"BLEU-4": 0.123, "CIDEr": 0.456},
+                       card="A random test model.")
+
+
+# A stand-in for `python -m core.train`: same CLI, same progress events, STOP file and SIGTERM handling.
+# config["fake"]: "loop" (steps until stopped; 3 steps when resumed, then done), "ignore_stop", "error", "crash".
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import argparse, json, signal, sys, time
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config"); ap.add_argument("--run-dir"); ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args()
+    run = Path(a.run_dir)
+    cfg = json.loads(Path(a.config).read_text())
+    mode = cfg.get("fake", "loop")
+    term = []
+    signal.signal(signal.SIGTERM, lambda *_: term.append(1))
+
+    def emit(event, **kw):
+        with (run / "progress.jsonl").open("a") as f:
+            f.write(json.dumps({"event": event, "time": time.time(), **kw}) + "\\n")
+
+    emit("start", config=cfg, pid=0, resumed=a.resume)
+    print("fake trainer up", flush=True)
+    if mode == "crash":
+        sys.exit(3)
+    if mode == "error":
+        emit("error", message="The dataset folder is empty.", traceback="")
+        sys.exit(1)
+    if mode == "ignore_stop":
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    emit("phase", phase="training")
+    steps = 3 if a.resume else 1000
+    for step in range(1, steps + 1):
+        if (run / "STOP").exists() and mode != "ignore_stop" or term:
+            emit("checkpoint", path=str(run / "checkpoint.safetensors"), epoch=1, step=step)
+            emit("stopped", reason="SIGTERM" if term else "stop file")
+            sys.exit(0)
+        emit("step", epoch=1, epochs=1, step=step, total_steps=steps, loss=5.0 / step, lr=1e-3,
+             images_per_s=10.0, eta_s=steps - step)
+        time.sleep(0.05)
+    emit("epoch", epoch=1, train_loss=1.0, metrics={"BLEU-4": 0.1, "CIDEr": 0.2}, best=True)
+    emit("done", bundle=str(run / "model"), metrics={"BLEU-4": 0.1, "CIDEr": 0.2})
+    """
+)
+
+
+def fake_trainer_command(folder: Path) -> list[str]:
+    script = Path(folder) / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    return [sys.executable, str(script)]

@@ -1,0 +1,189 @@
+"""Every page under AppTest: no exception, and the widgets drive the engine (a tiny real model, a fake trainer)."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.testing.v1 import AppTest
+
+from app_fixtures import fake_trainer_command, jpeg_bytes, make_flickr_dataset, make_tiny_bundle
+from core import jobs
+
+REPO = Path(__file__).resolve().parent.parent
+HOME, CAPTION, TRAIN = (str(REPO / p) for p in ("app.py", "pages/1_Caption.py", "pages/2_Train.py"))
+TIMEOUT = 120  # the first run loads the backbone
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    make_tiny_bundle(models / "tiny-attention", decoder="attention")
+    make_tiny_bundle(models / "tiny-showtell", decoder="show_tell")
+    return models
+
+
+@pytest.fixture
+def models(bundle_dir, monkeypatch):
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(bundle_dir))
+    return bundle_dir
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTION_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """Bytes handed to st.download_button, by file name."""
+    got = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        got[filename] = path_or_data
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    return got
+
+
+def texts(at) -> str:
+    return "\n".join(str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success")
+                     for e in getattr(at, kind))
+
+
+def test_home_shows_model_device_dataset_and_links(models, runs):
+    at = AppTest.from_file(HOME, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    body = texts(at)
+    assert "tiny-attention" in body and "Compute device" in body and "cocoapi/" in body
+    assert [m.label for m in at.metric] == ["BLEU-4", "CIDEr"]
+    assert len(at.get("page_link")) == 2
+
+
+def test_home_without_models(tmp_path, monkeypatch, runs):
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "none"))
+    at = AppTest.from_file(HOME, default_timeout=TIMEOUT).run()
+    assert not at.exception and "No model yet" in at.warning[0].value
+
+
+def test_caption_page_without_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "none"))
+    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    assert not at.exception and "No model" in at.warning[0].value
+    assert at.button[1].disabled  # "Try sample images" needs a model
+
+
+def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
+    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    assert at.selectbox(key="model").value == "tiny-attention"
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("../../outside/green.jpg", jpeg_bytes((0, 200, 0)))
+        zf.writestr("readme.txt", "not an image")
+    uploader = at.file_uploader[0]
+    uploader.set_value([("red.jpg", jpeg_bytes(), "image/jpeg"), ("broken.jpg", b"\xff\xd8 not really", "image/jpeg"),
+                        ("empty.png", b"", "image/png"), ("more.zip", zipped.getvalue(), "application/zip")])
+    at.run()
+    at.button[0].click().run()  # Caption uploaded images
+    assert not at.exception
+    batch = at.session_state.batch
+    rows = at.data_editor[0].value
+    assert list(rows["image"]) == ["red.jpg", "broken.jpg", "empty.png", "green.jpg"]
+    assert [bool(e) for e in rows["error"]] == [False, True, True, False]
+    assert "empty" in rows["error"][2] and rows["caption"][0] and rows["thumbnail"][0].startswith("data:image/")
+    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode())))
+    assert [r["image"] for r in csv_rows] == ["red.jpg", "broken.jpg", "empty.png", "green.jpg"]
+
+    # an edit in the table goes into the CSV; the batch (and its results) survive the rerun
+    at.session_state[f"editor-{batch['id']}"] = {"edited_rows": {0: {"caption": "=a red thing"}},
+                                                  "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception
+    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode())))
+    assert csv_rows[0]["caption"] == "'=a red thing"  # edited, and neutralised as a formula
+    assert at.session_state.batch["id"] == batch["id"]
+
+    # the per-image view: the error of a bad file, attention heat-maps of a good one
+    image_box = next(s for s in at.selectbox if s.label == "Image")
+    image_box.select("broken.jpg").run()
+    assert any("broken.jpg" in e.value for e in at.error)
+    image_box = next(s for s in at.selectbox if s.label == "Image")
+    image_box.select("red.jpg").run()
+    assert not at.exception and "Where the model looked" in texts(at)
+    assert at.image[-1].captions == batch["results"][0].words  # one heat-map per word
+
+
+def test_caption_sample_images_with_chosen_options(models):
+    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    at.selectbox(key="model").select("tiny-showtell")
+    at.slider[0].set_value(1)  # beam width 1: greedy, no alternatives
+    at.slider[1].set_value(5)
+    at.run()
+    at.button[1].click().run()  # Try sample images
+    assert not at.exception
+    results = at.session_state.batch["results"]
+    assert at.session_state.batch["model"] == "tiny-showtell"
+    assert {r.image for r in results} >= {"cat.jpg", "astronaut.jpg"}
+    assert all(r.caption and not r.error and len(r.words) <= 5 and r.attention is None for r in results)
+    assert "Where the model looked" not in texts(at)  # no attention in Show-and-Tell
+
+
+def test_train_page_rejects_a_bad_dataset(models, runs, tmp_path):
+    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    at.text_input[0].set_value(str(tmp_path / "nothing-here"))
+    at.text_input[1].set_value("fine-name")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "cannot be used" in at.error[0].value and "does not exist" in at.error[0].value
+    assert any("cocodataset.org" in m.value for m in at.markdown)  # COCO_HELP
+    assert not runs.exists() or not any(runs.iterdir())
+    at.text_input[1].set_value("bad/name")
+    at.button[0].click().run()
+    assert "model name" in at.error[0].value
+
+
+def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "TRAIN_COMMAND", tuple(fake_trainer_command(tmp_path)))
+    data = make_flickr_dataset(tmp_path / "data")
+    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    at.text_input[0].set_value(str(data))
+    at.selectbox[1].select("show_tell")
+    at.number_input[0].set_value(16)
+    at.text_input[1].set_value("tiny-run")
+    at.button[0].click().run()
+    assert not at.exception
+    job = jobs.current_job(runs)
+    assert job is not None
+    config = jobs.run_info(job.run_dir).config
+    assert (config["decoder"], config["embed_dim"], config["model_name"]) == ("show_tell", 16, "tiny-run")
+    assert config["models_dir"] == str(models) and config["data"] == str(data)
+
+    deadline = time.time() + 30
+    while not jobs.summarize(jobs.read_events(job.run_dir)).losses and time.time() < deadline:
+        time.sleep(0.1)
+    at.run()  # a reload re-attaches to the running job
+    assert not at.exception
+    assert any(b.label == "Stop" for b in at.button) and at.get("progress")
+    assert "tiny-run" in texts(at)
+    next(b for b in at.button if b.label == "Stop").click().run()
+    assert jobs.wait_for_exit(job, 30)
+    at.run()
+    assert not at.exception and jobs.run_info(job.run_dir).status == "stopped"
+    assert any(b.label == "Start training" for b in at.button)  # the form is back
+    next(b for b in at.button if b.label == "Resume").click().run()
+    again = jobs.current_job(runs)
+    assert again is not None and again.resumed
+    assert jobs.wait_for_exit(again, 30)
+    at.run()
+    assert not at.exception
+    assert jobs.run_info(job.run_dir).status == "done"
+    assert any(b.label == "Use this model for captioning" for b in at.button)
+    assert list(at.dataframe[0].value["status"]) == ["done"]
