@@ -1,0 +1,198 @@
+"""Install check shared by the launchers (run_macos.command and run_windows.bat).
+
+Standard library only, so it runs on the system Python before .venv exists
+as well as with the venv's Python. Run it from the app's folder:
+
+    python tools/env_check.py check-python     is this Python 3.10 or newer?
+    python tools/env_check.py needs-install    must requirements.txt be installed into .venv?
+    python tools/env_check.py mark-installed   remember that requirements.txt is now installed
+
+Exit codes (the launchers rely on them):
+    check-python    0 = suitable, 1 = too old
+    needs-install   0 = yes, install now, 1 = no, already up to date, 2 = error
+    mark-installed  0 = done, 2 = error
+
+needs-install compares a SHA-256 hash of requirements.txt with the stamp that
+mark-installed wrote inside the venv (.venv/requirements.sha256). Line endings
+and a UTF-8 byte-order mark are normalised first, so a file that only changed
+from LF to CRLF (a git checkout on Windows, an editor) does not cause a reinstall.
+Files pulled in with "-r other.txt" or "-c constraints.txt" are part of the hash.
+
+The syntax stays compatible with old Pythons on purpose: a too-old Python must
+be able to run "check-python" and say in plain words that it is too old.
+"""
+from __future__ import print_function
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import sys
+
+MIN_VERSION = (3, 10)
+STAMP_NAME = "requirements.sha256"
+DEFAULT_VENV = ".venv"
+DEFAULT_REQUIREMENTS = "requirements.txt"
+INCLUDE_LINE = re.compile(r"^(?:-r|-c|--requirement|--constraint)[\s=]*(\S+)")
+
+
+class CheckError(Exception):
+    """A problem to report in plain words (exit code 2)."""
+
+
+def version_text(version):
+    return ".".join(str(part) for part in version[:3])
+
+
+def check_python(version=None, executable=None):
+    """Return (ok, message) for the given (default: running) Python."""
+    version = tuple(sys.version_info[:3]) if version is None else tuple(version)
+    executable = sys.executable if executable is None else executable
+    if version[:2] < MIN_VERSION:
+        return False, (
+            "Python %s (%s) is too old: this app needs Python %s or newer."
+            % (version_text(version), executable, version_text(MIN_VERSION))
+        )
+    return True, "Using Python %s (%s)" % (version_text(version), executable)
+
+
+def rosetta_warning():
+    """A warning when an Intel (x86_64) Python runs under Rosetta on an Apple Silicon Mac."""
+    if platform.system() != "Darwin" or platform.machine() != "x86_64":
+        return None
+    try:
+        translated = subprocess.check_output(
+            ["sysctl", "-n", "sysctl.proc_translated"], stderr=subprocess.STDOUT
+        )
+    except Exception:
+        return None
+    if translated.strip() != b"1":
+        return None
+    return (
+        "Warning: this Python is an Intel (x86_64) build running under Rosetta on an "
+        "Apple Silicon Mac. PyTorch has no Intel-Mac builds any more, so installing the "
+        "packages will probably fail. Install a native Python (the python.org installer "
+        "or Homebrew in /opt/homebrew), delete the .venv folder and start again."
+    )
+
+
+def normalised_bytes(path):
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def included_files(data):
+    """Names given to -r/-c lines ("-r base.txt", "--constraint=c.txt") of a requirements file."""
+    names = []
+    for line in data.decode("utf-8", "replace").split("\n"):
+        match = INCLUDE_LINE.match(line.strip())
+        if match and "://" not in match.group(1):
+            names.append(match.group(1))
+    return names
+
+
+def requirements_hash(path):
+    """SHA-256 of the requirements file and the files it includes, line endings normalised."""
+    if not os.path.isfile(path):
+        raise CheckError("The requirements file %s is missing." % path)
+    digest = hashlib.sha256()
+    todo, seen = [(path, "")], set()
+    while todo:
+        current, name = todo.pop(0)
+        key = os.path.normcase(os.path.abspath(current))
+        if key in seen:
+            continue
+        seen.add(key)
+        if not os.path.isfile(current):
+            raise CheckError("%s is missing (it is named in %s)." % (current, path))
+        data = normalised_bytes(current)
+        # Included files go in with the name written in the -r line (not an absolute path),
+        # so moving the whole app folder does not cause a reinstall.
+        digest.update(name.encode("utf-8") + b"\0" + data + b"\0")
+        for included in included_files(data):
+            # pip reads a nested -r/-c path relative to the file that names it.
+            todo.append((os.path.join(os.path.dirname(current), included), included))
+    return digest.hexdigest()
+
+
+def stamp_path(venv):
+    return os.path.join(venv, STAMP_NAME)
+
+
+def read_stamp(venv):
+    try:
+        with open(stamp_path(venv), "r") as handle:
+            return handle.read().strip()
+    except (IOError, OSError):
+        return None
+
+
+def needs_install(venv, requirements):
+    """Return (needed, reason)."""
+    if not os.path.isdir(venv):
+        raise CheckError("The environment folder %s does not exist yet." % venv)
+    current = requirements_hash(requirements)
+    stored = read_stamp(venv)
+    if stored is None:
+        return True, "The packages in %s have not been installed into %s yet." % (requirements, venv)
+    if stored != current:
+        return True, "%s changed since the last install." % requirements
+    return False, "The packages in %s are already installed." % requirements
+
+
+def mark_installed(venv, requirements):
+    if not os.path.isdir(venv):
+        raise CheckError("The environment folder %s does not exist." % venv)
+    current = requirements_hash(requirements)
+    target = stamp_path(venv)
+    temporary = target + ".tmp"
+    with open(temporary, "w") as handle:
+        handle.write(current + "\n")
+    if os.path.exists(target):
+        os.remove(target)
+    os.rename(temporary, target)
+    return current
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("check-python", help="is this Python %s or newer?" % version_text(MIN_VERSION))
+    for name, text in (("needs-install", "exit 0 when requirements.txt must be installed, 1 when up to date"),
+                       ("mark-installed", "store the hash of requirements.txt inside the venv")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--venv", default=DEFAULT_VENV, help="default: %(default)s")
+        command.add_argument("--requirements", default=DEFAULT_REQUIREMENTS, help="default: %(default)s")
+    args = parser.parse_args(argv)
+
+    if args.command == "check-python":
+        ok, message = check_python()
+        print(message, file=sys.stdout if ok else sys.stderr)
+        warning = rosetta_warning() if ok else None
+        if warning:
+            print(warning, file=sys.stderr)
+        return 0 if ok else 1
+
+    if args.command not in ("needs-install", "mark-installed"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        if args.command == "needs-install":
+            needed, reason = needs_install(args.venv, args.requirements)
+            print(reason)
+            return 0 if needed else 1
+        mark_installed(args.venv, args.requirements)
+        print("Remembered the installed %s in %s." % (args.requirements, stamp_path(args.venv)))
+        return 0
+    except (CheckError, IOError, OSError) as error:
+        print("Error: %s" % error, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
