@@ -1,0 +1,541 @@
+"""The double-click launchers (run_macos.command, run_windows.bat) and their shared install check.
+
+run_macos.command runs for real under bash, in a temporary copy of the project that holds only
+what the launcher needs, a stand-in app.py and a stand-in requirements.txt naming a tiny wheel
+that the test builds itself. pip runs with PIP_NO_INDEX=1, so nothing is downloaded. Streamlit
+is a fake (it only records its arguments) except in the health-endpoint test, where the test
+runner's own site-packages (holding the real Streamlit) go on the launcher's PYTHONPATH.
+
+run_windows.bat cannot run here (no Windows, and wine is too big to install in CI, see
+docs/launchers.md), so it gets a lint: line endings, labels, error paths, and the same calls
+to tools/env_check.py as the bash launcher.
+"""
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BASH_LAUNCHER = ROOT / "run_macos.command"
+BAT_LAUNCHER = ROOT / "run_windows.bat"
+ENV_CHECK = ROOT / "tools" / "env_check.py"
+CONFIG = ROOT / ".streamlit" / "config.toml"
+SUBCOMMANDS = {"check-python", "needs-install", "mark-installed"}
+BASH = shutil.which("bash")
+
+needs_bash = pytest.mark.skipif(BASH is None or os.name == "nt", reason="needs bash on a POSIX system")
+
+
+def load_env_check():
+    spec = importlib.util.spec_from_file_location("env_check", ENV_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+env_check = load_env_check()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_wheel(directory: Path, version: str) -> Path:
+    """A tiny pure-Python wheel, 'caption-standin', built by hand (no network, no build backend)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dist = f"caption_standin-{version}"
+    files = {
+        "caption_standin/__init__.py": f'__version__ = "{version}"\n',
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: caption-standin\nVersion: {version}\n",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test_launchers\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for name, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{dist}.dist-info/RECORD,,")
+    path = directory / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr(f"{dist}.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A temporary app folder (with a space in its path) holding just what the launcher needs."""
+    root = tmp_path / "my app"
+    for relative in ("run_macos.command", "tools/env_check.py", ".streamlit/config.toml"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / relative, root / relative)
+    (root / "app.py").write_text('import streamlit as st\n\nst.write("hello")\n')
+    make_wheel(root / "wheels", "1.0")
+    make_wheel(root / "wheels", "2.0")
+    (root / "requirements.txt").write_text("./wheels/caption_standin-1.0-py3-none-any.whl\n")
+    return root
+
+
+@pytest.fixture
+def fake_streamlit(tmp_path):
+    """A folder for PYTHONPATH whose 'streamlit' only writes down how it was called."""
+    site = tmp_path / "fake-site"
+    (site / "streamlit").mkdir(parents=True)
+    (site / "streamlit" / "__init__.py").write_text("")
+    (site / "streamlit" / "__main__.py").write_text(
+        "import json, os, sys\n"
+        "with open(os.environ['FAKE_STREAMLIT_LOG'], 'w') as f:\n"
+        "    json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd()}, f)\n"
+    )
+    return site
+
+
+def launcher_env(tmp_path, **extra):
+    """The environment for a launcher run: isolated HOME and pip, no browser, this Python."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CAPTION_", "PIP_", "PYTHON", "STREAMLIT_", "VIRTUAL_ENV"))
+    }
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env.update(
+        HOME=str(home),
+        CAPTION_PYTHON=sys.executable,
+        CAPTION_NO_BROWSER="1",
+        PIP_NO_INDEX="1",  # install only the local stand-in wheel: never download
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_NO_CACHE_DIR="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_launcher(project, env, *args, timeout=180):
+    """Run run_macos.command from another folder, with no terminal on stdin."""
+    return subprocess.run(
+        [BASH, str(project / "run_macos.command"), *args],
+        cwd=project.parent,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def installed_version(project):
+    result = subprocess.run(
+        [str(project / ".venv" / "bin" / "python"), "-c", "import caption_standin; print(caption_standin.__version__)"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    return result.stdout.strip() or result.stderr
+
+
+def old_python():
+    """Some Python older than 3.10 on this machine (pyenv keeps several), or None."""
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(9, 5, -1)]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates += sorted(str(p) for p in pyenv_root.glob("versions/3.[6-9].*/bin/python3"))
+    for candidate in filter(None, candidates):
+        try:
+            out = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[0] * 100 + sys.version_info[1])"],
+                capture_output=True, text=True, timeout=20,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.isdigit() and 306 <= int(out) < 310:
+            return candidate
+    return None
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- tools/env_check.py
+
+
+def env_check_cli(cwd, *args, python=sys.executable):
+    return subprocess.run([python, str(ENV_CHECK), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_env_check_install_cycle(tmp_path):
+    (tmp_path / ".venv").mkdir()
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_bytes(b"six==1.16.0\nnumpy\n")
+
+    first = env_check_cli(tmp_path, "needs-install")
+    assert first.returncode == 0 and "not been installed" in first.stdout
+
+    marked = env_check_cli(tmp_path, "mark-installed")
+    assert marked.returncode == 0, marked.stderr
+    assert (tmp_path / ".venv" / "requirements.sha256").read_text().strip() == env_check.requirements_hash(
+        str(requirements)
+    )
+    assert env_check_cli(tmp_path, "needs-install").returncode == 1
+
+    # Only the line endings change (CRLF, lone CR) or a UTF-8 byte-order mark appears: still up to date.
+    requirements.write_bytes(b"six==1.16.0\r\nnumpy\r\n")
+    assert env_check_cli(tmp_path, "needs-install").returncode == 1
+    requirements.write_bytes(b"\xef\xbb\xbfsix==1.16.0\rnumpy\r")
+    assert env_check_cli(tmp_path, "needs-install").returncode == 1
+
+    requirements.write_bytes(b"six==1.17.0\r\nnumpy\r\n")
+    changed = env_check_cli(tmp_path, "needs-install")
+    assert changed.returncode == 0 and "changed" in changed.stdout
+
+
+def test_env_check_follows_included_files(tmp_path):
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / "reqs").mkdir()
+    (tmp_path / "requirements.txt").write_text("-r reqs/base.txt\n--constraint=reqs/pins.txt\nsix\n")
+    (tmp_path / "reqs" / "base.txt").write_text("-r more.txt\n")  # relative to reqs/, like pip
+    (tmp_path / "reqs" / "more.txt").write_text("numpy\n")
+    (tmp_path / "reqs" / "pins.txt").write_text("numpy<3\n")
+    assert env_check_cli(tmp_path, "mark-installed").returncode == 0
+    assert env_check_cli(tmp_path, "needs-install").returncode == 1
+
+    (tmp_path / "reqs" / "more.txt").write_text("numpy\r\n")
+    assert env_check_cli(tmp_path, "needs-install").returncode == 1
+    (tmp_path / "reqs" / "more.txt").write_text("numpy\npandas\n")
+    assert env_check_cli(tmp_path, "needs-install").returncode == 0
+
+    (tmp_path / "reqs" / "more.txt").unlink()
+    missing = env_check_cli(tmp_path, "needs-install")
+    assert missing.returncode == 2 and "more.txt is missing" in missing.stderr
+
+
+def test_env_check_errors_are_exit_2_in_plain_words(tmp_path):
+    no_venv = env_check_cli(tmp_path, "needs-install")
+    assert no_venv.returncode == 2 and "does not exist" in no_venv.stderr
+    (tmp_path / ".venv").mkdir()
+    no_requirements = env_check_cli(tmp_path, "mark-installed")
+    assert no_requirements.returncode == 2 and "requirements.txt is missing" in no_requirements.stderr
+    assert "Traceback" not in no_venv.stderr + no_requirements.stderr
+    assert env_check_cli(tmp_path).returncode == 2  # no subcommand
+
+
+def test_env_check_python_version():
+    ok, message = env_check.check_python((3, 10, 0), "/usr/bin/python3")
+    assert ok and "3.10.0" in message
+    ok, message = env_check.check_python((3, 9, 18), "/usr/bin/python3")
+    assert not ok
+    assert message == "Python 3.9.18 (/usr/bin/python3) is too old: this app needs Python 3.10 or newer."
+    result = env_check_cli(ROOT, "check-python")
+    assert result.returncode == 0 and sys.executable in result.stdout
+
+
+def test_env_check_runs_on_old_pythons_and_uses_only_the_standard_library():
+    """A too-old Python must be able to run check-python, so the file avoids newer syntax."""
+    import ast
+
+    source = ENV_CHECK.read_text()
+    try:
+        tree = ast.parse(source, feature_version=(3, 6))
+    except ValueError:  # this Python cannot parse that old a grammar
+        tree = ast.parse(source)
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+    old = old_python()
+    if old is None:
+        pytest.skip("no Python older than 3.10 on this machine")
+    result = env_check_cli(ROOT, "check-python", python=old)
+    assert result.returncode == 1
+    assert "is too old: this app needs Python 3.10 or newer" in result.stderr
+
+
+# --------------------------------------------------------------------------- run_macos.command under bash
+
+
+@needs_bash
+def test_bash_launcher_installs_only_when_requirements_change(project, fake_streamlit, tmp_path):
+    calls = tmp_path / "streamlit-call.json"
+    env = launcher_env(tmp_path, PYTHONPATH=str(fake_streamlit), FAKE_STREAMLIT_LOG=str(calls))
+    requirements = project / "requirements.txt"
+
+    def launch(run_name, *args):
+        pip_log = tmp_path / f"pip-{run_name}.log"  # pip writes this only when it runs
+        result = run_launcher(project, dict(env, PIP_LOG=str(pip_log)), *args)
+        assert result.returncode == 0, f"{run_name}:\n{result.stdout}\n{result.stderr}"
+        return result, pip_log.exists()
+
+    # First start: creates .venv, installs, starts Streamlit in the app folder with the arguments passed on.
+    first, pip_ran = launch("first", "--server.port", "8765", "--theme.base", "dark")
+    assert pip_ran and "First start" in first.stdout
+    assert (project / ".venv" / "requirements.sha256").is_file()
+    assert installed_version(project) == "1.0"
+    call = json.loads(calls.read_text())
+    assert call["argv"] == ["run", "app.py", "--server.headless", "true", "--server.port", "8765", "--theme.base", "dark"]
+    assert Path(call["cwd"]).resolve() == project.resolve()
+
+    # Second start: nothing to install.
+    second, pip_ran = launch("second")
+    assert not pip_ran and "already installed" in second.stdout
+    assert "First start" not in second.stdout
+    assert json.loads(calls.read_text())["argv"] == ["run", "app.py", "--server.headless", "true"]
+
+    # Only the line endings changed (as after a checkout on Windows): still nothing to install.
+    requirements.write_bytes(requirements.read_bytes().replace(b"\n", b"\r\n"))
+    crlf, pip_ran = launch("crlf")
+    assert not pip_ran and "already installed" in crlf.stdout
+
+    # A real change: installs again.
+    requirements.write_text("./wheels/caption_standin-2.0-py3-none-any.whl\n")
+    changed, pip_ran = launch("changed")
+    assert pip_ran and "changed since the last install" in changed.stdout
+    assert installed_version(project) == "2.0"
+
+
+@needs_bash
+def test_bash_launcher_failed_install_is_retried(project, fake_streamlit, tmp_path):
+    calls = tmp_path / "streamlit-call.json"
+    env = launcher_env(tmp_path, PYTHONPATH=str(fake_streamlit), FAKE_STREAMLIT_LOG=str(calls))
+    (project / "requirements.txt").write_text("./wheels/no-such-package-1.0-py3-none-any.whl\n")
+    result = run_launcher(project, env)
+    assert result.returncode == 1
+    assert "ERROR: Installing the packages failed" in result.stderr
+    assert not calls.exists()  # the app was not started
+    assert not (project / ".venv" / "requirements.sha256").exists()  # so the next start tries again
+
+
+@needs_bash
+def test_bash_launcher_without_python_says_so(project, tmp_path):
+    empty_bin = tmp_path / "empty-bin"
+    empty_bin.mkdir()
+    env = launcher_env(tmp_path, PATH=str(empty_bin))
+    del env["CAPTION_PYTHON"]
+    result = run_launcher(project, env)
+    assert result.returncode == 1
+    assert "ERROR: Python 3.10 or newer was not found on this computer." in result.stderr
+    assert "python.org" in result.stderr
+    assert "command not found" not in result.stdout + result.stderr
+    assert not (project / ".venv").exists()
+
+
+@needs_bash
+def test_bash_launcher_with_unusable_caption_python(project, tmp_path):
+    env = launcher_env(tmp_path, CAPTION_PYTHON=str(tmp_path / "no" / "python3"))
+    result = run_launcher(project, env)
+    assert result.returncode == 1
+    assert "CAPTION_PYTHON is set to" in result.stderr and "cannot be run" in result.stderr
+    assert not (project / ".venv").exists()
+
+
+@needs_bash
+def test_bash_launcher_with_too_old_python(project, tmp_path):
+    old = old_python()
+    if old is None:
+        pytest.skip("no Python older than 3.10 on this machine")
+    only_old = tmp_path / "old-bin"
+    only_old.mkdir()
+    (only_old / "python3").symlink_to(old)
+    env = launcher_env(tmp_path, PATH=str(only_old))
+    del env["CAPTION_PYTHON"]
+    result = run_launcher(project, env)
+    assert result.returncode == 1
+    assert "is too old: this app needs Python 3.10 or newer" in result.stdout + result.stderr
+    assert "ERROR: Python 3.10 or newer was not found" in result.stderr
+    assert not (project / ".venv").exists()
+
+
+@needs_bash
+def test_bash_launcher_outside_the_app_folder(project, tmp_path):
+    (project / "app.py").unlink()
+    result = run_launcher(project, launcher_env(tmp_path))
+    assert result.returncode == 1
+    assert "app.py is missing next to this launcher" in result.stderr
+
+
+@needs_bash
+def test_bash_launcher_serves_the_app_on_127_0_0_1(project, tmp_path):
+    """The real Streamlit (from the test runner's site-packages) answers on its health endpoint."""
+    pytest.importorskip("streamlit")
+    paths = sysconfig.get_paths()
+    env = launcher_env(tmp_path, PYTHONPATH=os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]])))
+    port = free_port()
+    log_path = tmp_path / "launcher.log"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [BASH, str(project / "run_macos.command"), "--server.port", str(port)],
+            cwd=project.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so the whole tree can be stopped
+        )
+        try:
+            body = None
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    with opener.open(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as response:
+                        body = response.read()
+                    break
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.5)
+            assert body == b"ok", f"no answer on port {port}; launcher output:\n{log_path.read_text()}"
+            with opener.open(f"http://127.0.0.1:{port}/", timeout=10) as response:
+                assert b"<html" in response.read().lower()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=20)
+    output = log_path.read_text()
+    # .streamlit/config.toml was read: one URL, on 127.0.0.1 only.
+    assert f"URL: http://127.0.0.1:{port}" in output
+    assert "Network URL" not in output
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def test_bash_launcher_file():
+    data = BASH_LAUNCHER.read_bytes()
+    assert data.startswith(b"#!/usr/bin/env bash\n")
+    assert b"\r" not in data
+    if os.name != "nt":
+        assert os.access(BASH_LAUNCHER, os.X_OK), "run_macos.command must be executable"
+    text = data.decode()
+    assert 'read -r -p "Press Enter to close' in text and "[ -t 0 ]" in text
+    assert '-m streamlit run app.py' in text and '"$@"' in text
+    # bash 3.2 (macOS) has no associative arrays, mapfile or ${var,,}.
+    for bash4 in ("declare -A", "mapfile", "readarray", ",,}", "^^}"):
+        assert bash4 not in text
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", str(BASH_LAUNCHER)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+def bat_lines():
+    return BAT_LAUNCHER.read_bytes().decode("ascii").split("\r\n")
+
+
+def test_bat_launcher_line_endings_and_style():
+    data = BAT_LAUNCHER.read_bytes()
+    assert data.endswith(b"\r\n")
+    assert data.count(b"\n") == data.count(b"\r\n"), "every line of run_windows.bat must end in CRLF"
+    assert data.count(b"\r") == data.count(b"\r\n")
+    data.decode("ascii")  # plain ASCII: no code-page surprises in cmd.exe
+    lines = [line.strip() for line in bat_lines()]
+    assert lines[0].lower() == "@echo off"
+    assert any(line.lower().startswith("setlocal") for line in lines)
+    # goto-style flow only: %VAR% inside ( ) blocks is expanded too early, a classic batch trap.
+    code = [line for line in lines if line and not line.lower().startswith(("rem", "::", "echo"))]
+    assert not [line for line in code if line.endswith("(") or line.startswith(")")]
+
+
+def test_bat_launcher_labels_and_error_paths():
+    lines = [line.strip() for line in bat_lines()]
+    labels = {line[1:].split()[0].lower(): number for number, line in enumerate(lines) if re.match(r":\w", line)}
+    targets = {
+        match.lower()
+        for line in lines
+        if not line.lower().startswith("rem")
+        for match in re.findall(r"\b(?:goto|call)\s+:?(\w+)", line, flags=re.IGNORECASE)
+    }
+    targets.discard("eof")
+    assert targets, "no goto found"
+    assert targets <= set(labels), f"goto/call to missing labels: {targets - set(labels)}"
+
+    fail_labels = [label for label in labels if label.startswith("fail")]
+    assert len(fail_labels) >= 5
+    for label in fail_labels:
+        assert label in targets, f":{label} is never used"
+        block = []
+        for line in lines[labels[label] + 1:]:
+            if re.match(r":\w", line):
+                break
+            if line and not line.lower().startswith("rem"):
+                block.append(line.lower())
+        assert any(line.startswith("echo error:") for line in block), f":{label} gives no error message"
+        assert block[-2:] == ["pause", "exit /b 1"], f":{label} must end with pause, then exit /b 1"
+
+    # Each step that can fail is checked right away.
+    for number, line in enumerate(lines):
+        if re.search(r"-m (pip|venv)\b|env_check\.py (needs-install|mark-installed)", line):
+            following = next(later for later in lines[number + 1:] if later)
+            assert following.lower().startswith("if errorlevel"), f"no errorlevel check after: {line}"
+
+
+def test_both_launchers_share_the_same_steps():
+    bash_text = BASH_LAUNCHER.read_text()
+    bat_text = BAT_LAUNCHER.read_bytes().decode("ascii")
+    bash_code = "\n".join(line for line in bash_text.splitlines() if not line.lstrip().startswith("#"))
+    bat_code = "\n".join(line for line in bat_text.splitlines() if not line.lstrip().lower().startswith("rem"))
+    assert set(re.findall(r"tools/env_check\.py ([a-z]+-[a-z-]+)", bash_code)) == SUBCOMMANDS
+    assert set(re.findall(r"tools\\env_check\.py ([a-z]+-[a-z-]+)", bat_code)) == SUBCOMMANDS
+    assert "tools/env_check.py" in bash_text and "tools\\env_check.py" in bat_text
+    for text in (bash_text, bat_text):
+        assert "CAPTION_PYTHON" in text and "CAPTION_NO_BROWSER" in text
+        assert "--server.headless true" in text
+        assert "-m venv" in text
+        assert "-m pip install --disable-pip-version-check -r requirements.txt" in text
+    assert re.search(r'-m streamlit run app\.py %HEADLESS% %\*\r\n', bat_text)
+
+
+def git(*args):
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+
+def test_gitattributes_line_endings_and_executable_bit():
+    if shutil.which("git") is None or git("rev-parse", "--is-inside-work-tree").stdout.strip() != "true":
+        pytest.skip("not a git checkout")
+    attributes = git("check-attr", "eol", "--", "run_windows.bat", "run_macos.command", "x.sh").stdout
+    assert "run_windows.bat: eol: crlf" in attributes
+    assert "run_macos.command: eol: lf" in attributes
+    assert "x.sh: eol: lf" in attributes
+    staged = git("ls-files", "-s", "--", "run_macos.command").stdout.split()
+    if not staged:
+        pytest.skip("run_macos.command is not in git yet")
+    assert staged[0] == "100755", "commit run_macos.command with: git add --chmod=+x run_macos.command"
+
+
+def test_streamlit_config():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    config = tomllib.loads(CONFIG.read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["server"]["showEmailPrompt"] is False
+    assert config["server"]["enableXsrfProtection"] is True
+    assert 0 < config["server"]["maxUploadSize"] <= 200
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["client"]["toolbarMode"] == "minimal"
+    assert "headless" not in config["server"]  # Streamlit's own default decides (see the comment there)
+
+    st_config = pytest.importorskip("streamlit.config")
+    known = st_config.get_config_options()
+    for section, values in config.items():
+        for key in values:
+            assert f"{section}.{key}" in known, f"Streamlit has no option {section}.{key}"
