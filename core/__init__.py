@@ -1,0 +1,1 @@
+"""The captioning engine: vocabulary, datasets, model, training, captioning, evaluation. No Streamlit here."""

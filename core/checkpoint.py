@@ -1,0 +1,63 @@
+"""Training checkpoints as one safetensors file: tensors (model, optimizer, RNG) + JSON metadata (counters).
+
+Written atomically, so a kill during the write leaves the previous checkpoint intact. No pickle.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from .files import atomic_write_bytes
+
+VERSION = 1
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Strip wrapper prefixes (torch.compile's `_orig_mod.`, DataParallel's `module.`) so weights load anywhere."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            k = k.replace(prefix, "")
+        out[k] = v
+    return out
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+    tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in clean_state_dict(model.state_dict()).items()}
+    opt = optimizer.state_dict()
+    for pid, state in opt["state"].items():
+        for name, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim/{pid}/{name}"] = t.detach().contiguous().cpu()
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s
+    meta = {**meta, "version": VERSION, "param_groups": opt["param_groups"]}
+    atomic_write_bytes(Path(path), save(tensors, metadata={"meta": json.dumps(meta)}))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Restore model, optimizer and RNG in place; -> the metadata dict."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("version") != VERSION:
+        raise ValueError(f"checkpoint {path} has version {meta.get('version')}, this trainer writes {VERSION}")
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    if optimizer is not None:
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim/"):
+                _, pid, name = k.split("/", 2)
+                state.setdefault(int(pid), {})[name] = v
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda/")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return meta

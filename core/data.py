@@ -1,0 +1,260 @@
+"""Caption datasets (COCO and Flickr layouts), image loading and the one preprocessing used everywhere.
+
+Every path is an argument. A dataset is a sorted list of `ImageCaptions`; images that are missing are
+left out and counted, unreadable ones are found (and skipped) when their features are computed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import zlib
+from collections import defaultdict
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs); a 40-megapixel photo still passes
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+COCO_HELP = """\
+**Getting COCO-2017** (about 19 GB for the training images):
+
+1. Download `train2017.zip`, `val2017.zip` and `annotations_trainval2017.zip` from https://cocodataset.org/#download
+2. Unzip them so that the project folder holds
+   - `cocoapi/images/train2017/*.jpg` and `cocoapi/images/val2017/*.jpg`
+   - `cocoapi/annotations/captions_train2017.json` and `cocoapi/annotations/captions_val2017.json`
+3. Or point the trainer at any folder in COCO layout (`annotations/captions_<split>2017.json` + `images/<split>2017/`)
+   or Flickr layout (`captions.txt` with `image,caption` rows + `images/`).
+"""
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as an image; the message is meant for the user."""
+
+
+@dataclass
+class ImageCaptions:
+    path: Path
+    captions: list[str]
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+def load_image(source: Path | str | bytes) -> Image.Image:
+    """Open an image file or bytes as RGB, rotated as its EXIF orientation says (GIF: first frame)."""
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise ImageError("the file is empty (0 bytes)")
+        fp = io.BytesIO(source)
+    else:
+        source = Path(source)
+        if not source.is_file():
+            raise ImageError(f"file not found: {source}")
+        if source.stat().st_size == 0:
+            raise ImageError("the file is empty (0 bytes)")
+        fp = source
+    try:
+        with Image.open(fp) as img:
+            img.seek(0)
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                # transparent pixels become white rather than whatever colour hides under the alpha channel
+                rgba = img.convert("RGBA")
+                canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+                canvas.paste(rgba, mask=rgba.getchannel("A"))
+                return canvas
+            return img.convert("RGB")
+    except Image.DecompressionBombError:
+        raise ImageError(f"the image has too many pixels (more than {MAX_PIXELS:,})") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image, or an image format that cannot be read") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise ImageError(f"the image is damaged or truncated ({e})") from None
+
+
+def preprocess(img: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    """RGB image -> normalised (3, size, size) float tensor.
+
+    The whole photo is resized to a square without cropping: training copies (Flickr8k's 224x224) were
+    made the same way, so a full-resolution upload looks to the model like the photos it learned from.
+    """
+    img = img.resize((size, size), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)  # (H, W, 3)
+    x = (x - torch.tensor(mean)) / torch.tensor(std)
+    return x.permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def collect_images(paths) -> list[Path]:
+    """Image files named directly, plus those found (recursively) in named folders; sorted, no duplicates."""
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        else:
+            found.append(p)  # named explicitly: kept even if it is not an image, so the user sees an error row
+    return sorted(dict.fromkeys(found))
+
+
+# -------------------------------------------------------------------------------------------- datasets
+
+def load_coco(annotation_file: Path, image_dir: Path) -> list[ImageCaptions]:
+    """A COCO-format caption file (e.g. captions_train2017.json) read through pycocotools."""
+    from pycocotools.coco import COCO
+
+    with redirect_stdout(io.StringIO()):  # pycocotools prints timing lines we do not want in our logs
+        coco = COCO(str(annotation_file))
+    items = []
+    for img_id in sorted(coco.getImgIds()):
+        info = coco.loadImgs(img_id)[0]
+        caps = [a["caption"].strip() for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id))]
+        if caps:
+            items.append(ImageCaptions(Path(image_dir) / info["file_name"], caps))
+    return items
+
+
+def load_flickr(captions_file: Path, image_dir: Path, names: set[str] | None = None) -> list[ImageCaptions]:
+    """A Flickr-style `image,caption` CSV; `names` restricts it to one split's image names."""
+    caps = defaultdict(list)
+    with open(captions_file, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
+            raise ValueError(f"{captions_file} must start with the header 'image,caption'")
+        for row in reader:
+            if len(row) >= 2 and row[1].strip():
+                name = row[0].strip().split("#")[0]  # Flickr8k.token.txt style "x.jpg#0" names
+                if names is None or name in names:
+                    caps[name].append(row[1].strip())
+    return [ImageCaptions(Path(image_dir) / n, caps[n]) for n in sorted(caps)]
+
+
+def _coco_files(root: Path, split: str) -> tuple[Path, Path] | None:
+    for ann in sorted((root / "annotations").glob(f"captions_{split}*.json")):
+        tag = ann.stem[len("captions_"):]  # e.g. "train2017"
+        for image_dir in (root / "images" / tag, root / tag):
+            if image_dir.is_dir():
+                return ann, image_dir
+        return ann, root / "images" / tag
+    return None
+
+
+def _flickr_files(root: Path) -> tuple[Path, Path] | None:
+    captions = root / "captions.txt"
+    if not captions.is_file():
+        return None
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    return captions, image_dir
+
+
+_FLICKR_SPLIT_FILES = {"train": ("*trainImages.txt",), "val": ("*devImages.txt", "*valImages.txt"), "test": ("*testImages.txt",)}
+
+
+def _flickr_split_names(root: Path, split: str) -> set[str] | None:
+    for pattern in _FLICKR_SPLIT_FILES.get(split, (f"*{split}Images.txt",)):
+        for f in sorted(root.glob(pattern)):
+            return {line.strip() for line in f.read_text().splitlines() if line.strip()}
+    return None
+
+
+def _hash_split(name: str) -> str:
+    return "val" if zlib.crc32(name.encode()) % 20 == 0 else "train"  # a stable 5% for validation
+
+
+def load_split(root: Path | str, split: str) -> tuple[list[ImageCaptions], int]:
+    """One split of a dataset folder in COCO or Flickr layout -> (items whose image exists, number missing)."""
+    root = Path(root)
+    coco = _coco_files(root, split)
+    if coco:
+        items = load_coco(*coco)
+    elif _flickr_files(root):
+        captions, image_dir = _flickr_files(root)
+        names = _flickr_split_names(root, split)
+        items = load_flickr(captions, image_dir, names)
+        if names is None and split in ("train", "val"):
+            items = [it for it in items if _hash_split(it.path.name) == split]
+    else:
+        raise FileNotFoundError(f"no {split!r} split found in {root}: expected COCO or Flickr layout")
+    present = [it for it in items if it.path.is_file()]
+    return present, len(items) - len(present)
+
+
+@dataclass
+class DatasetInfo:
+    path: Path
+    format: str | None = None
+    splits: dict[str, int] = field(default_factory=dict)  # split -> images present
+    n_captions: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def inspect_dataset(path: Path | str, splits=("train", "val")) -> DatasetInfo:
+    """Check a dataset folder before training; problems are plain-words messages."""
+    root = Path(path).expanduser()
+    info = DatasetInfo(root)
+    if not root.is_dir():
+        info.problems.append(f"the folder {root} does not exist")
+        return info
+    if any((root / "annotations").glob("captions_*.json")):
+        info.format = "coco"
+    elif _flickr_files(root):
+        info.format = "flickr"
+    else:
+        info.problems.append(
+            f"{root} holds neither `annotations/captions_<split>2017.json` (COCO layout) "
+            "nor `captions.txt` (Flickr layout)")
+        return info
+    for split in splits:
+        if info.format == "coco" and _coco_files(root, split) is None:
+            info.problems.append(f"missing annotations/captions_{split}2017.json")
+            continue
+        try:
+            items, missing = load_split(root, split)
+        except (OSError, ValueError, KeyError) as e:
+            info.problems.append(f"the {split} split cannot be read: {e}")
+            continue
+        info.splits[split] = len(items)
+        info.n_captions += sum(len(it.captions) for it in items)
+        if not items:
+            where = _coco_files(root, split)[1] if info.format == "coco" else "the images folder"
+            info.problems.append(f"the {split} split has no images present (looked in {where}; {missing} missing)")
+    return info
+
+
+# ------------------------------------------------------------------------------------- batched loading
+
+def iter_image_batches(sources: list, size: int, mean: tuple, std: tuple, batch_size: int, workers: int = 2):
+    """Decode and preprocess images in threads, one batch ahead of the caller's model.
+
+    Yields (indices, images (n, 3, size, size), errors {index: message}) for consecutive slices of
+    `sources` (paths or bytes). PIL releases the GIL while decoding, so loading overlaps the forward pass.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(i):
+        try:
+            return i, preprocess(load_image(sources[i]), size, mean, std), None
+        except ImageError as e:
+            return i, None, str(e)
+
+    def load_batch(start):
+        return list(pool.map(load, range(start, min(start + batch_size, len(sources)))))
+
+    with ThreadPoolExecutor(max(1, workers)) as pool, ThreadPoolExecutor(1) as ahead:
+        starts = list(range(0, len(sources), batch_size))
+        pending = ahead.submit(load_batch, starts[0]) if starts else None
+        for k in range(len(starts)):
+            loaded = pending.result()
+            pending = ahead.submit(load_batch, starts[k + 1]) if k + 1 < len(starts) else None
+            ok = [(i, x) for i, x, _ in loaded if x is not None]
+            errors = {i: err for i, _, err in loaded if err is not None}
+            images = torch.stack([x for _, x in ok]) if ok else torch.empty(0, 3, size, size)
+            yield [i for i, _ in ok], images, errors

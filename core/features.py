@@ -1,0 +1,132 @@
+"""On-disk cache of backbone features, so a frozen backbone sees each image once, not once per epoch.
+
+One folder per (backbone, preprocessing, layout); inside, an append-only fp16 array read through a
+memory map, and an index of file identities (resolved path, size, mtime) -> row. Rows are written and
+fsynced before their index lines, so a killed run leaves at worst unindexed bytes, trimmed on open.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .backbones import get_spec
+from .data import iter_image_batches
+from .device import encoder_autocast
+
+PREPROCESS_VERSION = "squash-bicubic/1"  # change when data.preprocess changes: old caches stop matching
+
+
+def file_identity(path: Path) -> str:
+    st = os.stat(path)
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+class FeatureCache:
+    def __init__(self, root: Path, backbone: str, layout: str, grid_shape: tuple[int, int]):
+        """layout "grid": (P, C) per image for attention; "pooled": (1, C), enough for Show-and-Tell."""
+        spec = get_spec(backbone)
+        self.key = {"backbone": backbone, "image_size": spec.image_size, "mean": spec.mean, "std": spec.std,
+                    "preprocess": PREPROCESS_VERSION, "layout": layout, "dtype": "float16"}
+        digest = hashlib.sha1(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:12]
+        self.dir = Path(root) / f"{backbone}-{layout}-{digest}"
+        self.layout = layout
+        self.row_shape = (grid_shape[0] * grid_shape[1] if layout == "grid" else 1, spec.feature_dim)
+        self.row_bytes = int(np.prod(self.row_shape)) * 2
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "key.json").write_text(json.dumps(self.key, indent=2))
+        self.data_file, self.index_file = self.dir / "features.f16", self.dir / "index.jsonl"
+        self.index: dict[str, dict] = {}
+        self._load_index()
+
+    def _load_index(self) -> None:
+        n_rows = 0
+        if self.index_file.exists():
+            raw = self.index_file.read_bytes()
+            complete = raw[: raw.rfind(b"\n") + 1]  # a half-written last line is dropped
+            if len(complete) != len(raw):
+                self.index_file.write_bytes(complete)
+            for line in complete.decode().splitlines():
+                entry = json.loads(line)
+                self.index[entry["id"]] = entry
+                if entry.get("row") is not None:
+                    n_rows = max(n_rows, entry["row"] + 1)
+        self.n_rows = n_rows
+        if self.data_file.exists() and self.data_file.stat().st_size != n_rows * self.row_bytes:
+            with open(self.data_file, "r+b") as f:  # drop rows whose index lines were never written
+                f.truncate(n_rows * self.row_bytes)
+
+    def lookup(self, identity: str) -> dict | None:
+        return self.index.get(identity)
+
+    def append(self, identities: list[str], feats: np.ndarray, failures: dict[str, str]) -> None:
+        """feats (n, *row_shape) for identities, in order; failures: identity -> error message."""
+        feats = np.ascontiguousarray(feats, dtype=np.float16)
+        with open(self.data_file, "ab") as f:
+            f.write(feats.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        lines = []
+        for ident in identities:
+            lines.append({"id": ident, "row": self.n_rows})
+            self.n_rows += 1
+        lines += [{"id": ident, "row": None, "error": msg} for ident, msg in failures.items()]
+        with open(self.index_file, "a") as f:
+            f.write("".join(json.dumps(e) + "\n" for e in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        for e in lines:
+            self.index[e["id"]] = e
+
+    def array(self) -> np.ndarray:
+        """All rows as a read-only memory map: (n_rows, P, C) float16."""
+        if self.n_rows == 0:
+            return np.zeros((0, *self.row_shape), dtype=np.float16)
+        return np.memmap(self.data_file, dtype=np.float16, mode="r", shape=(self.n_rows, *self.row_shape))
+
+
+@torch.no_grad()
+def encode_to_cache(encoder: torch.nn.Module, backbone: str, paths: list[Path], cache: FeatureCache,
+                    device: torch.device, batch_size: int = 32,
+                    on_progress: Callable[[dict], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> list[int | None]:
+    """Encode the images not yet cached; -> the cache row of every path (None: unreadable, skipped)."""
+    spec = get_spec(backbone)
+    idents = [file_identity(p) for p in paths]
+    first = {}
+    for i, ident in enumerate(idents):
+        first.setdefault(ident, i)
+    todo = [i for ident, i in first.items() if cache.lookup(ident) is None]  # each distinct file once
+    skipped = sum(1 for ident in idents if (cache.lookup(ident) or {}).get("row", 0) is None)
+    encoder.eval()
+    if device.type == "cuda":
+        encoder = encoder.to(memory_format=torch.channels_last)
+    t0, done = time.time(), 0
+    todo_paths = [paths[i] for i in todo]
+    for idx, images, errors in iter_image_batches(todo_paths, spec.image_size, spec.mean, spec.std, batch_size):
+        if len(idx):
+            x = images.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with encoder_autocast(device):
+                feats = encoder(x).float()  # (n, P, C)
+            if cache.layout == "pooled":
+                feats = feats.mean(1, keepdim=True)  # (n, 1, C)
+            cache.append([idents[todo[i]] for i in idx], feats.cpu().numpy(), {})
+        if errors:
+            cache.append([], np.zeros((0, *cache.row_shape)), {idents[todo[i]]: msg for i, msg in errors.items()})
+        done += len(idx) + len(errors)
+        skipped += len(errors)
+        if on_progress:
+            rate = done / max(time.time() - t0, 1e-6)
+            on_progress({"done": done, "total": len(todo), "skipped": skipped, "images_per_s": round(rate, 2),
+                         "eta_s": round((len(todo) - done) / max(rate, 1e-6), 1)})
+        if should_stop and should_stop():
+            break
+    return [(cache.lookup(ident) or {}).get("row") for ident in idents]

@@ -1,0 +1,137 @@
+"""Caption models: a CNN backbone (encoder) and one of two LSTM decoders.
+
+Both decoders share one interface, so training, greedy decoding and beam search do not care which
+one they drive:
+    forward(feats, captions) -> logits, alphas        teacher-forced, for training
+    init_state(feats)        -> state                 dict of batch-first tensors (beam search reorders them)
+    step(tokens, state)      -> logits, state, alpha   one word at a time, for decoding
+`feats` is always (B, P, C): P grid cells of C channels (P = 1 for pooled features).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbones import build_backbone, get_spec
+from .config import ModelConfig
+
+
+class Encoder(nn.Module):
+    """Backbone -> grid of feature vectors."""
+
+    def __init__(self, backbone: str, pretrained: bool = True):
+        super().__init__()
+        self.cnn = build_backbone(backbone, pretrained)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.cnn(images)  # (B, C, h, w)
+        return x.flatten(2).transpose(1, 2)  # (B, P, C) with P = h * w
+
+
+class ShowTellDecoder(nn.Module):
+    """Show and Tell (Vinyals et al. 2015): the pooled image is the LSTM's first input."""
+
+    def __init__(self, cfg: ModelConfig, feature_dim: int):
+        super().__init__()
+        self.img_proj = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, cfg.embed_dim))
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, batch_first=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
+
+    def _image_input(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.img_proj(feats.mean(1)))  # (B, E)
+
+    def forward(self, feats, captions):
+        """feats (B, P, C), captions (B, L) starting with <start> -> logits (B, L-1, V) for captions[:, 1:]."""
+        words = self.embed(captions[:, :-1])  # (B, L-1, E)
+        x = torch.cat([self._image_input(feats).unsqueeze(1), self.drop(words)], 1)  # (B, L, E)
+        out, _ = self.lstm(x)  # (B, L, H)
+        return self.fc(self.drop(out[:, 1:])), None  # (B, L-1, V); position 0 only read the image
+
+    def init_state(self, feats):
+        _, (h, c) = self.lstm(self._image_input(feats).unsqueeze(1))  # h, c: (1, B, H)
+        return {"h": h[0], "c": c[0]}  # (B, H) each: batch first so beam search can reorder rows
+
+    def step(self, tokens, state):
+        x = self.embed(tokens).unsqueeze(1)  # (B, 1, E)
+        out, (h, c) = self.lstm(x, (state["h"].unsqueeze(0).contiguous(), state["c"].unsqueeze(0).contiguous()))
+        return self.fc(out[:, 0]), {"h": h[0], "c": c[0]}, None  # logits (B, V)
+
+
+class AttentionDecoder(nn.Module):
+    """Show, Attend and Tell (Xu et al. 2015), soft attention with the gating scalar beta."""
+
+    def __init__(self, cfg: ModelConfig, feature_dim: int):
+        super().__init__()
+        A, H = cfg.attention_dim, cfg.hidden_dim
+        self.norm = nn.LayerNorm(feature_dim)
+        self.feat_att = nn.Linear(feature_dim, A)
+        self.hid_att = nn.Linear(H, A)
+        self.att_score = nn.Linear(A, 1)
+        self.init_h = nn.Linear(feature_dim, H)
+        self.init_c = nn.Linear(feature_dim, H)
+        self.gate = nn.Linear(H, feature_dim)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.cell = nn.LSTMCell(cfg.embed_dim + feature_dim, H)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(H, cfg.vocab_size)
+
+    def init_state(self, feats):
+        feats = self.norm(feats)  # CNN activations vary in scale from channel to channel
+        mean = feats.mean(1)  # (B, C)
+        return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean)),  # (B, H)
+                "feats": feats, "feats_att": self.feat_att(feats)}  # (B, P, C), (B, P, A): computed once
+
+    def _attend_and_step(self, word, state):
+        h, c, feats = state["h"], state["c"], state["feats"]
+        e = self.att_score(torch.tanh(state["feats_att"] + self.hid_att(h).unsqueeze(1))).squeeze(2)  # (B, P)
+        alpha = e.softmax(1)  # (B, P)
+        context = (feats * alpha.unsqueeze(2)).sum(1)  # (B, C)
+        context = torch.sigmoid(self.gate(h)) * context  # beta gate: lets the model look away for "a", "of"
+        h, c = self.cell(torch.cat([word, context], 1), (h, c))  # (B, H) each
+        return self.fc(self.drop(h)), {**state, "h": h, "c": c}, alpha  # logits (B, V)
+
+    def forward(self, feats, captions):
+        """feats (B, P, C), captions (B, L) -> logits (B, L-1, V), alphas (B, L-1, P)."""
+        state = self.init_state(feats)
+        words = self.drop(self.embed(captions[:, :-1]))  # (B, L-1, E)
+        logits, alphas = [], []
+        for t in range(words.size(1)):
+            out, state, alpha = self._attend_and_step(words[:, t], state)
+            logits.append(out)
+            alphas.append(alpha)
+        return torch.stack(logits, 1), torch.stack(alphas, 1)  # (B, L-1, V), (B, L-1, P)
+
+    def step(self, tokens, state):
+        return self._attend_and_step(self.embed(tokens), state)
+
+
+class CaptionModel(nn.Module):
+    """Encoder + decoder. The encoder is optional: training on cached features needs only the decoder."""
+
+    def __init__(self, cfg: ModelConfig, with_encoder: bool = True, pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.spec = get_spec(cfg.backbone)
+        self.encoder = Encoder(cfg.backbone, pretrained) if with_encoder else None
+        decoder_cls = AttentionDecoder if cfg.decoder == "attention" else ShowTellDecoder
+        self.decoder = decoder_cls(cfg, self.spec.feature_dim)
+
+    @property
+    def has_attention(self) -> bool:
+        return self.cfg.decoder == "attention"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) -> feats (B, P, C)."""
+        if self.encoder is None:
+            raise RuntimeError("this model was built without its encoder (cached-feature training)")
+        return self.encoder(images)
+
+    def forward(self, feats, captions):
+        return self.decoder(feats, captions)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a bundle stores: the decoder, plus the encoder only when it was fine-tuned."""
+        return {k: v for k, v in self.state_dict().items() if self.cfg.fine_tune or not k.startswith("encoder.")}
