@@ -105,17 +105,12 @@ def encode_to_cache(encoder: torch.nn.Module, backbone: str, paths: list[Path], 
     todo = [i for ident, i in first.items() if cache.lookup(ident) is None]  # each distinct file once
     skipped = sum(1 for ident in idents if (cache.lookup(ident) or {}).get("row", 0) is None)
     encoder.eval()
-    if device.type == "cuda":
-        encoder = encoder.to(memory_format=torch.channels_last)
     t0, done = time.time(), 0
     todo_paths = [paths[i] for i in todo]
     for idx, images, errors in iter_image_batches(todo_paths, spec.image_size, spec.mean, spec.std, batch_size):
         if len(idx):
-            x = images.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
             with encoder_autocast(device):
-                feats = encoder(x).float()  # (n, P, C)
+                feats = encoder(images.to(device, non_blocking=True)).float()  # (n, P, C)
             if cache.layout == "pooled":
                 feats = feats.mean(1, keepdim=True)  # (n, 1, C)
             cache.append([idents[todo[i]] for i in idx], feats.cpu().numpy(), {})

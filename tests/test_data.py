@@ -1,0 +1,125 @@
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_coco, make_flickr, make_image
+from core import data
+from core.data import ImageError, collect_images, inspect_dataset, load_image, load_split, preprocess
+
+
+def _jpeg_bytes(arr, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_flickr_layout_with_official_split_lists(tmp_path):
+    root = make_flickr(tmp_path / "f")
+    train, missing = load_split(root, "train")
+    val, _ = load_split(root, "val")
+    assert len(train) == 16 and len(val) == 8 and missing == 0
+    assert train[0].captions == ["a blue square", "A blue square ."]
+    assert [it.path.name for it in train] == sorted(it.path.name for it in train)  # deterministic order
+
+
+def test_flickr_without_split_lists_uses_a_stable_hash_split(tmp_path):
+    root = make_flickr(tmp_path / "f", per_class=6, split_files=False)
+    train, _ = load_split(root, "train")
+    val, _ = load_split(root, "val")
+    assert len(train) + len(val) == 48 and not {i.path for i in train} & {i.path for i in val}
+
+
+def test_coco_layout_through_pycocotools_and_missing_images_are_counted(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    (root / "images" / "val2017" / "000000000001.jpg").unlink()
+    items, missing = load_split(root, "val")
+    assert missing == 1 and len(items) == 3
+    assert items[0].captions == ["a red square", "a red square"]
+
+
+def test_inspect_dataset_says_what_is_missing(tmp_path):
+    assert "does not exist" in inspect_dataset(tmp_path / "nope").problems[0]
+    (tmp_path / "empty").mkdir()
+    assert "neither" in inspect_dataset(tmp_path / "empty").problems[0]
+    coco = make_coco(tmp_path / "coco")  # only a val split
+    info = inspect_dataset(coco)
+    assert info.format == "coco" and not info.ok
+    assert any("captions_train2017.json" in p for p in info.problems)
+    good = inspect_dataset(make_flickr(tmp_path / "f"))
+    assert good.ok and good.splits == {"train": 16, "val": 8} and good.n_captions == 48
+
+
+def test_load_image_honours_exif_orientation():
+    arr = np.zeros((20, 40, 3), np.uint8)  # landscape
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    assert load_image(buf.getvalue()).size == (20, 40)  # shown as portrait
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16"])
+def test_any_mode_becomes_rgb(mode):
+    img = Image.new("RGBA" if mode == "RGBA" else "RGB", (8, 8), (10, 200, 30, 0) if mode == "RGBA" else (10, 200, 30))
+    img = img if mode == "RGBA" else img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "PNG" if mode != "CMYK" else "JPEG")
+    out = load_image(buf.getvalue())
+    assert out.mode == "RGB" and out.size == (8, 8)
+    if mode == "RGBA":
+        assert out.getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white, not hidden colour
+
+
+def test_gif_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    r, g, b = load_image(buf.getvalue()).getpixel((4, 4))
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "empty"),
+    (b"this is not an image at all", "not an image"),
+])
+def test_bad_bytes_give_plain_messages(payload, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(payload)
+
+
+def test_truncated_jpeg_is_an_error():
+    good = _jpeg_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        load_image(good[: len(good) // 2])
+
+
+def test_too_many_pixels_is_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 2x bigger image raises DecompressionBombError
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_image(_jpeg_bytes(np.zeros((20, 20, 3), np.uint8)))
+
+
+def test_preprocess_shape_and_normalisation():
+    x = preprocess(Image.new("RGB", (500, 375), (255, 255, 255)), 224, (0.5,) * 3, (0.5,) * 3)
+    assert x.shape == (3, 224, 224) and float(x.min()) == pytest.approx(1.0)
+
+
+def test_collect_images_recurses_and_keeps_named_files(tmp_path):
+    make_image(tmp_path / "a" / "b" / "x.png", "red", "square")
+    (tmp_path / "a" / "notes.txt").write_text("hi")
+    named = tmp_path / "named.txt"
+    named.write_text("not an image")
+    found = collect_images([tmp_path / "a", named])
+    assert [p.name for p in found] == ["x.png", "named.txt"]
+
+
+def test_iter_image_batches_reports_bad_items_alone(tmp_path):
+    good = make_image(tmp_path / "g.png", "red", "square")
+    batches = list(data.iter_image_batches([good, b"", good], 32, (0.5,) * 3, (0.5,) * 3, batch_size=2))
+    (idx1, x1, err1), (idx2, x2, err2) = batches
+    assert idx1 == [0] and list(err1) == [1] and x1.shape == (1, 3, 32, 32)
+    assert idx2 == [2] and not err2

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from core.decode import _banned_ngram_words, beam_search, greedy_decode, sample_captions
+from core.vocabulary import END, PAD
+from test_model import tiny_model
+
+
+@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_width_one_equals_greedy(decoder, seed):
+    m = tiny_model(decoder, vocab_size=8)
+    torch.manual_seed(seed)
+    feats = torch.randn(4, 49, 1280) * 3
+    greedy, _ = greedy_decode(m.decoder, feats, max_len=6)
+    beams = beam_search(m.decoder, feats, beam_size=1, max_len=6, no_repeat_ngram=0)
+    for row, hyps in zip(greedy.tolist(), beams):
+        words = [t for t in row if t not in (END, PAD)]
+        assert hyps[0].tokens == words
+
+
+def test_beam_search_when_no_beam_reaches_end():
+    """sgrvinod's beam search crashes here (issue #142): a model that never says <end>."""
+    m = tiny_model("attention", vocab_size=10)
+    with torch.no_grad():
+        m.decoder.fc.bias[END] = -1e9
+    hyps = beam_search(m.decoder, torch.randn(2, 49, 1280), beam_size=3, max_len=5)
+    assert [len(h) for h in hyps] == [3, 3]
+    for image_hyps in hyps:
+        assert all(not h.finished and len(h.tokens) == 5 for h in image_hyps)
+        assert image_hyps[0].alphas.shape == (5, 49)
+        assert image_hyps[0].score >= image_hyps[-1].score
+
+
+def test_beam_search_is_batch_independent_and_deterministic():
+    m = tiny_model("show_tell", vocab_size=9)
+    feats = torch.randn(3, 1, 1280) * 3
+    together = beam_search(m.decoder, feats, beam_size=4, max_len=7)
+    alone = [beam_search(m.decoder, feats[i:i + 1], beam_size=4, max_len=7)[0] for i in range(3)]
+    assert [[h.tokens for h in hs] for hs in together] == [[h.tokens for h in hs] for hs in alone]
+    again = beam_search(m.decoder, feats, beam_size=4, max_len=7)
+    assert [[h.score for h in hs] for hs in together] == [[h.score for h in hs] for hs in again]
+
+
+def test_no_repeat_ngram():
+    assert _banned_ngram_words([5, 6, 7, 5, 6], 3) == [7]
+    assert _banned_ngram_words([5, 6], 3) == []
+    m = tiny_model("show_tell", vocab_size=6)
+    for hs in beam_search(m.decoder, torch.randn(3, 1, 1280) * 3, beam_size=3, max_len=12, no_repeat_ngram=2):
+        for h in hs:
+            bigrams = list(zip(h.tokens, h.tokens[1:]))
+            assert len(bigrams) == len(set(bigrams))
+
+
+def test_beam_hypotheses_are_ranked_by_length_normalised_score():
+    m = tiny_model("show_tell", vocab_size=9)
+    for hs in beam_search(m.decoder, torch.randn(2, 1, 1280) * 3, beam_size=3, max_len=8, length_penalty=0.7):
+        scores = [h.score for h in hs]
+        assert scores == sorted(scores, reverse=True)
+        for h in hs:
+            assert h.score == pytest.approx(h.logprob / (len(h.tokens) + 1) ** 0.7) or not h.finished
+
+
+def test_sampling_masks_after_end_and_keeps_gradients():
+    m = tiny_model("attention", vocab_size=8).train()
+    tokens, logps, mask = sample_captions(m.decoder, torch.randn(5, 49, 1280), max_len=6)
+    assert tokens.shape == logps.shape == mask.shape
+    assert torch.isfinite(logps).all() and logps.requires_grad
+    for row, mrow in zip(tokens.tolist(), mask.tolist()):
+        if END in row:
+            e = row.index(END)
+            assert all(t == PAD for t in row[e + 1:]) and not any(mrow[e + 1:])

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from core.config import ModelConfig
+from core.model import CaptionModel
+
+
+def tiny_model(decoder, vocab_size=12, with_encoder=False):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=vocab_size, decoder=decoder, embed_dim=16, hidden_dim=24, attention_dim=8, dropout=0.0)
+    return CaptionModel(cfg, with_encoder=with_encoder, pretrained=False).eval()
+
+
+@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+def test_forward_shapes(decoder):
+    m = tiny_model(decoder)
+    feats, caps = torch.randn(3, 49, 1280), torch.randint(4, 12, (3, 7))
+    logits, alphas = m(feats, caps)
+    assert logits.shape == (3, 6, 12)
+    if decoder == "attention":
+        assert alphas.shape == (3, 6, 49)
+        assert torch.allclose(alphas.sum(-1), torch.ones(3, 6), atol=1e-5)
+    else:
+        assert alphas is None
+
+
+@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+def test_step_by_step_decoding_matches_teacher_forcing(decoder):
+    """Decoding runs init_state/step; training runs forward: both must compute the same model."""
+    m = tiny_model(decoder)
+    feats, caps = torch.randn(2, 49, 1280), torch.randint(4, 12, (2, 6))
+    with torch.no_grad():
+        logits, _ = m(feats, caps)
+        state = m.decoder.init_state(feats)
+        for t in range(caps.size(1) - 1):
+            step_logits, state, _ = m.decoder.step(caps[:, t], state)
+            assert torch.allclose(step_logits, logits[:, t], atol=1e-5)
+
+
+def test_encoder_gives_a_grid_and_channels_last_does_not_change_results():
+    m = tiny_model("attention", with_encoder=True)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        feats = m.encode(x)
+        ref = m.encoder.cnn.model.forward_features(x.contiguous())
+    assert feats.shape == (1, 49, 1280)
+    assert torch.allclose(feats, ref.flatten(2).transpose(1, 2), atol=1e-4)
+
+
+def test_bundle_weights_exclude_a_frozen_backbone():
+    m = tiny_model("show_tell", with_encoder=True)
+    assert not any(k.startswith("encoder.") for k in m.trainable_state_dict())
+    m.cfg.fine_tune = True
+    assert any(k.startswith("encoder.") for k in m.trainable_state_dict())
