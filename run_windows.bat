@@ -20,7 +20,8 @@ setlocal EnableExtensions
 title Image captioning
 
 rem 1. Work in the folder this file is in (pushd also copes with network folders).
-pushd "%~dp0" || goto :fail_folder
+rem    If that fails, the checks below find no app.py and say so.
+pushd "%~dp0"
 if not exist app.py goto :fail_folder
 if not exist requirements.txt goto :fail_folder
 if not exist tools\env_check.py goto :fail_folder
