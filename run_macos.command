@@ -116,7 +116,7 @@ fi
 "$VENV_PYTHON" tools/env_check.py needs-install
 status=$?
 if [ "$status" -eq 0 ]; then
-  echo "Installing the packages from requirements.txt. The first time this downloads"
+  echo "Installing the packages from requirements.txt. The first time this downloads up to"
   echo "a few gigabytes (PyTorch) and can take a while ..."
   "$VENV_PYTHON" -m pip install --disable-pip-version-check -r requirements.txt ||
     fail "Installing the packages failed (pip's messages above say why)." \

@@ -59,7 +59,7 @@ rem 4. Install requirements.txt when it is new or changed.
 "%VENV_PYTHON%" tools\env_check.py needs-install
 if errorlevel 2 goto :fail_check
 if errorlevel 1 goto :packages_ready
-echo Installing the packages from requirements.txt. The first time this downloads
+echo Installing the packages from requirements.txt. The first time this downloads up to
 echo a few gigabytes (PyTorch) and can take a while ...
 "%VENV_PYTHON%" -m pip install --disable-pip-version-check -r requirements.txt
 if errorlevel 1 goto :fail_install
