@@ -1,0 +1,63 @@
+import csv
+import io
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, make_image
+from core.caption import Captioner, CaptionResult, csv_bytes
+
+
+def test_overfit_model_captions_its_images(tiny_bundle, tmp_path):
+    """A tiny model trained on the fixture data must say what each image shows."""
+    cap = Captioner(tiny_bundle, device="cpu")
+    names = [("red", "square"), ("blue", "stripe"), ("yellow", "square"), ("green", "stripe")]
+    items = [(f"{c}-{s}", make_image(tmp_path / f"{c}{s}.png", c, s, seed=99)) for c, s in names]
+    results = cap.caption(items, beam=3)
+    assert [r.caption for r in results] == [f"a {c} {s}" for c, s in names]
+    assert all(r.error is None and r.score is not None and len(r.alternatives) == 2 for r in results)
+
+
+def test_attention_model_returns_a_heat_map_per_word(tiny_attention_bundle, tmp_path):
+    cap = Captioner(tiny_attention_bundle, device="cpu")
+    assert cap.has_attention
+    r = cap.caption([("x", make_image(tmp_path / "x.png", "blue", "square"))])[0]
+    assert r.caption == "a blue square"
+    assert r.attention.shape == (3, 7, 7)
+
+
+def test_bad_files_fail_alone(tiny_bundle, tmp_path):
+    good = make_image(tmp_path / "good.png", "red", "square")
+    truncated = (tmp_path / "t.png")
+    truncated.write_bytes(good.read_bytes()[:60])
+    items = [("empty.jpg", b""), ("good.png", good), ("notes.txt", b"hello"), ("t.png", truncated),
+             ("good2.png", good.read_bytes())]
+    progress = []
+    results = Captioner(tiny_bundle).caption(items, batch_size=2, on_progress=lambda d, n: progress.append((d, n)))
+    assert [r.image for r in results] == [n for n, _ in items]
+    assert [bool(r.error) for r in results] == [True, False, True, True, False]
+    assert "empty" in results[0].error and results[1].caption == "a red square" == results[4].caption
+    assert progress[-1] == (5, 5)
+
+
+def test_csv_neutralises_formulas_but_keeps_numbers():
+    rows = [CaptionResult("=cmd|' /C calc'!A0", "+a caption", -0.5, [("@b", -1.0)], None),
+            CaptionResult("x.jpg", "", None, [], "-not an image")]
+    parsed = list(csv.reader(io.StringIO(csv_bytes(rows).decode())))
+    assert parsed[0] == ["image", "caption", "score", "alternatives", "error"]
+    assert parsed[1] == ["'=cmd|' /C calc'!A0", "'+a caption", "-0.5000", "'@b", ""]
+    assert parsed[2][4] == "'-not an image"
+
+
+def test_command_line_writes_a_csv(tiny_bundle, tmp_path):
+    folder = tmp_path / "photos"
+    make_image(folder / "sub" / "a.png", "green", "square")
+    (folder / "broken.jpg").write_bytes(b"nope")
+    out = tmp_path / "captions.csv"
+    proc = subprocess.run([sys.executable, "-m", "core.caption", str(folder), "--model", str(tiny_bundle),
+                           "--out", str(out), "--beam", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"].endswith(n) for r, n in zip(rows, ["broken.jpg", "a.png"])] == [True, True]
+    assert rows[0]["error"] and rows[1]["caption"] == "a green square"
