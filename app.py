@@ -48,10 +48,14 @@ def main() -> None:
     if found:
         st.markdown(f"Dataset in `cocoapi/`: **COCO-2017 found** ({detail})")
     else:
-        st.markdown(f"Dataset in `cocoapi/`: **none** — {detail}. You can still train on another folder.")
+        st.markdown("Dataset in `cocoapi/`: **none yet**. Train on another folder, or see the Train page for "
+                    "how to get COCO-2017.")
+        st.caption(detail)
     st.subheader("Pages")
-    st.page_link("pages/1_Caption.py", label="Caption images: upload photos or a zip, edit and download captions")
-    st.page_link("pages/2_Train.py", label="Train a model: start, watch, stop and resume a training run")
+    st.page_link("pages/1_Caption.py", label="Caption images: upload photos or a zip, edit and download captions",
+                 icon=":material/photo_library:")
+    st.page_link("pages/2_Train.py", label="Train a model: start, watch, stop and resume a training run",
+                 icon=":material/model_training:")
 
 
 main()

@@ -48,6 +48,11 @@ def models_dir() -> Path:
     return Path(MODELS_DIR)
 
 
+def cache_dir() -> Path:
+    """Where the trainer keeps encoded image features (shared by runs on the same dataset and backbone)."""
+    return Path(os.environ.get("CAPTION_CACHE_DIR") or REPO_ROOT / ".cache" / "features")
+
+
 # --- liveness -------------------------------------------------------------------------------------------
 
 
@@ -423,7 +428,9 @@ def summarize(events: list[dict]) -> Progress:
         if kind == "start":
             p.phase, p.final, p.error = "starting", None, None
         elif kind == "phase":
-            p.phase, p.fraction, p.eta_s, p.label = e.get("phase", p.phase), 0.0, None, ""
+            before, p.phase = p.phase, e.get("phase", p.phase)
+            if {before, p.phase} & {"starting", "loading", "encoding"}:  # the bar counts images, then steps
+                p.fraction, p.eta_s, p.label = 0.0, None, ""
         elif kind == "encode":
             total = max(int(e.get("total") or 0), 1)
             p.fraction = min(1.0, float(e.get("done", 0)) / total)

@@ -25,15 +25,15 @@ def inputs_ui(can_caption: bool):
     """The images to caption now, as (name, bytes) items, or None when no button was pressed."""
     files = st.file_uploader("Images (JPEG, PNG, WebP, BMP, GIF) or a zip of images", type=UPLOAD_TYPES,
                              accept_multiple_files=True)
-    left, right = st.columns(2)
-    if left.button("Caption uploaded images", type="primary", disabled=not (files and can_caption)):
+    buttons = st.container(horizontal=True)
+    caption = buttons.button("Caption uploaded images", type="primary", disabled=not (files and can_caption))
+    samples = buttons.button("Try sample images", disabled=not can_caption, help="A cat, an astronaut, coffee, a rocket")
+    if caption:
         items, problems = read_uploads(files)
         for problem in problems:
             st.warning(problem)
         return items
-    if right.button("Try sample images", disabled=not can_caption):
-        return sample_images()
-    return None
+    return sample_images() if samples else None
 
 
 def caption_batch(bundle, items, beam: int, max_len: int) -> dict:
@@ -54,7 +54,7 @@ def results_ui(batch: dict) -> None:
     st.subheader(f"Results ({batch['model']})")
     st.caption("Click a caption to edit it; the CSV holds your edits.")
     edited = st.data_editor(
-        results_frame(batch["results"], batch["thumbs"]), key=f"editor-{batch['id']}", hide_index=True,
+        results_frame(batch["results"], batch["thumbs"]), key=f"editor-{batch['id']}", hide_index=True, placeholder="",
         disabled=["thumbnail", "image", "score", "error"],
         column_config={"thumbnail": st.column_config.ImageColumn("", width="small"),
                        "caption": st.column_config.TextColumn("caption", width="large"),

@@ -7,8 +7,8 @@ import streamlit as st
 
 from core.bundle import set_active
 from core.data import COCO_HELP, inspect_dataset
-from core.jobs import (REPO_ROOT, Job, JobError, current_job, enforce_stop, list_runs, models_dir, resume_job,
-                       runs_dir, start_job, stop_job)
+from core.jobs import (REPO_ROOT, Job, JobError, cache_dir, current_job, enforce_stop, list_runs, models_dir,
+                       resume_job, runs_dir, start_job, stop_job)
 from ui.monitor import draw_run
 
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101"]
@@ -31,7 +31,7 @@ def train_form() -> dict | None:
         epochs = c[3].number_input("Epochs", 1, 200, 10)
         c = st.columns(4)
         batch_size = c[0].number_input("Batch size", 1, 1024, 64)
-        lr = c[1].number_input("Learning rate", 1e-6, 1.0, 4e-4, format="%.0e")
+        lr = c[1].number_input("Learning rate", 1e-6, 1.0, 4e-4, step=1e-4, format="%.0e")
         subset = c[2].slider("Quick run: fraction of the data", 0.01, 1.0, 1.0, help="e.g. 0.05 for a first try")
         model_name = c[3].text_input("Model name", "", placeholder="letters, digits, - and _")
         if not st.form_submit_button("Start training", type="primary"):
@@ -39,37 +39,36 @@ def train_form() -> dict | None:
     return dict(data=data, backbone=backbone, decoder=decoder, device=device, embed_dim=int(embed_dim),
                 hidden_dim=int(hidden_dim), min_word_count=int(min_word_count), epochs=int(epochs),
                 batch_size=int(batch_size), lr=float(lr), subset=float(subset), models_dir=str(models_dir()),
+                cache_dir=str(cache_dir()),
                 model_name=model_name.strip() or f"{decoder}-{backbone}-{pd.Timestamp.now():%Y%m%d-%H%M}")
 
 
-def start(config: dict) -> None:
+def start(config: dict) -> bool:
+    """Validate, then start the run (and redraw); False when the dataset is the problem."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,60}", config["model_name"]):
         st.error("The model name may hold only letters, digits, - and _ (at most 60).")
-        return
+        return True
     info = inspect_dataset(config["data"])
     if not info.ok:
         st.error("This dataset cannot be used yet:\n" + "\n".join(f"- {p}" for p in info.problems))
-        with st.expander("How to get COCO-2017", expanded=True):
-            st.markdown(COCO_HELP)
-        return
+        return False
     try:
         start_job(config, runs_dir())
     except JobError as e:
         st.error(str(e))
-        return
+        return True
     st.rerun()
 
 
 @st.fragment(run_every=2)
 def monitor(run_dir: str) -> None:
     job = Job.load(run_dir)
-    enforce_stop(job, STOP_GRACE_S)
-    status = draw_run(Path(run_dir))
-    if not job.alive():
+    if job is None or not job.alive():
         st.rerun()  # the run is over: redraw the whole page (form and runs list)
-    if st.button("Stop", disabled=status == "stopping", help="Saves a checkpoint; Resume continues from it"):
-        stop_job(job)
-        st.rerun(scope="fragment")
+    enforce_stop(job, STOP_GRACE_S)
+    st.button("Stop", on_click=stop_job, args=(job,), disabled=job.stop_requested_at is not None,
+              help="The trainer saves a checkpoint and exits; Resume continues from there")
+    draw_run(Path(run_dir))
 
 
 def runs_ui() -> None:
@@ -78,20 +77,22 @@ def runs_ui() -> None:
         return
     st.subheader("Runs")
     st.dataframe(pd.DataFrame([{"run": r.name, "status": r.status, "model": r.config.get("model_name", ""),
-                                **{k: round(v, 3) for k, v in r.metrics.items()}} for r in runs]), hide_index=True)
+                                **{("best epoch" if k == "epoch" else k): round(v, 3) for k, v in r.metrics.items()}}
+                               for r in runs]), hide_index=True)
     run = {r.name: r for r in runs}[st.selectbox("Run", [r.name for r in runs])]
-    left, right = st.columns(2)
-    if run.resumable and left.button("Resume", type="primary"):
+    buttons = st.container(horizontal=True)
+    if run.resumable and buttons.button("Resume", type="primary", help="Continue from the last checkpoint"):
         try:
             resume_job(run.path, runs_dir())
             st.rerun()
         except JobError as e:
             st.error(str(e))
-    if run.bundle and right.button("Use this model for captioning"):
+    if run.bundle and buttons.button("Use this model for captioning", type="primary"):
         set_active(Path(run.bundle).name, models_dir())
         st.success(f"{Path(run.bundle).name} is now the active model on the Caption page.")
     if run.status not in ("running", "starting", "stopping"):
-        draw_run(run.path)
+        with st.expander("Details of this run", expanded=True):
+            draw_run(run.path)
 
 
 def main() -> None:
@@ -102,11 +103,13 @@ def main() -> None:
     job = current_job(runs_dir())
     if job is not None:
         monitor(str(job.run_dir))
-    else:
-        config = train_form()
-        if config is not None:
-            start(config)
     runs_ui()
+    if job is None:
+        st.subheader("New run")
+        config = train_form()
+        dataset_ok = start(config) if config is not None else True
+        with st.expander("How to get COCO-2017", expanded=not dataset_ok):
+            st.markdown(COCO_HELP)
 
 
 main()

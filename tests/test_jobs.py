@@ -146,6 +146,8 @@ def test_summarize_restarts_after_resume():
     ]
     p = jobs.summarize(events)
     assert (p.phase, p.fraction, p.final, p.losses) == ("training", 0.5, None, [{"step": 4, "loss": 2.5}])
+    p = jobs.summarize(events + [{"event": "phase", "phase": "validating"}])
+    assert (p.phase, p.fraction) == ("validating", 0.5)  # validating keeps the training progress
     assert "epoch 1/2" in p.label and jobs.format_eta(p.eta_s) == "1m 10s"
     assert jobs.format_eta(None) == "unknown" and jobs.format_eta(3725) == "1h 02m"
 
@@ -153,4 +155,6 @@ def test_summarize_restarts_after_resume():
 def test_env_overrides(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPTION_RUNS_DIR", str(tmp_path / "r"))
     monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "m"))
+    monkeypatch.setenv("CAPTION_CACHE_DIR", str(tmp_path / "c"))
     assert jobs.runs_dir() == tmp_path / "r" and jobs.models_dir() == tmp_path / "m"
+    assert jobs.cache_dir() == tmp_path / "c"

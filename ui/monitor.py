@@ -12,18 +12,25 @@ PHASES = {"starting": "starting up", "loading": "loading the dataset", "encoding
           "training": "training", "validating": "validating", "scst": "fine-tuning on CIDEr (SCST)",
           "saving": "saving the model", "done": "finished", "stopped": "stopped", "error": "failed"}
 STATUS_WORDS = {"crashed": "The training process ended without saying why; the last log lines below may tell.",
-                "stopping": "Stopping: the trainer saves a checkpoint, then exits."}
+                "stopping": "Stopping: the trainer saves a checkpoint, then exits.",
+                "stopped": "Stopped. Resume continues from the last checkpoint."}
+LIVE = ("running", "starting", "stopping")
 
 
 def draw_run(run_dir: Path, log_lines: int = 12) -> str:
     """Phase, progress bar, charts, samples and log of a run; returns its status."""
     events = read_events(run_dir)
     status, p = run_status(run_dir, events), summarize(events)
-    st.markdown(f"**{run_dir.name}** — {PHASES.get(p.phase, p.phase)} ({status})")
-    if status in ("running", "starting", "stopping"):
+    now = f"{status}: {PHASES.get(p.phase, p.phase)}" if status in LIVE else PHASES.get(status, status)
+    st.markdown(f"**{run_dir.name}** — {now}")
+    if status in LIVE:
         st.progress(p.fraction, text=f"{p.label or PHASES.get(p.phase, p.phase)} · ETA {format_eta(p.eta_s)}")
+    elif p.label:
+        st.caption(f"Got as far as {p.label}.")
     if status in STATUS_WORDS:
         st.info(STATUS_WORDS[status])
+    if status == "done" and p.final and p.final.get("bundle"):
+        st.success(f"Finished. The model is saved as {Path(p.final['bundle']).name} ({p.final['bundle']}).")
     if p.error:
         st.error(f"Training failed: {p.error}")
     cols = st.columns(4)

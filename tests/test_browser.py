@@ -1,0 +1,204 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against `streamlit run app.py`.
+
+Flow 1: upload three images (one corrupt) -> two captions and one error row -> download the CSV.
+Flow 2: train on a tiny Flickr-style dataset -> progress moves -> Stop -> Resume -> done -> the new model
+captions an image on the Caption page. Screenshots go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import jpeg_bytes, make_flickr_dataset, make_tiny_bundle
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (./run_tests.sh installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    models, runs = tmp / "models", tmp / "runs"
+    make_tiny_bundle(models / "tiny-random", decoder="attention")
+    port = free_port()
+    env = {**os.environ, "CAPTION_MODELS_DIR": str(models), "CAPTION_RUNS_DIR": str(runs),
+           "CAPTION_CACHE_DIR": str(tmp / "features"), "PYTHONUNBUFFERED": "1"}
+    log = (tmp / "streamlit.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("streamlit did not start:\n" + (tmp / "streamlit.log").read_text())
+        time.sleep(0.5)
+    yield {"url": url, "tmp": tmp, "models": models, "runs": runs}
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the whole page (Streamlit scrolls inside its own container, so grow the window first)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    size = page.viewport_size
+    height = page.evaluate("() => Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
+    page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 6000)})
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.set_viewport_size(size)
+
+
+def wait_idle(page, timeout: float = 120) -> None:
+    """Until Streamlit has finished the current script run (its status widget says 'Running...')."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout * 1000)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick an option of a st.selectbox by its label."""
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def progress_value(page) -> float:
+    return page.evaluate("""() => {
+        const bar = document.querySelector("[data-testid='stProgress'] [role='progressbar']");
+        return bar ? Number(bar.getAttribute("aria-valuenow")) : -1; }""")
+
+
+def wait_for_progress(page, above: float, timeout: float = 120) -> float:
+    deadline = time.time() + timeout
+    while (value := progress_value(page)) <= above:
+        assert time.time() < deadline, f"the progress bar stayed at {value} (wanted more than {above})"
+        page.wait_for_timeout(250)
+    return value
+
+
+def test_caption_flow_upload_corrupt_and_download(server, page):
+    page.goto(server["url"])
+    page.get_by_text("Active model").wait_for()
+    shot(page, "0-home")
+    page.goto(server["url"] + "/Caption")
+    page.get_by_text("Caption uploaded images").wait_for()
+    files = [
+        {"name": "red.jpg", "mimeType": "image/jpeg", "buffer": jpeg_bytes((220, 20, 20))},
+        {"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"this is not a jpeg at all"},
+        {"name": "blue.png", "mimeType": "image/png", "buffer": jpeg_bytes((20, 20, 220), fmt="PNG")},
+    ]
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(files)
+    page.get_by_text("broken.jpg").first.wait_for()
+    page.get_by_role("button", name="Caption uploaded images").click()
+    page.get_by_role("button", name="Download CSV").wait_for()
+    wait_idle(page)
+    shot(page, "1-caption-results")
+
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
+    assert [r["image"] for r in rows] == ["red.jpg", "broken.jpg", "blue.png"]
+    assert rows[0]["caption"] and rows[2]["caption"] and not rows[0]["error"]
+    assert rows[1]["caption"] == "" and rows[1]["error"]
+    # the download did not rerun the page: the results are still there
+    page.wait_for_timeout(500)
+    assert page.get_by_role("button", name="Download CSV").is_visible()
+
+    choose(page, "Image", "broken.jpg")
+    page.get_by_text("broken.jpg:").first.wait_for()
+    choose(page, "Image", "red.jpg")
+    page.get_by_text("Where the model looked").wait_for()  # the attention heat-maps of the tiny model
+    wait_idle(page)
+    shot(page, "2-caption-detail")
+
+
+def test_train_flow_stop_resume_done_then_caption(server, page):
+    data = make_flickr_dataset(server["tmp"] / "tiny-flickr", n=12)
+    page.goto(server["url"] + "/Train")
+    page.get_by_text("Start training").wait_for()
+    page.get_by_label("Dataset folder").fill(str(data))
+    choose(page, "Decoder", "Show and Tell")
+    choose(page, "Device", "cpu")
+    for label, value in [("Embedding size", "16"), ("Hidden size", "16"), ("Vocabulary threshold", "1"),
+                         ("Epochs", "30"), ("Batch size", "2"), ("Model name", "tiny-trained")]:
+        page.get_by_label(label).fill(value)
+    shot(page, "3-train-form")
+    page.get_by_role("button", name="Start training").click()
+
+    page.get_by_role("button", name="Stop").wait_for()
+    page.get_by_text(re.compile(r"epoch \d+/30, step")).wait_for(timeout=120_000)  # encoded; training now
+    first = wait_for_progress(page, above=0)
+    wait_for_progress(page, above=first)  # it moves while we watch
+    shot(page, "4-train-running")
+
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Resume").wait_for(timeout=120_000)
+    page.get_by_text("stopped").first.wait_for()
+    shot(page, "5-train-stopped")
+
+    page.get_by_role("button", name="Resume").click()
+    page.get_by_role("button", name="Use this model for captioning").wait_for(timeout=300_000)
+    wait_idle(page)
+    shot(page, "6-train-done")
+    page.get_by_role("button", name="Use this model for captioning").click()
+    page.get_by_text("is now the active model").wait_for()
+
+    page.goto(server["url"] + "/Caption")
+    page.get_by_role("button", name="Try sample images").wait_for()
+    assert page.get_by_role("combobox", name="Model", exact=True).input_value() == "tiny-trained"  # the active one
+    page.get_by_role("button", name="Try sample images").click()
+    page.get_by_role("button", name="Download CSV").wait_for()
+    page.get_by_text("Results (tiny-trained)").wait_for()
+    wait_idle(page)
+    shot(page, "7-caption-with-trained-model")
