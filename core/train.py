@@ -9,6 +9,7 @@ exits; --resume continues exactly where the checkpoint left off.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .data import iter_image_batches, load_split
 from .decode import greedy_decode, sample_captions
-from .device import pick_device
+from .device import bf16_native, pick_device
 from .evaluate import CorpusCider, score_captions
 from .features import FeatureCache, encode_to_cache
 from .files import atomic_write_json
@@ -304,6 +305,11 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit) -> Path | None:
         save_checkpoint(ckpt_path, model, optimizer, {**state, "config": cfg.to_dict()})
         emit("checkpoint", path=str(ckpt_path), epoch=state["epoch"] + 1, step=state["global_step"])
 
+    # mixed precision on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16 with a GradScaler
+    amp_dtype = (torch.bfloat16 if bf16_native(device) else torch.float16) if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
     cider = CorpusCider([it.captions for it in train_items]) if cfg.scst_epochs else None
     train_refs = [all_items[i].captions for i in train_ids]
     total_epochs = cfg.epochs + cfg.scst_epochs
@@ -323,22 +329,26 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit) -> Path | None:
         losses = []
         for b in range(state["batch"], n_batches):
             chunk = perm[b * per:(b + 1) * per]
-            if scst:
-                ids = [train_ids[k] for k in chunk]
-                loss, _ = _scst_loss(model, source(ids, device), [train_refs[k] for k in chunk], cider, vocab, cfg)
-                lr = cfg.scst_lr
-            else:
-                ids = [samples[k][0] for k in chunk]
-                caps = pad_captions([samples[k][1] for k in chunk]).to(device)
-                lr = lr_at(state["global_step"], cfg.epochs * steps_per_epoch, cfg.lr, cfg.warmup_steps)
-                loss = caption_loss(model, source(ids, device), caps, cfg.label_smoothing,
-                                    cfg.alpha_c if cfg.decoder == "attention" else 0.0)
+            with autocast():
+                if scst:
+                    ids = [train_ids[k] for k in chunk]
+                    loss, _ = _scst_loss(model, source(ids, device), [train_refs[k] for k in chunk], cider, vocab,
+                                         cfg)
+                    lr = cfg.scst_lr
+                else:
+                    ids = [samples[k][0] for k in chunk]
+                    caps = pad_captions([samples[k][1] for k in chunk]).to(device)
+                    lr = lr_at(state["global_step"], cfg.epochs * steps_per_epoch, cfg.lr, cfg.warmup_steps)
+                    loss = caption_loss(model, source(ids, device), caps, cfg.label_smoothing,
+                                        cfg.alpha_c if cfg.decoder == "attention" else 0.0)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(loss.item())
             state["global_step"] += 1
             state["batch"] = b + 1

@@ -1,0 +1,139 @@
+"""Speed benchmark: prints figures measured in one run on the same data and model.
+
+1. Seconds per training epoch the seeds' way (the frozen encoder runs for every caption sample) vs with
+   the feature cache (decoder only), for Show-and-Tell and for soft attention, and their ratio.
+2. Captioning images per second end to end (files on disk -> CSV rows, beam search included) vs the bare
+   encoder forward on tensors already in memory.
+
+    python bench/bench_speed.py --data ../shared/data/flickr8k --images 200
+    python bench/bench_speed.py                 # synthetic photos-like images when no data is given
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.backbones import get_spec  # noqa: E402
+from core.bundle import save_bundle  # noqa: E402
+from core.caption import Captioner  # noqa: E402
+from core.config import ModelConfig  # noqa: E402
+from core.data import ImageCaptions, iter_image_batches, load_split  # noqa: E402
+from core.features import FeatureCache, encode_to_cache  # noqa: E402
+from core.model import CaptionModel, Encoder  # noqa: E402
+from core.train import FeatureSource, caption_loss, pad_captions  # noqa: E402
+from core.vocabulary import Vocabulary  # noqa: E402
+
+
+def synthetic_items(folder: Path, n: int) -> list[ImageCaptions]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        arr = (rng.random((375, 500, 3)) * 255).astype(np.uint8)
+        path = folder / f"{i}.jpg"
+        Image.fromarray(arr).save(path, quality=90)
+        items.append(ImageCaptions(path, [f"a photo number {i % 7} of a thing"] * 5))
+    return items
+
+
+def seeds_epoch(model, encoder, items, samples, batch_size, spec) -> float:
+    """One epoch as the seed projects train: load + encode the image of every caption sample, every epoch."""
+    opt = torch.optim.AdamW(model.decoder.parameters(), 1e-4)
+    t = time.perf_counter()
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        _, images, _ = next(iter_image_batches([items[i].path for i, _ in chunk], spec.image_size, spec.mean,
+                                               spec.std, len(chunk)))
+        with torch.no_grad():
+            feats = encoder(images)  # (B, P, C)
+        if model.cfg.decoder == "show_tell":
+            feats = feats.mean(1, keepdim=True)
+        loss = caption_loss(model, feats, pad_captions([c for _, c in chunk]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t
+
+
+def cached_epoch(model, source, samples, batch_size) -> float:
+    opt = torch.optim.AdamW(model.decoder.parameters(), 1e-4)
+    t = time.perf_counter()
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        loss = caption_loss(model, source([i for i, _ in chunk], "cpu"), pad_captions([c for _, c in chunk]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="dataset folder (COCO or Flickr layout); synthetic images when omitted")
+    p.add_argument("--images", type=int, default=100, help="images in the benchmark epoch")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--caption-images", type=int, default=64)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    items = load_split(args.data, "train")[0][: args.images] if args.data else synthetic_items(tmp, args.images)
+    vocab = Vocabulary.build((c for it in items for c in it.captions), min_count=1)
+    samples = [(i, vocab.encode(c)[:22]) for i, it in enumerate(items) for c in it.captions]
+    spec = get_spec(args.backbone)
+    encoder = Encoder(args.backbone, pretrained=True).eval()
+    grid = (spec.image_size // 32,) * 2
+    print(f"{len(items)} images, {len(samples)} caption samples per epoch, backbone {args.backbone}, "
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads")
+
+    t = time.perf_counter()
+    caches = {}
+    for layout in ("pooled", "grid"):
+        caches[layout] = FeatureCache(tmp / "cache", args.backbone, layout, grid)
+        rows = encode_to_cache(encoder, args.backbone, [it.path for it in items], caches[layout], torch.device("cpu"))
+    encode_s = (time.perf_counter() - t) / 2
+    print(f"one-time feature encoding: {encode_s:.1f} s ({len(items) / encode_s:.1f} images/s)")
+
+    for decoder in ("show_tell", "attention"):
+        cfg = ModelConfig(vocab_size=len(vocab), backbone=args.backbone, decoder=decoder)
+        model = CaptionModel(cfg, with_encoder=False).train()
+        layout = "grid" if decoder == "attention" else "pooled"
+        source = FeatureSource(cache_array=caches[layout].array(), rows=rows)
+        cached = min(cached_epoch(model, source, samples, args.batch_size) for _ in range(2))
+        seeds = seeds_epoch(model, encoder, items, samples, args.batch_size, spec)
+        print(f"{decoder:>10}: seeds' way {seeds:7.1f} s/epoch | cached {cached:6.2f} s/epoch | "
+              f"{seeds / cached:5.1f}x faster")
+
+    # captioning: end to end vs the bare encoder forward
+    cfg = ModelConfig(vocab_size=len(vocab), backbone=args.backbone, decoder="attention")
+    bundle = save_bundle(tmp / "bundle", CaptionModel(cfg, with_encoder=False), vocab)
+    captioner = Captioner(bundle, device="cpu")
+    files = [(str(it.path), it.path) for it in items[: args.caption_images]]
+    n = len(files)
+    captioner.caption(files[:16], batch_size=16)  # warm-up
+    t = time.perf_counter()
+    captioner.caption(files, beam=3, batch_size=16)
+    e2e = n / (time.perf_counter() - t)
+    _, images, _ = next(iter_image_batches([f for _, f in files[:16]], spec.image_size, spec.mean, spec.std, 16))
+    with torch.no_grad():
+        captioner.model.encode(images)
+        t = time.perf_counter()
+        for _ in range(math.ceil(n / 16)):
+            captioner.model.encode(images)
+    bare = math.ceil(n / 16) * 16 / (time.perf_counter() - t)
+    print(f"captioning {n} files, beam 3, attention decoder: {e2e:.1f} images/s end to end | bare encoder "
+          f"{bare:.1f} images/s | ratio {e2e / bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()
