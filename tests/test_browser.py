@@ -39,10 +39,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_attention_bundle):
     tmp = tmp_path_factory.mktemp("browser")
     models, runs = tmp / "models", tmp / "runs"
-    make_tiny_bundle(models / "tiny-random", decoder="attention")
+    shutil.copytree(tiny_attention_bundle, models / "tiny-attention")  # trained on colour squares (conftest.py)
+    make_tiny_bundle(models / "tiny-random", decoder="show_tell")
     port = free_port()
     env = {**os.environ, "CAPTION_MODELS_DIR": str(models), "CAPTION_RUNS_DIR": str(runs),
            "CAPTION_CACHE_DIR": str(tmp / "features"), "PYTHONUNBUFFERED": "1"}
@@ -113,6 +114,29 @@ def choose(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def grid_row_text(page, row: int) -> str:
+    """The text of a row of st.data_editor, read from the grid's accessible table (the cells are drawn on a canvas)."""
+    return page.locator("[data-testid='stDataFrame'] [role='row']").nth(row).inner_text()
+
+
+def edit_caption(page, row: int, text: str) -> None:
+    """Edit the caption cell of a data_editor row as a user would: select, Enter, type, Enter."""
+    grid = page.locator("[data-testid='stDataFrame']").first
+    page.locator("[data-testid='stDataFrame'] [role='row']").nth(row).wait_for(state="attached")
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 20, box["y"] + 35 * row + 17)  # the thumbnail cell; rows are 35 px high
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")  # the caption column
+    page.keyboard.press("Enter")
+    page.locator("textarea.gdg-input").wait_for()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "([row, text]) => document.querySelectorAll(\"[data-testid='stDataFrame'] [role='row']\")[row]"
+        "?.innerText.includes(text)", arg=[row, text])
+
+
 def progress_value(page) -> float:
     return page.evaluate("""() => {
         const bar = document.querySelector("[data-testid='stProgress'] [role='progressbar']");
@@ -145,15 +169,19 @@ def test_caption_flow_upload_corrupt_and_download(server, page):
     wait_idle(page)
     shot(page, "1-caption-results")
 
+    edit_caption(page, row=1, text="a red square")
+    wait_idle(page)
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download CSV").click()
     rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
     assert [r["image"] for r in rows] == ["red.jpg", "broken.jpg", "blue.png"]
-    assert rows[0]["caption"] and rows[2]["caption"] and not rows[0]["error"]
+    assert rows[0]["caption"] == "a red square" and not rows[0]["error"]  # the edit is in the CSV
+    assert rows[2]["caption"].split()[-1] in ("square", "stripe") and not rows[2]["error"]  # words it was taught
     assert rows[1]["caption"] == "" and rows[1]["error"]
-    # the download did not rerun the page: the results are still there
+    # the download did not rerun the page: the results and the edit are still there
     page.wait_for_timeout(500)
     assert page.get_by_role("button", name="Download CSV").is_visible()
+    assert "a red square" in grid_row_text(page, 1)
 
     choose(page, "Image", "broken.jpg")
     page.get_by_text("broken.jpg:").first.wait_for()
@@ -181,6 +209,9 @@ def test_train_flow_stop_resume_done_then_caption(server, page):
     first = wait_for_progress(page, above=0)
     wait_for_progress(page, above=first)  # it moves while we watch
     shot(page, "4-train-running")
+    page.reload()  # a reload (or another tab, or a restarted server) re-attaches to the running job
+    page.get_by_role("button", name="Stop").wait_for()
+    wait_for_progress(page, above=0)
 
     page.get_by_role("button", name="Stop").click()
     page.get_by_role("button", name="Resume").wait_for(timeout=120_000)

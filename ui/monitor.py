@@ -25,7 +25,7 @@ def draw_run(run_dir: Path, log_lines: int = 12) -> str:
     st.markdown(f"**{run_dir.name}** — {now}")
     if status in LIVE:
         st.progress(p.fraction, text=f"{p.label or PHASES.get(p.phase, p.phase)} · ETA {format_eta(p.eta_s)}")
-    elif p.label:
+    elif p.label and status != "done":
         st.caption(f"Got as far as {p.label}.")
     if status in STATUS_WORDS:
         st.info(STATUS_WORDS[status])
@@ -38,7 +38,7 @@ def draw_run(run_dir: Path, log_lines: int = 12) -> str:
     cols[1].metric("Throughput", f"{p.images_per_s:.1f} img/s" if p.images_per_s else "—")
     last = p.epochs[-1] if p.epochs else {}
     for col, name in zip(cols[2:], ("BLEU-4", "CIDEr")):
-        col.metric(name, f"{last[name]:.3f}" if isinstance(last.get(name), (int, float)) else "—")
+        col.metric(f"{name} (last epoch)", f"{last[name]:.3f}" if isinstance(last.get(name), (int, float)) else "—")
     left, right = st.columns(2)
     if p.losses:
         left.line_chart(pd.DataFrame(p.losses), x="step", y="loss", height=220)
