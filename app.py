@@ -1,6 +1,7 @@
 """Home page: what the app does, the active model, the compute device and the dataset; links to the pages."""
 import streamlit as st
 
+from core.bundle import headline_metrics
 from core.data import inspect_dataset
 from core.jobs import REPO_ROOT, models_dir
 from ui.loader import bundle_choices, device_info
@@ -24,10 +25,12 @@ def model_section() -> None:
         return
     b = bundles[active]
     st.markdown(f"**{b.name}** — {b.config.get('backbone', '?')} encoder, {b.config.get('decoder', '?')} decoder")
-    if b.metrics:
-        cols = st.columns(min(len(b.metrics), 4))
-        for i, (name, value) in enumerate(list(b.metrics.items())[:8]):
-            cols[i % len(cols)].metric(name, f"{value:.3f}" if isinstance(value, (int, float)) else str(value))
+    source, figures = headline_metrics(b.metrics)
+    if figures:
+        cols = st.columns(len(figures))
+        for col, (name, value) in zip(cols, figures.items()):
+            col.metric(name, f"{value:.1f}" if value > 1 else f"{value:.3f}")
+        st.caption(f"Scores from {source}.")
     if b.card:
         with st.expander("Model card"):
             st.markdown(b.card)

@@ -3,6 +3,7 @@ import uuid
 
 import streamlit as st
 
+from core.bundle import headline_metrics
 from core.caption import csv_bytes
 from core.jobs import models_dir
 from ui.images import attention_overlay, open_image, thumbnail_data_url
@@ -16,9 +17,14 @@ def options_ui():
     bundles, active = bundle_choices(models_dir())
     with st.sidebar:
         name = st.selectbox("Model", [b.name for b in bundles], index=active, key="model")
+        bundle = next((b for b in bundles if b.name == name), None)
+        if bundle is not None:
+            _, figures = headline_metrics(bundle.metrics)
+            st.caption(f"{bundle.config.get('decoder')} decoder · "
+                       + " · ".join(f"{k} {v:.1f}" for k, v in figures.items()))
         beam = st.slider("Beam width", 1, 10, 3, help="1 = greedy; wider searches more sentences, slower")
         max_len = st.slider("Maximum length (words)", 5, 50, 20)
-    return next((b for b in bundles if b.name == name), None), beam, max_len
+    return bundle, beam, max_len
 
 
 def inputs_ui(can_caption: bool):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.bundle import set_active
+from core.bundle import BundleError, set_active
 from core.data import COCO_HELP, inspect_dataset
 from core.jobs import (REPO_ROOT, Job, JobError, cache_dir, current_job, enforce_stop, list_runs, models_dir,
                        resume_job, runs_dir, start_job, stop_job)
@@ -77,7 +77,8 @@ def runs_ui() -> None:
         return
     st.subheader("Runs")
     st.dataframe(pd.DataFrame([{"run": r.name, "status": r.status, "model": r.config.get("model_name", ""),
-                                **{("best epoch" if k == "epoch" else k): round(v, 3) for k, v in r.metrics.items()}}
+                                **{("best epoch" if k == "epoch" else k): round(v, 3) for k, v in r.metrics.items()
+                                   if isinstance(v, (int, float))}}
                                for r in runs]), hide_index=True)
     run = {r.name: r for r in runs}[st.selectbox("Run", [r.name for r in runs])]
     buttons = st.container(horizontal=True)
@@ -88,8 +89,11 @@ def runs_ui() -> None:
         except JobError as e:
             st.error(str(e))
     if run.bundle and buttons.button("Use this model for captioning", type="primary"):
-        set_active(Path(run.bundle).name, models_dir())
-        st.success(f"{Path(run.bundle).name} is now the active model on the Caption page.")
+        try:
+            set_active(Path(run.bundle).name, models_dir())
+            st.success(f"{Path(run.bundle).name} is now the active model on the Caption page.")
+        except BundleError as e:
+            st.error(f"This model cannot be used: {e}")
     if run.status not in ("running", "starting", "stopping"):
         with st.expander("Details of this run", expanded=True):
             draw_run(run.path)

@@ -49,7 +49,7 @@ def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "
     cfg = ModelConfig(vocab_size=len(vocab), backbone=backbone, decoder=decoder, embed_dim=16, hidden_dim=16,
                       attention_dim=16, max_len=8)
     model = CaptionModel(cfg, with_encoder=False, pretrained=False)
-    return save_bundle(Path(folder), model, vocab, metrics={"BLEU-4": 0.123, "CIDEr": 0.456},
+    return save_bundle(Path(folder), model, vocab, metrics={"val_greedy": {"BLEU-4": 12.3, "CIDEr": 45.6, "epoch": 1}},
                        card="A random test model.")
 
 

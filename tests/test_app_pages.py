@@ -63,7 +63,7 @@ def test_home_shows_model_device_dataset_and_links(models, runs):
     assert not at.exception
     body = texts(at)
     assert "tiny-attention" in body and "Compute device" in body and "cocoapi/" in body
-    assert [m.label for m in at.metric] == ["BLEU-4", "CIDEr"]
+    assert [m.label for m in at.metric] == ["BLEU-4", "CIDEr"] and "Scores from validation" in body
     assert len(at.get("page_link")) == 2
 
 
@@ -83,6 +83,7 @@ def test_caption_page_without_models(tmp_path, monkeypatch):
 def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
     at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
     assert at.selectbox(key="model").value == "tiny-attention"
+    assert "attention decoder · BLEU-4 12.3 · CIDEr 45.6" in texts(at)
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.writestr("../../outside/green.jpg", jpeg_bytes((0, 200, 0)))
@@ -187,3 +188,14 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
     assert jobs.run_info(job.run_dir).status == "done"
     assert any(b.label == "Use this model for captioning" for b in at.button)
     assert list(at.dataframe[0].value["status"]) == ["done"]
+
+
+def test_train_page_explains_a_failed_run(models, runs, tmp_path):
+    job = jobs.start_job({"fake": "error", "model_name": "broken"}, runs, command=fake_trainer_command(tmp_path))
+    assert jobs.wait_for_exit(job, 30)
+    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "Training failed: The dataset folder is empty." in [e.value for e in at.error]
+    assert list(at.dataframe[0].value["status"]) == ["error"]
+    assert any(b.label == "Resume" for b in at.button)  # a failed run can be tried again from its checkpoint
+    assert "fake trainer up" in at.code[0].value  # the last log lines
