@@ -57,13 +57,35 @@ def cache_dir() -> Path:
 
 
 def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), or None off Linux or when it is gone."""
+    """When `pid` started, as an opaque string (Linux: ticks since boot; Windows: creation time), else None."""
+    if os.name == "nt":
+        return _windows_process(pid)[1]
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields_ = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
     return fields_[19] if len(fields_) > 19 else None  # field 22 of proc(5); fields_[0] is field 3
+
+
+def _windows_process(pid: int) -> tuple[bool, str | None]:
+    """(alive, creation time) through the Win32 API: os.kill(pid, 0) would send Ctrl+C there."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5, None  # ERROR_ACCESS_DENIED: it exists, owned by someone else
+    try:
+        code = wintypes.DWORD()
+        times = [wintypes.FILETIME() for _ in range(4)]
+        alive = bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
+        if not kernel32.GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
+            return alive, None
+        return alive, str((times[0].dwHighDateTime << 32) | times[0].dwLowDateTime)
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def _zombie(pid: int) -> bool:
@@ -80,6 +102,8 @@ def _reap(pid: int) -> None:
         if proc.poll() is not None:
             _children.pop(pid, None)
         return
+    if os.name == "nt":
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
@@ -87,20 +111,24 @@ def _reap(pid: int) -> None:
 
 
 def pid_alive(pid: int | None, start_time: str | None = None) -> bool:
-    """True when `pid` runs and, where the start time is known (Linux), is the same process as recorded."""
+    """True when `pid` runs and, where its start time can be read (Linux, Windows), is the process recorded."""
     if not pid or pid <= 0:
         return False
     _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    except OSError:
-        return False
-    if _zombie(pid):
-        return False
+    if os.name == "nt":
+        if not _windows_process(pid)[0]:
+            return False
+    else:
+        try:
+            os.kill(pid, 0)  # elsewhere (macOS) this existence check is all there is
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by someone else
+        except OSError:
+            return False
+        if _zombie(pid):
+            return False
     if start_time is not None:
         now = process_start_time(pid)
         if now is not None and now != str(start_time):
@@ -284,10 +312,11 @@ def _launch(run_dir: Path, root: Path, command, resume: bool) -> Job:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         with (run_dir / LOG_NAME).open("ab") as log:
-            proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own session: a Ctrl+C or restart of the server does not kill it
-            )
+            # its own session (process group on Windows): a Ctrl+C or restart of the server does not kill it
+            detach = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
+                      else {"start_new_session": True})
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, **detach)
         _children[proc.pid] = proc
         job = Job(run_dir, proc.pid, process_start_time(proc.pid), time.time(), cmd, resume)
         job.save()
@@ -343,7 +372,7 @@ def enforce_stop(job: Job, grace_s: float = 60.0) -> bool:
         return False
     try:
         os.killpg(job.pid, signal.SIGTERM)  # the job leads its own session, so its group is its pid
-    except (ProcessLookupError, PermissionError, AttributeError):
+    except (ProcessLookupError, PermissionError, AttributeError):  # AttributeError: no killpg on Windows
         try:
             os.kill(job.pid, signal.SIGTERM)
         except OSError:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,31 @@ def test_env_overrides(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPTION_CACHE_DIR", str(tmp_path / "c"))
     assert jobs.runs_dir() == tmp_path / "r" and jobs.models_dir() == tmp_path / "m"
     assert jobs.cache_dir() == tmp_path / "c"
+
+
+def test_job_outlives_the_server_that_started_it(runs, fake):
+    # A stand-in for the Streamlit server starts the job and exits (stopped or restarted); a new one re-attaches.
+    repo = Path(jobs.__file__).resolve().parent.parent
+    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from core import jobs; "
+            f"jobs.start_job({{'fake': 'loop'}}, {str(runs)!r}, command={fake!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    job = jobs.current_job(runs)
+    assert job is not None and job.alive()
+    assert wait_until(lambda: jobs.run_status(job.run_dir) == "running")
+    jobs.stop_job(job)
+    assert jobs.wait_for_exit(job, 20)  # not our child: liveness comes from /proc (a zombie counts as gone)
+    assert jobs.run_status(job.run_dir) == "stopped" and jobs.current_job(runs) is None
+
+
+def test_two_starts_at_once_give_one_job(runs, fake):
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(jobs.start_job, {"fake": "loop"}, runs, fake) for _ in range(2)]
+    started = [f.result() for f in futures if f.exception() is None]
+    refused = [f.exception() for f in futures if f.exception() is not None]
+    try:
+        assert len(started) == 1 and len(refused) == 1 and isinstance(refused[0], jobs.JobError)
+        assert [p.name for p in runs.iterdir() if p.is_dir()] == [started[0].name]
+    finally:
+        for job in started:
+            os.killpg(job.pid, signal.SIGKILL)
+            jobs.wait_for_exit(job, 10)
