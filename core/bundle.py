@@ -177,3 +177,18 @@ def new_bundle_dir(name: str, models_dir: Path | None = None) -> Path:
     while candidate.exists():
         candidate, n = models_dir / f"{base}-{n}", n + 1
     return candidate
+
+
+def headline_metrics(metrics: dict) -> tuple[str, dict]:
+    """The figures to show for a model: its latest `python -m core.evaluate` result if any, else training's
+    own validation (greedy). -> (where they come from, {"BLEU-4": 21.3, "CIDEr": 55.0, ...})."""
+    evaluations = [(k, v) for k, v in metrics.items() if isinstance(v, dict) and "/" in k and "CIDEr" in v]
+    if evaluations:
+        key, values = evaluations[-1]
+        label = f"{key}, beam {values.get('beam', '?')}, {values.get('images', '?')} images"
+    elif isinstance(metrics.get("val_greedy"), dict):
+        label, values = "validation during training (greedy)", metrics["val_greedy"]
+    else:
+        return "", {}
+    order = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+    return label, {k: values[k] for k in order if isinstance(values.get(k), (int, float))}

@@ -14,6 +14,7 @@ class ModelConfig:
     embed_dim: int = 256
     hidden_dim: int = 512
     attention_dim: int = 256
+    feature_proj_dim: int = 512  # attention decoder: CNN channels are projected to this width first
     dropout: float = 0.3
     fine_tune: bool = False  # True: the backbone's weights are trained too and saved in the bundle
     max_len: int = 20  # longest caption (in words) seen in training; the default for decoding
