@@ -215,7 +215,7 @@ def test_train_flow_stop_resume_done_then_caption(server, page):
 
     page.get_by_role("button", name="Stop").click()
     page.get_by_role("button", name="Resume").wait_for(timeout=120_000)
-    page.get_by_text("stopped").first.wait_for()
+    page.get_by_text("Stopped. Resume continues from the last checkpoint.").wait_for()
     shot(page, "5-train-stopped")
 
     page.get_by_role("button", name="Resume").click()
