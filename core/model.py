@@ -70,7 +70,10 @@ class AttentionDecoder(nn.Module):
         A, H, D = cfg.attention_dim, cfg.hidden_dim, cfg.feature_proj_dim
         # Normalise and narrow the CNN's channels once per image: every later step (attention, gate, LSTM
         # input) then works on D instead of C channels, about twice as fast to train on a CPU.
-        self.proj = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, D), nn.ReLU(), nn.Dropout(cfg.dropout))
+        # (no affine LayerNorm parameters: the Linear after it absorbs them, and without them no gradient has
+        # to flow back through the (B, P, C) grid, a third of the backward pass on a CPU)
+        self.proj = nn.Sequential(nn.LayerNorm(feature_dim, elementwise_affine=False), nn.Linear(feature_dim, D),
+                                  nn.ReLU(), nn.Dropout(cfg.dropout))
         feature_dim = D
         self.feat_att = nn.Linear(feature_dim, A)
         self.hid_att = nn.Linear(H, A)
