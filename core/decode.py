@@ -141,13 +141,15 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int =
     return results
 
 
-def sample_captions(decoder, feats: torch.Tensor, max_len: int = 20, temperature: float = 1.0):
-    """Sample one caption per row of feats (B, P, C), keeping the graph for policy gradients.
+def sample_captions(decoder, feats: torch.Tensor, max_len: int = 20, repeats: int = 1, temperature: float = 1.0):
+    """Sample `repeats` captions per row of feats (B, P, C), keeping the graph for policy gradients.
 
-    -> tokens (B, T) (then <pad> after <end>), log-probs of the chosen words (B, T), mask (B, T) of real steps.
+    -> tokens (B*repeats, T) (then <pad> after <end>), log-probs of the chosen words (B*repeats, T), and
+    mask (B*repeats, T) of real steps; rows i*repeats ... (i+1)*repeats-1 belong to image i.
     """
-    B = feats.size(0)
-    state = decoder.init_state(feats)
+    # the image part of the state is computed once per image, then shared by its samples
+    state = {k: v.repeat_interleave(repeats, 0) for k, v in decoder.init_state(feats).items()}
+    B = feats.size(0) * repeats
     word = torch.full((B,), START, dtype=torch.long, device=feats.device)
     done = torch.zeros(B, dtype=torch.bool, device=feats.device)
     toks, logps, masks = [], [], []

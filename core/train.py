@@ -211,8 +211,7 @@ def _scst_loss(model, feats, refs, cider, vocab, cfg):
     greedy, _ = greedy_decode(model.decoder, feats, cfg.max_len)  # (B, T)
     model.train()
     n = cfg.scst_samples
-    feats_rep = feats.repeat_interleave(n, 0)  # (B*n, P, C)
-    tokens, logps, mask = sample_captions(model.decoder, feats_rep, cfg.max_len)  # (B*n, T) each
+    tokens, logps, mask = sample_captions(model.decoder, feats, cfg.max_len, repeats=n)  # (B*n, T) each
     samples = [vocab.decode(t) for t in tokens.tolist()]
     baseline = cider([vocab.decode(t) for t in greedy.tolist()], refs)  # (B,)
     reward = cider(samples, [r for r in refs for _ in range(n)]) - np.repeat(baseline, n)  # (B*n,)
