@@ -71,11 +71,11 @@ def monitor(run_dir: str) -> None:
     draw_run(Path(run_dir))
 
 
-def runs_ui() -> None:
-    runs = list_runs(runs_dir())
+def runs_ui(live: Job | None) -> None:
+    runs = [r for r in list_runs(runs_dir()) if live is None or r.path != live.run_dir]  # the live one is above
     if not runs:
         return
-    st.subheader("Runs")
+    st.subheader("Earlier runs" if live else "Runs")
     st.dataframe(pd.DataFrame([{"run": r.name, "status": r.status, "model": r.config.get("model_name", ""),
                                 **{("best epoch" if k == "epoch" else k): round(v, 3) for k, v in r.metrics.items()
                                    if isinstance(v, (int, float))}}
@@ -95,7 +95,7 @@ def runs_ui() -> None:
         except BundleError as e:
             st.error(f"This model cannot be used: {e}")
     if run.status not in ("running", "starting", "stopping"):
-        with st.expander("Details of this run", expanded=True):
+        with st.expander("Details of this run", expanded=live is None):
             draw_run(run.path)
 
 
@@ -107,7 +107,7 @@ def main() -> None:
     job = current_job(runs_dir())
     if job is not None:
         monitor(str(job.run_dir))
-    runs_ui()
+    runs_ui(job)
     if job is None:
         st.subheader("New run")
         config = train_form()
