@@ -20,7 +20,8 @@ def options_ui():
         bundle = next((b for b in bundles if b.name == name), None)
         if bundle is not None:
             _, figures = headline_metrics(bundle.metrics)
-            st.caption(f"{bundle.config.get('decoder')} decoder · "
+            decoder = {"show_tell": "Show-and-Tell", "attention": "attention"}.get(bundle.config.get("decoder"), "?")
+            st.caption(f"{decoder} decoder · "
                        + " · ".join(f"{k} {v:.1f}" for k, v in figures.items()))
         beam = st.slider("Beam width", 1, 10, 3, help="1 = greedy; wider searches more sentences, slower")
         max_len = st.slider("Maximum length (words)", 5, 50, 20)
