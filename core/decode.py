@@ -1,6 +1,6 @@
 """Decoding: greedy, batched beam search and sampling. Tensors in, token ids out; no I/O.
 
-All three ban <pad>, <start> and <unk> as outputs and stop a caption at <end>.
+All three ban <pad>, <start> and <unk> as outputs, give every caption at least one word and stop it at <end>.
 """
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ class Hypothesis:
     alphas: torch.Tensor | None = None  # (len(tokens), P) attention weights, attention models only
 
 
-def _next_logprobs(decoder, tokens, state):
+def _next_logprobs(decoder, tokens, state, first: bool):
     logits, state, alpha = decoder.step(tokens, state)
     logp = logits.float().log_softmax(-1)  # (N, V)
     logp[:, _BANNED] = float("-inf")
+    if first:  # a caption has at least one word
+        logp[:, END] = float("-inf")
     return logp, state, alpha
 
 
@@ -42,7 +44,7 @@ def greedy_decode(decoder, feats: torch.Tensor, max_len: int = 20) -> tuple[torc
         if t == max_len:  # out of room: end every unfinished caption here
             out.append(torch.full_like(word, END).masked_fill(done, PAD))
             break
-        logp, state, _ = _next_logprobs(decoder, word, state)
+        logp, state, _ = _next_logprobs(decoder, word, state, first=t == 0)
         best, word = logp.max(-1)  # (B,), (B,)
         word = word.masked_fill(done, PAD)
         score += best.masked_fill(done, 0.0)
@@ -81,7 +83,7 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int =
     done = [False] * B
 
     for t in range(max_len + 1):
-        logp, state, alpha = _next_logprobs(decoder, tokens[:, -1], state)  # (B*K, V)
+        logp, state, alpha = _next_logprobs(decoder, tokens[:, -1], state, first=t == 0)  # (B*K, V)
         if alpha is not None:
             alpha_hist = alpha.unsqueeze(1) if alpha_hist is None else torch.cat([alpha_hist, alpha.unsqueeze(1)], 1)
         if no_repeat_ngram:
@@ -153,10 +155,11 @@ def sample_captions(decoder, feats: torch.Tensor, max_len: int = 20, repeats: in
     word = torch.full((B,), START, dtype=torch.long, device=feats.device)
     done = torch.zeros(B, dtype=torch.bool, device=feats.device)
     toks, logps, masks = [], [], []
-    for _ in range(max_len + 1):
+    for t in range(max_len + 1):
         logits, state, _ = decoder.step(word, state)
         logp = (logits.float() / temperature).log_softmax(-1)
-        logp = logp.index_fill(1, torch.tensor(_BANNED, device=feats.device), float("-inf")).log_softmax(-1)
+        banned = _BANNED + [END] if t == 0 else _BANNED  # at least one word, as in the other decoders
+        logp = logp.index_fill(1, torch.tensor(banned, device=feats.device), float("-inf")).log_softmax(-1)
         word = torch.multinomial(logp.exp().detach(), 1).squeeze(1)  # (B,)
         masks.append(~done)
         chosen = logp.gather(1, word.unsqueeze(1)).squeeze(1)  # (B,)

@@ -70,3 +70,17 @@ def test_sampling_masks_after_end_and_keeps_gradients():
         if END in row:
             e = row.index(END)
             assert all(t == PAD for t in row[e + 1:]) and not any(mrow[e + 1:])
+
+
+def test_a_caption_has_at_least_one_word():
+    """Regression: a barely trained model put <end> first and the app showed an empty caption."""
+    m = tiny_model("show_tell", vocab_size=8)
+    with torch.no_grad():
+        m.decoder.fc.bias[END] = 1e3  # <end> is by far the likeliest word everywhere
+    feats = torch.randn(2, 1, 1280)
+    greedy, _ = greedy_decode(m.decoder, feats, max_len=5)
+    assert greedy[:, 0].ne(END).all() and greedy[:, 1].eq(END).all()
+    for hyps in beam_search(m.decoder, feats, beam_size=2, max_len=5):
+        assert all(len(h.tokens) == 1 and h.finished for h in hyps)
+    tokens, _, _ = sample_captions(m.decoder, feats, max_len=5)
+    assert tokens[:, 0].ne(END).all()
