@@ -113,9 +113,19 @@ def wait_idle(page, timeout: float = 120) -> None:
 
 
 def choose(page, label: str, option: str) -> None:
-    """Pick an option of a st.selectbox by its label."""
-    page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    """Pick an option of a st.selectbox by its label.
+
+    A rerun that lands between the click and the pick (e.g. the page redrawing after a run ended) closes the
+    list, so wait for the script to be idle, and open the list again if it closed."""
+    for attempt in range(3):
+        wait_idle(page)
+        page.get_by_role("combobox", name=label, exact=True).click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=15_000)
+            return
+        except playwright_api.TimeoutError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not choose {option!r} in {label!r}")
 
 
 def grid_row_text(page, row: int) -> str:
