@@ -13,11 +13,6 @@ import contextlib
 import json
 import math
 import os
-
-# Run as a background process, the trainer shares the CPU with the app (and the user's other work). OpenMP's
-# default busy-waiting then wastes the contended cores: measured on 2 busy cores, 1.5 s per step with passive
-# waiting against 4-6 s without. It must be set before torch loads OpenMP, hence here.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import shutil
 import signal
 import sys
