@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--caption-images", type=int, default=64)
+    p.add_argument("--model", help="bundle for the captioning figures (default: an untrained attention model)")
     args = p.parse_args()
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -115,9 +116,13 @@ def main() -> None:
               f"{seeds / cached:5.1f}x faster")
 
     # captioning: end to end vs the bare encoder forward
-    cfg = ModelConfig(vocab_size=len(vocab), backbone=args.backbone, decoder="attention")
-    bundle = save_bundle(tmp / "bundle", CaptionModel(cfg, with_encoder=False), vocab)
+    if args.model:
+        bundle = Path(args.model)
+    else:
+        cfg = ModelConfig(vocab_size=len(vocab), backbone=args.backbone, decoder="attention")
+        bundle = save_bundle(tmp / "bundle", CaptionModel(cfg, with_encoder=False), vocab)
     captioner = Captioner(bundle, device="cpu")
+    spec = captioner.spec
     files = [(str(it.path), it.path) for it in items[: args.caption_images]]
     n = len(files)
     captioner.caption(files[:16], batch_size=16)  # warm-up
@@ -131,8 +136,8 @@ def main() -> None:
         for _ in range(math.ceil(n / 16)):
             captioner.model.encode(images)
     bare = math.ceil(n / 16) * 16 / (time.perf_counter() - t)
-    print(f"captioning {n} files, beam 3, attention decoder: {e2e:.1f} images/s end to end | bare encoder "
-          f"{bare:.1f} images/s | ratio {e2e / bare:.2f}")
+    print(f"captioning {n} files with {bundle.name} ({spec.name}, {captioner.bundle.config.decoder}), beam 3: "
+          f"{e2e:.1f} images/s end to end | bare encoder {bare:.1f} images/s | ratio {e2e / bare:.2f}")
 
 
 if __name__ == "__main__":

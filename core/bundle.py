@@ -183,8 +183,8 @@ def headline_metrics(metrics: dict) -> tuple[str, dict]:
     """The figures to show for a model: its latest `python -m core.evaluate` result if any, else training's
     own validation (greedy). -> (where they come from, {"BLEU-4": 21.3, "CIDEr": 55.0, ...})."""
     evaluations = [(k, v) for k, v in metrics.items() if isinstance(v, dict) and "/" in k and "CIDEr" in v]
-    if evaluations:
-        key, values = evaluations[-1]
+    if evaluations:  # the evaluation on the most images is the most telling
+        key, values = max(evaluations, key=lambda kv: kv[1].get("images", 0))
         label = f"{key}, beam {values.get('beam', '?')}, {values.get('images', '?')} images"
     elif isinstance(metrics.get("val_greedy"), dict):
         label, values = "validation during training (greedy)", metrics["val_greedy"]
