@@ -123,3 +123,14 @@ def test_dry_run_checks_the_dataset(tmp_path, capsys):
 def test_unknown_config_keys_are_refused():
     with pytest.raises(ValueError, match="unknown training options: colour"):
         TrainConfig.from_dict({"colour": "red"})
+
+
+def test_fine_tuning_trains_the_backbone_without_the_cache(tmp_path):
+    from core.bundle import load_bundle
+
+    data = make_flickr(tmp_path / "data")
+    bundle = run(tiny_train_config(data, tmp_path, epochs=1, fine_tune=True), tmp_path / "run")
+    assert not (tmp_path / "cache").exists()  # no features cached: the encoder changes every step
+    weights = load_file(bundle / "model.safetensors")
+    assert any(k.startswith("encoder.") for k in weights)
+    assert load_bundle(bundle).config.fine_tune
