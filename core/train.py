@@ -187,14 +187,17 @@ class FeatureSource:
             rows = np.asarray([self.rows[i] for i in image_ids])
             return torch.from_numpy(np.asarray(self.array[rows], dtype=np.float32)).to(device)  # (B, P, C)
         s = self.spec
-        _, images, _ = next(iter_image_batches([self.paths[i] for i in image_ids], s.image_size, s.mean, s.std,
-                                               len(image_ids)))
+        _, images, errors = next(iter_image_batches([self.paths[i] for i in image_ids], s.image_size, s.mean,
+                                                    s.std, len(image_ids)))
+        if errors:  # fine-tuning has no cache pass to weed these out beforehand; say which file, plainly
+            i, msg = next(iter(errors.items()))
+            raise ValueError(f"cannot fine-tune on {self.paths[image_ids[i]]}: {msg}; remove or fix that file")
         return self.encoder(images.to(device))  # (B, P, C)
 
 
 @torch.no_grad()
-def validate(model, source, val_ids, val_refs, device, max_len, batch_size=100):
-    """Greedy captions for the validation images -> (metrics, {image_id: caption})."""
+def validate(model, source, val_ids, device, max_len, batch_size=100):
+    """Greedy captions for the validation images -> {image_id: token ids}."""
     model.eval()
     captions = {}
     for start in range(0, len(val_ids), batch_size):
@@ -218,7 +221,7 @@ def _scst_loss(model, feats, refs, cider, vocab, cfg):
     reward = cider(samples, [r for r in refs for _ in range(n)]) - np.repeat(baseline, n)  # (B*n,)
     reward_t = torch.from_numpy(reward).float().to(feats.device).unsqueeze(1)  # (B*n, 1)
     loss = -(reward_t * logps * mask).sum() / mask.sum()
-    return loss, float(np.mean(baseline))
+    return loss
 
 
 def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, listeners=()) -> Path | None:
@@ -332,7 +335,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit) -> Path | None:
             with autocast():
                 if scst:
                     ids = [train_ids[k] for k in chunk]
-                    loss, _ = _scst_loss(model, source(ids, device), [train_refs[k] for k in chunk], cider, vocab,
+                    loss = _scst_loss(model, source(ids, device), [train_refs[k] for k in chunk], cider, vocab,
                                          cfg)
                     lr = cfg.scst_lr
                 else:
@@ -367,7 +370,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit) -> Path | None:
                 checkpoint()
 
         emit("phase", phase="validating")
-        captions = validate(model, source, val_ids, val_refs, device, cfg.max_len)
+        captions = validate(model, source, val_ids, device, cfg.max_len)
         texts = {i: vocab.decode(seq) for i, seq in captions.items()}
         metrics = score_captions({str(i): val_refs[i] for i in texts}, {str(i): t for i, t in texts.items()},
                                  fast=True)
