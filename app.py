@@ -4,7 +4,8 @@ import streamlit as st
 from core.bundle import headline_metrics
 from core.data import inspect_dataset
 from core.jobs import REPO_ROOT, models_dir
-from ui.loader import bundle_choices, device_info
+from ui.device import device_report_ui
+from ui.loader import bundle_choices
 
 COCO_DIR = REPO_ROOT / "cocoapi"
 
@@ -45,8 +46,7 @@ def main() -> None:
     )
     model_section()
     st.subheader("This computer")
-    dev = device_info()
-    st.markdown(f"Compute device: **{dev['device'].upper()}** ({dev['name']})")
+    device_report_ui()
     found, detail = coco_status()
     if found:
         st.markdown(f"Dataset in `cocoapi/`: **COCO-2017 found** ({detail})")

@@ -1,16 +1,193 @@
-"""Choosing the compute device, and whether bf16 runs natively on it."""
+"""The compute device: what this computer has, what PyTorch can use of it, and why not.
+
+Importing this module does not import torch. Its first half (nvidia-smi, which PyTorch build to
+install) runs before PyTorch exists, from the launchers' install check (tools/env_check.py); the
+report is drawn by the Home page, which must render without loading torch (it asks a subprocess).
+
+    python -m core.device           the report, for a terminal or a bug report
+    python -m core.device --json    the same as JSON (what the app reads)
+"""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+FORCE_CPU_ENV = "CAPTION_FORCE_CPU"  # "1": the standard (on Windows CPU-only) PyTorch build, and "auto" = CPU
+TORCH_CUDA_ENV = "CAPTION_TORCH_CUDA"  # "1": install the CUDA build from PyTorch's index on Linux too
+TORCH_INDEX_ENV = "CAPTION_TORCH_INDEX"  # PyTorch's wheel index, or a mirror of it
+TORCH_INDEX = "https://download.pytorch.org/whl"
+DRIVER_URL = "https://www.nvidia.com/Download/index.aspx"
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+
+# The CUDA builds PyTorch publishes on its own index, per release, oldest CUDA first (pytorch.org, "Previous
+# versions"). A release newer than the table is assumed to have the newest row's builds: check it when the torch
+# pin moves. A wrong guess costs no more than a failed download, after which the launcher falls back to the CPU.
+CUDA_BUILDS = {
+    (2, 6): ("cu118", "cu124", "cu126"),
+    (2, 7): ("cu118", "cu126", "cu128"),
+    (2, 8): ("cu126", "cu128", "cu129"),
+    (2, 9): ("cu126", "cu128", "cu130"),
+}
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """"auto" -> CUDA, else Apple MPS, else CPU. A named device that is absent is an error, not a fallback."""
+# ------------------------------------------------------------------ what the computer has (no torch)
+
+
+@dataclass(frozen=True)
+class NvidiaGPU:
+    name: str
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class NvidiaInfo:
+    gpus: tuple[NvidiaGPU, ...]
+    driver: str  # "560.94"
+    cuda: str | None  # the newest CUDA the driver runs ("12.6"), from nvidia-smi's header
+
+
+def _nvidia_smi_path() -> str | None:
+    found = shutil.which("nvidia-smi")
+    if found is None and os.name == "nt":  # drivers before 2019 put it outside PATH
+        old = Path(os.environ.get("ProgramFiles", r"C:\Program Files")) / "NVIDIA Corporation" / "NVSMI" / "nvidia-smi.exe"
+        found = str(old) if old.is_file() else None
+    return found
+
+
+def query_nvidia(timeout: float = 20) -> NvidiaInfo | None:
+    """The NVIDIA GPUs that nvidia-smi lists; None without nvidia-smi, without a GPU, or when it fails."""
+    exe = _nvidia_smi_path()
+    if exe is None:
+        return None
+    run = dict(capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
+    try:
+        listing = subprocess.run([exe, "--query-gpu=name,memory.total,driver_version",
+                                  "--format=csv,noheader,nounits"], **run)
+        # The plain table's header is the only place that names the driver's CUDA version on every driver.
+        header = subprocess.run([exe], **run)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if listing.returncode != 0:
+        return None
+    gpus, driver = [], ""
+    for line in listing.stdout.splitlines():
+        parts = [p.strip() for p in line.rsplit(",", 2)]
+        if len(parts) == 3 and parts[0]:
+            gpus.append(NvidiaGPU(parts[0], int(parts[1]) if parts[1].isdigit() else 0))
+            driver = parts[2]
+    if not gpus:
+        return None
+    found = re.search(r"CUDA Version\s*:\s*([\d.]+)", header.stdout)
+    return NvidiaInfo(tuple(gpus), driver, found.group(1) if found else None)
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    """"2.14.1+cu128" -> (2, 14, 1)."""
+    return tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0]))
+
+
+def _build_cuda(build: str) -> tuple[int, int]:
+    """"cu128" -> (12, 8)."""
+    return int(build[2:-1]), int(build[-1])
+
+
+def cuda_build_for(torch_version: str, driver_cuda: str | None) -> str | None:
+    """The newest CUDA build of this torch release ("cu128") that the driver runs; None when none does."""
+    release = _numbers(torch_version)[:2]
+    builds = CUDA_BUILDS.get(release) or (CUDA_BUILDS[max(CUDA_BUILDS)] if release > max(CUDA_BUILDS) else ())
+    if not driver_cuda:
+        return None
+    usable = [b for b in builds if _build_cuda(b) <= _numbers(driver_cuda)[:2]]
+    return usable[-1] if usable else None
+
+
+def pinned_versions(requirements: Path | str = REQUIREMENTS) -> dict[str, str]:
+    """{"torch": "2.14.1", "torchvision": "0.29.1"} from the requirements file's `name==version` lines."""
+    pins = {}
+    with contextlib.suppress(OSError):
+        for line in Path(requirements).read_text(encoding="utf-8-sig").splitlines():
+            found = re.match(r"\s*(torch|torchvision)\s*==\s*([\w.]+)", line)
+            if found:
+                pins[found.group(1)] = found.group(2)
+    return pins
+
+
+def index_url(build: str) -> str:
+    return (os.environ.get(TORCH_INDEX_ENV) or TORCH_INDEX).rstrip("/") + "/" + build
+
+
+def cuda_install_args(build: str, pins: dict[str, str]) -> list[str]:
+    """pip arguments that install the pinned torch and torchvision as CUDA build `build` from PyTorch's index."""
+    # The local label (+cu128) makes pip replace an installed CPU build of the same version; requirements.txt's
+    # `torch==2.14.1` is then satisfied by it, so the later `pip install -r` keeps it.
+    return ["install", f"torch=={pins['torch']}+{build}", f"torchvision=={pins['torchvision']}+{build}",
+            "--index-url", index_url(build)]
+
+
+def shell_command(args: list[str]) -> str:
+    """One line to paste into this system's terminal."""
+    return subprocess.list2cmdline(args) if os.name == "nt" else shlex.join(args)
+
+
+def forced_cpu() -> bool:
+    return os.environ.get(FORCE_CPU_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def describe_nvidia(nvidia: NvidiaInfo) -> str:
+    gpus = "; ".join(f"{g.name} ({g.memory_mib / 1024:.1f} GB)" for g in nvidia.gpus)
+    return f"{gpus}, driver {nvidia.driver or '?'}, runs CUDA up to {nvidia.cuda or '?'}"
+
+
+def wanted_torch_build(pins: dict[str, str], nvidia: NvidiaInfo | None | str = "query",
+                       system: str | None = None) -> tuple[str, str]:
+    """The PyTorch build the launcher installs: ("default" | "cu128", why in plain words).
+
+    nvidia-smi runs only where the answer matters (Windows, or CAPTION_TORCH_CUDA=1), so that other
+    systems start without waiting for it."""
+    system = system or platform.system()
+    if forced_cpu():
+        return "default", f"{FORCE_CPU_ENV}=1 is set: the standard PyTorch build, without a CUDA download."
+    if system != "Windows" and os.environ.get(TORCH_CUDA_ENV, "").strip() != "1":
+        return "default", "The standard PyTorch build (on Linux it includes CUDA; on a Mac it uses the Apple GPU)."
+    if nvidia == "query":
+        nvidia = query_nvidia()
+    if nvidia is None:
+        return "default", "No NVIDIA GPU found (nvidia-smi lists none): the CPU build of PyTorch."
+    if "torch" not in pins or "torchvision" not in pins:
+        return "default", "requirements.txt pins no torch/torchvision version: the standard PyTorch build."
+    build = cuda_build_for(pins["torch"], nvidia.cuda)
+    if build is None:
+        return "default", (f"NVIDIA GPU found ({describe_nvidia(nvidia)}), but its driver is too old for every CUDA "
+                           f"build of PyTorch {pins['torch']}: using the CPU build. Update the driver ({DRIVER_URL}), "
+                           "then start the launcher again.")
+    return build, f"NVIDIA GPU found ({describe_nvidia(nvidia)}): the CUDA build of PyTorch ({build})."
+
+
+# ------------------------------------------------------------------ what PyTorch uses (torch imported lazily)
+
+
+def pick_device(name: str = "auto") -> "torch.device":
+    """"auto" -> CUDA, else Apple MPS, else CPU (CPU when CAPTION_FORCE_CPU=1). A named device that is absent
+    is an error, not a fallback."""
+    import torch
+
     if name in (None, "", "auto"):
+        if forced_cpu():
+            return torch.device("cpu")
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -27,14 +204,16 @@ def pick_device(name: str = "auto") -> torch.device:
 @lru_cache(maxsize=None)
 def _cpu_has_native_bf16() -> bool:
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             flags = f.read()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def bf16_native(device: torch.device) -> bool:
+def bf16_native(device: "torch.device") -> bool:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -42,19 +221,138 @@ def bf16_native(device: torch.device) -> bool:
     return False
 
 
-def encoder_autocast(device: torch.device):
+def encoder_autocast(device: "torch.device"):
     """bf16 autocast for the CNN where the hardware runs bf16 natively; elsewhere fp32 (emulated bf16 is slower)."""
+    import torch
+
     if bf16_native(device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def describe_device(name: str = "auto") -> dict:
+    import torch
+
     dev = pick_device(name)
     if dev.type == "cuda":
-        label = torch.cuda.get_device_name(dev)
+        props = torch.cuda.get_device_properties(dev)
+        label = f"{props.name}, {props.total_memory / 2**30:.1f} GB"
     elif dev.type == "mps":
         label = "Apple GPU (MPS)"
     else:
         label = f"CPU ({os.cpu_count()} cores)"
     return {"device": dev.type, "name": label, "bf16": bf16_native(dev)}
+
+
+@dataclass
+class DeviceReport:
+    device: str  # what "auto" uses: "cuda" | "mps" | "cpu" ("?" when PyTorch is missing)
+    name: str  # "NVIDIA GeForce RTX 4070, 12.0 GB" | "Apple GPU (MPS)" | "CPU (8 cores)"
+    torch: str  # "2.14.1+cu128 (CUDA 12.8)" | "2.14.1+cpu (CPU-only build)" | "not installed"
+    nvidia: str | None = None  # what nvidia-smi lists, when it lists a GPU
+    problem: str | None = None  # why a GPU that is there goes unused, in plain words
+    fix: str | None = None  # what to do about it
+    command: str | None = None  # the command that does it, when one does
+
+    def label(self) -> str:
+        """"CUDA (NVIDIA GeForce RTX 4070, 12.0 GB)", "CPU (8 cores)"."""
+        return self.name if self.name.upper().startswith(self.device.upper()) else f"{self.device.upper()} ({self.name})"
+
+    def text(self) -> str:
+        lines = [f"Compute device: {self.label()}", f"PyTorch: {self.torch}",
+                 f"NVIDIA GPU (nvidia-smi): {self.nvidia or 'none found'}"]
+        lines += [f"{head}: {value}" for head, value in
+                  (("Problem", self.problem), ("Fix", self.fix), ("Command", self.command)) if value]
+        return "\n".join(lines)
+
+
+def _pins_or_installed(torch_module) -> dict[str, str]:
+    pins = pinned_versions()
+    if "torch" not in pins or "torchvision" not in pins:
+        from importlib import metadata
+
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            pins = {"torch": torch_module.__version__.split("+")[0],
+                    "torchvision": metadata.version("torchvision").split("+")[0]}
+    return pins
+
+
+def _gpu_problem(torch_module, nvidia: NvidiaInfo) -> tuple[str, str, str | None]:
+    """Why PyTorch cannot use the NVIDIA GPU that nvidia-smi lists: (problem, fix, command or None)."""
+    build_cuda = torch_module.version.cuda
+    pins = _pins_or_installed(torch_module)
+    build = cuda_build_for(pins["torch"], nvidia.cuda) if "torch" in pins and "torchvision" in pins else None
+    command = shell_command([sys.executable, "-m", "pip", *cuda_install_args(build, pins)]) if build else None
+    update = f"Update the NVIDIA driver ({DRIVER_URL}), restart the computer, then restart the app."
+    if build_cuda is None:
+        problem = (f"This computer has an NVIDIA GPU, but the installed PyTorch ({torch_module.__version__}) "
+                   "is the CPU-only build.")
+        if command is None:
+            return problem + f" The NVIDIA driver (CUDA {nvidia.cuda or '?'}) is too old for its CUDA builds.", update, None
+        return problem, "Install the CUDA build (about 3 GB) with this command, then restart the app.", command
+    if nvidia.cuda and _numbers(nvidia.cuda)[:2] < _numbers(build_cuda)[:2]:
+        problem = (f"The NVIDIA driver ({nvidia.driver}) runs CUDA up to {nvidia.cuda}, but this PyTorch build "
+                   f"({torch_module.__version__}) needs CUDA {build_cuda}: the driver is too old.")
+        if command is None:
+            return problem, update, None
+        return problem, (f"{update} Or install the PyTorch build for CUDA {nvidia.cuda} or older with this "
+                         "command, then restart the app."), command
+    try:
+        torch_module.cuda.init()
+        reason = "no reason given"
+    except Exception as e:  # noqa: BLE001 - whatever CUDA says is the reason to show
+        reason = str(e).strip() or type(e).__name__
+    return (f"This computer has an NVIDIA GPU and PyTorch has CUDA {build_cuda}, but PyTorch cannot use the GPU "
+            f"({reason})."), update, None
+
+
+def device_report(nvidia: NvidiaInfo | None | str = "query") -> DeviceReport:
+    """What the app computes on, and when an NVIDIA GPU goes unused, why and the command that fixes it."""
+    if nvidia == "query":
+        nvidia = query_nvidia()
+    seen = describe_nvidia(nvidia) if nvidia else None
+    try:
+        import torch
+    except ImportError:
+        return DeviceReport("?", "PyTorch is not installed", "not installed", seen,
+                            "PyTorch is not installed in this Python environment.",
+                            "Start the app with its launcher (run_macos.command or run_windows.bat): it installs it.")
+    cuda = torch.version.cuda
+    if cuda:
+        build = f"CUDA {cuda}"
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_built():
+        build = "no CUDA; Apple MPS"
+    else:
+        build = "CPU-only build"
+    info = describe_device()
+    report = DeviceReport(info["device"], info["name"], f"{torch.__version__} ({build})", seen)
+    if forced_cpu():
+        report.name += f"; {FORCE_CPU_ENV}=1 is set, so no GPU is used"
+    elif nvidia and info["device"] != "cuda":
+        report.problem, report.fix, report.command = _gpu_problem(torch, nvidia)
+    return report
+
+
+def device_report_subprocess(timeout: float = 180) -> DeviceReport:
+    """device_report() from a fresh Python, so that the caller never loads torch (or CUDA) itself."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "core.device", "--json"], cwd=REQUIREMENTS.parent,
+                              capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as e:
+        return DeviceReport("?", "unknown", "unknown", problem=f"Could not check the compute device: {e}")
+    try:
+        return DeviceReport(**json.loads(done.stdout))
+    except (ValueError, TypeError):
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return DeviceReport("?", "unknown", "unknown", problem=f"Could not check the compute device: {last}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    report = device_report()
+    print(json.dumps(asdict(report)) if "--json" in argv else report.text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ from core.bundle import BundleError, set_active
 from core.data import COCO_HELP, inspect_dataset
 from core.jobs import (REPO_ROOT, Job, JobError, cache_dir, current_job, enforce_stop, list_runs, models_dir,
                        resume_job, runs_dir, start_job, stop_job)
+from ui.device import device_report_ui
 from ui.monitor import draw_run
 
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101"]
@@ -24,6 +25,7 @@ def train_form() -> dict | None:
         backbone = c[0].selectbox("Backbone", BACKBONES)
         decoder = c[1].selectbox("Decoder", list(DECODERS), format_func=DECODERS.get)
         device = c[2].selectbox("Device", ["auto", "cuda", "mps", "cpu"])
+        device_report_ui(c[2])
         c = st.columns(4)
         embed_dim = c[0].number_input("Embedding size", 8, 2048, 256, step=8)
         hidden_dim = c[1].number_input("Hidden size", 8, 4096, 512, step=8)
