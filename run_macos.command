@@ -8,11 +8,15 @@
 #   2. creates a private environment in .venv (first start only);
 #   3. installs requirements.txt into it, but only when that file changed since
 #      the last install (tools/env_check.py keeps a hash of it inside .venv);
-#   4. runs "python -m streamlit run app.py", which opens your browser.
+#      with CAPTION_TORCH_CUDA=1 and an NVIDIA GPU, the CUDA build of PyTorch
+#      from PyTorch's own index first (Linux normally needs none: PyPI's has CUDA);
+#   4. runs "python -m streamlit run app.py" on 127.0.0.1 only, which opens your browser.
 #
 # Settings for special cases (normally you need none):
 #   CAPTION_PYTHON=/path/to/python3   use this Python instead of searching for one
 #   CAPTION_NO_BROWSER=1              do not open a browser (--server.headless true)
+#   CAPTION_FORCE_CPU=1               never use the GPU (and install no CUDA build)
+#   CAPTION_TORCH_CUDA=1              install PyTorch's CUDA build for this driver from its index
 #
 # Written for the bash 3.2 that macOS ships: no bash 4 features.
 
@@ -116,6 +120,8 @@ fi
 "$VENV_PYTHON" tools/env_check.py needs-install
 status=$?
 if [ "$status" -eq 0 ]; then
+  "$VENV_PYTHON" tools/env_check.py install-torch ||
+    fail "Could not prepare the PyTorch install (see the message above)."
   echo "Installing the packages from requirements.txt. The first time this downloads up to"
   echo "a few gigabytes (PyTorch) and can take a while ..."
   "$VENV_PYTHON" -m pip install --disable-pip-version-check -r requirements.txt ||
@@ -128,17 +134,18 @@ elif [ "$status" -ne 1 ]; then
   fail "Could not check whether the packages are installed (see the message above)."
 fi
 
-# 5. Start the app. Arguments given to this launcher go on to Streamlit.
-streamlit_args=()
+# 5. Start the app. Arguments given to this launcher go on to Streamlit, after these.
+# The safety settings of .streamlit/config.toml once more: they hold even where that file is not read.
+streamlit_args=(--server.address 127.0.0.1 --server.enableXsrfProtection true --server.maxUploadSize 200
+  --browser.gatherUsageStats false --server.showEmailPrompt false --client.toolbarMode minimal)
 if [ "${CAPTION_NO_BROWSER:-}" = "1" ]; then
-  streamlit_args=(--server.headless true)
+  streamlit_args+=(--server.headless true)
 fi
 echo
 echo "Starting the app. Your browser opens it in a moment; if not, open the URL shown below."
 echo "To stop the app: press Ctrl+C in this window, or close the window."
 echo
-# ${array[@]+"${array[@]}"}: an empty array stays empty, also in bash 3.2.
-"$VENV_PYTHON" -m streamlit run app.py ${streamlit_args[@]+"${streamlit_args[@]}"} "$@"
+"$VENV_PYTHON" -m streamlit run app.py "${streamlit_args[@]}" "$@"
 status=$?
 if [ "$status" -ne 0 ]; then
   fail "The app stopped with an error (exit code $status); the messages above say why."

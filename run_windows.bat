@@ -7,11 +7,15 @@ rem   1. finds Python 3.10 or newer (the "py" launcher, then python, then python
 rem   2. creates a private environment in .venv (first start only);
 rem   3. installs requirements.txt into it, but only when that file changed since
 rem      the last install (tools\env_check.py keeps a hash of it inside .venv);
-rem   4. runs "python -m streamlit run app.py", which opens your browser.
+rem      with an NVIDIA GPU (nvidia-smi lists one), first the CUDA build of PyTorch
+rem      from PyTorch's own index (the default one on Windows has no CUDA), or the
+rem      CPU build when that fails;
+rem   4. runs "python -m streamlit run app.py" on 127.0.0.1 only, which opens your browser.
 rem
 rem Settings for special cases (normally you need none):
 rem   set CAPTION_PYTHON=C:\full\path\to\python.exe   use this Python, do not search
 rem   set CAPTION_NO_BROWSER=1                        do not open a browser
+rem   set CAPTION_FORCE_CPU=1                         never use the GPU, no CUDA download
 rem
 rem Every error ends in "pause", so that a double-clicked window stays open.
 rem Keep this file with CRLF line endings (.gitattributes does that for git).
@@ -59,6 +63,8 @@ rem 4. Install requirements.txt when it is new or changed.
 "%VENV_PYTHON%" tools\env_check.py needs-install
 if errorlevel 2 goto :fail_check
 if errorlevel 1 goto :packages_ready
+"%VENV_PYTHON%" tools\env_check.py install-torch
+if errorlevel 1 goto :fail_torch
 echo Installing the packages from requirements.txt. The first time this downloads up to
 echo a few gigabytes (PyTorch) and can take a while ...
 "%VENV_PYTHON%" -m pip install --disable-pip-version-check -r requirements.txt
@@ -67,14 +73,16 @@ if errorlevel 1 goto :fail_install
 if errorlevel 1 goto :fail_check
 :packages_ready
 
-rem 5. Start the app. Arguments given to this launcher go on to Streamlit.
+rem 5. Start the app. Arguments given to this launcher go on to Streamlit, after these.
+rem    The safety settings of .streamlit\config.toml once more: they hold even where that file is not read.
+set "SAFE=--server.address 127.0.0.1 --server.enableXsrfProtection true --server.maxUploadSize 200 --browser.gatherUsageStats false --server.showEmailPrompt false --client.toolbarMode minimal"
 set "HEADLESS="
 if "%CAPTION_NO_BROWSER%"=="1" set "HEADLESS=--server.headless true"
 echo.
 echo Starting the app. Your browser opens it in a moment; if not, open the URL shown below.
 echo To stop the app: press Ctrl+C in this window, or close the window.
 echo.
-"%VENV_PYTHON%" -m streamlit run app.py %HEADLESS% %*
+"%VENV_PYTHON%" -m streamlit run app.py %SAFE% %HEADLESS% %*
 if errorlevel 1 goto :fail_app
 exit /b 0
 
@@ -135,6 +143,14 @@ exit /b 1
 :fail_check
 echo.
 echo ERROR: Could not check whether the packages are installed
+echo        (tools\env_check.py failed; its message is above).
+echo.
+pause
+exit /b 1
+
+:fail_torch
+echo.
+echo ERROR: Could not prepare the PyTorch install
 echo        (tools\env_check.py failed; its message is above).
 echo.
 pause

@@ -35,8 +35,12 @@ BASH_LAUNCHER = ROOT / "run_macos.command"
 BAT_LAUNCHER = ROOT / "run_windows.bat"
 ENV_CHECK = ROOT / "tools" / "env_check.py"
 CONFIG = ROOT / ".streamlit" / "config.toml"
-SUBCOMMANDS = {"check-python", "needs-install", "mark-installed"}
+SUBCOMMANDS = {"check-python", "needs-install", "install-torch", "mark-installed"}
 BASH = shutil.which("bash")
+
+# The safety settings of .streamlit/config.toml that the launchers pass on the command line as well.
+SAFE_ARGS = ["--server.address", "127.0.0.1", "--server.enableXsrfProtection", "true", "--server.maxUploadSize", "200",
+             "--browser.gatherUsageStats", "false", "--server.showEmailPrompt", "false", "--client.toolbarMode", "minimal"]
 
 needs_bash = pytest.mark.skipif(BASH is None or os.name == "nt", reason="needs bash on a POSIX system")
 
@@ -54,13 +58,13 @@ env_check = load_env_check()
 # --------------------------------------------------------------------------- helpers
 
 
-def make_wheel(directory: Path, version: str) -> Path:
-    """A tiny pure-Python wheel, 'caption-standin', built by hand (no network, no build backend)."""
+def make_wheel(directory: Path, version: str, name: str = "caption_standin") -> Path:
+    """A tiny pure-Python wheel (default 'caption-standin'), built by hand (no network, no build backend)."""
     directory.mkdir(parents=True, exist_ok=True)
-    dist = f"caption_standin-{version}"
+    dist = f"{name}-{version}"
     files = {
-        "caption_standin/__init__.py": f'__version__ = "{version}"\n',
-        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: caption-standin\nVersion: {version}\n",
+        f"{name}/__init__.py": f'__version__ = "{version}"\n',
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test_launchers\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record = []
@@ -81,7 +85,8 @@ def make_wheel(directory: Path, version: str) -> Path:
 def project(tmp_path):
     """A temporary app folder (with a space in its path) holding just what the launcher needs."""
     root = tmp_path / "my app"
-    for relative in ("run_macos.command", "tools/env_check.py", ".streamlit/config.toml"):
+    for relative in ("run_macos.command", "tools/env_check.py", ".streamlit/config.toml", "core/__init__.py",
+                     "core/device.py"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / relative, root / relative)
     (root / "app.py").write_text('import streamlit as st\n\nst.write("hello")\n')
@@ -140,9 +145,9 @@ def run_launcher(project, env, *args, timeout=180):
     )
 
 
-def installed_version(project):
+def installed_version(project, package="caption_standin"):
     result = subprocess.run(
-        [str(project / ".venv" / "bin" / "python"), "-c", "import caption_standin; print(caption_standin.__version__)"],
+        [str(project / ".venv" / "bin" / "python"), "-c", f"import {package}; print({package}.__version__)"],
         capture_output=True,
         text=True,
         env={"PATH": os.environ.get("PATH", "")},
@@ -191,9 +196,8 @@ def test_env_check_install_cycle(tmp_path):
 
     marked = env_check_cli(tmp_path, "mark-installed")
     assert marked.returncode == 0, marked.stderr
-    assert (tmp_path / ".venv" / "requirements.sha256").read_text().strip() == env_check.requirements_hash(
-        str(requirements)
-    )
+    assert (tmp_path / ".venv" / "requirements.sha256").read_text().splitlines() == [
+        env_check.requirements_hash(str(requirements)), "torch-build: default"]
     assert env_check_cli(tmp_path, "needs-install").returncode == 1
 
     # Only the line endings change (CRLF, lone CR) or a UTF-8 byte-order mark appears: still up to date.
@@ -227,6 +231,49 @@ def test_env_check_follows_included_files(tmp_path):
     assert missing.returncode == 2 and "more.txt is missing" in missing.stderr
 
 
+def test_env_check_remembers_the_torch_build(tmp_path, monkeypatch):
+    """The stamp's second line: which PyTorch build is installed, and a CUDA build that failed to install."""
+    import platform
+
+    from core import device
+
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(f"#!{sys.executable}\nimport sys\n"
+                   "if len(sys.argv) > 1: print('NVIDIA RTX A2000, 6138, 560.94')\n"
+                   "else: print('Driver Version: 560.94   CUDA Version: 12.6')\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(platform, "system", lambda: "Windows")
+    for name in (device.FORCE_CPU_ENV, device.TORCH_CUDA_ENV):
+        monkeypatch.delenv(name, raising=False)
+    venv, requirements = tmp_path / ".venv", tmp_path / "requirements.txt"
+    venv.mkdir()
+    requirements.write_text("torch==2.14.1\ntorchvision==0.29.1\n")
+    stamp = venv / "requirements.sha256"
+
+    # A stamp from before this check (hash only) = the standard build: on Windows with a GPU, install once more.
+    stamp.write_text(env_check.requirements_hash(str(requirements)) + "\n")
+    needed, reason = env_check.needs_install(str(venv), str(requirements))
+    assert needed and "default now cu126" in reason and "NVIDIA RTX A2000" in reason
+
+    for pending, expect in (("cu126", False), ("default (cu126 failed)", False), ("default (cu118 failed)", True)):
+        env_check.write_pending(str(venv), pending)
+        env_check.mark_installed(str(venv), str(requirements))
+        assert stamp.read_text().splitlines()[1] == f"torch-build: {pending}"
+        assert not (venv / env_check.PENDING_NAME).exists()
+        assert env_check.needs_install(str(venv), str(requirements))[0] is expect, pending
+
+    monkeypatch.setenv(device.FORCE_CPU_ENV, "1")
+    assert not env_check.needs_install(str(venv), str(requirements))[0]  # the standard build is there already
+    env_check.write_pending(str(venv), "cu126")
+    env_check.mark_installed(str(venv), str(requirements))
+    needed, reason = env_check.needs_install(str(venv), str(requirements))
+    assert needed and "cu126 now default" in reason and "CAPTION_FORCE_CPU=1" in reason
+    build = env_check_cli(tmp_path, "torch-build")
+    assert build.returncode == 0 and build.stdout.startswith("default: ")
+
+
 def test_env_check_errors_are_exit_2_in_plain_words(tmp_path):
     no_venv = env_check_cli(tmp_path, "needs-install")
     assert no_venv.returncode == 2 and "does not exist" in no_venv.stderr
@@ -256,9 +303,20 @@ def test_env_check_runs_on_old_pythons_and_uses_only_the_standard_library():
         tree = ast.parse(source, feature_version=(3, 6))
     except ValueError:  # this Python cannot parse that old a grammar
         tree = ast.parse(source)
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    # Module level: the standard library only. core.device (standard library at import too) is loaded inside
+    # the functions that choose the PyTorch build, which run with the venv's Python only.
+    top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    imported = {alias.name.split(".")[0] for node in top if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in top if isinstance(node, ast.ImportFrom)}
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+    nested = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) and node not in top
+              for alias in node.names}
+    assert nested <= {"core.device"}
+    device_tree = ast.parse((ROOT / "core" / "device.py").read_text())
+    device_top = {alias.name.split(".")[0] for node in device_tree.body if isinstance(node, ast.Import)
+                  for alias in node.names}
+    device_top |= {node.module.split(".")[0] for node in device_tree.body if isinstance(node, ast.ImportFrom)}
+    assert device_top <= set(sys.stdlib_module_names) | {"__future__"}
 
     old = old_python()
     if old is None:
@@ -289,14 +347,15 @@ def test_bash_launcher_installs_only_when_requirements_change(project, fake_stre
     assert (project / ".venv" / "requirements.sha256").is_file()
     assert installed_version(project) == "1.0"
     call = json.loads(calls.read_text())
-    assert call["argv"] == ["run", "app.py", "--server.headless", "true", "--server.port", "8765", "--theme.base", "dark"]
+    assert call["argv"] == ["run", "app.py", *SAFE_ARGS, "--server.headless", "true", "--server.port", "8765",
+                            "--theme.base", "dark"]
     assert Path(call["cwd"]).resolve() == project.resolve()
 
     # Second start: nothing to install.
     second, pip_ran = launch("second")
     assert not pip_ran and "already installed" in second.stdout
     assert "First start" not in second.stdout
-    assert json.loads(calls.read_text())["argv"] == ["run", "app.py", "--server.headless", "true"]
+    assert json.loads(calls.read_text())["argv"] == ["run", "app.py", *SAFE_ARGS, "--server.headless", "true"]
 
     # Only the line endings changed (as after a checkout on Windows): still nothing to install.
     requirements.write_bytes(requirements.read_bytes().replace(b"\n", b"\r\n"))
@@ -317,6 +376,78 @@ def test_bash_launcher_installs_only_when_requirements_change(project, fake_stre
     changed, pip_ran = launch("changed")
     assert pip_ran and "changed since the last install" in changed.stdout
     assert installed_version(project) == "2.0"
+
+
+def local_index(root: Path, wheels: list[Path]) -> str:
+    """A PEP 503 index in a folder (pip reads each project's index.html over file://); returns its URL."""
+    for wheel in wheels:
+        project = root / wheel.name.split("-")[0].replace("_", "-")
+        project.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(wheel, project / wheel.name)
+        links = "".join(f'<a href="{w.name.replace("+", "%2B")}">{w.name}</a>\n' for w in sorted(project.glob("*.whl")))
+        (project / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
+    root.mkdir(parents=True, exist_ok=True)
+    return root.as_uri()
+
+
+@needs_bash
+def test_bash_launcher_installs_the_cuda_build_for_an_nvidia_gpu(project, fake_streamlit, tmp_path):
+    """The whole GPU path, for real: a fake nvidia-smi, stand-in torch/torchvision wheels, PyTorch's index as a folder.
+
+    On Windows this path is the default; elsewhere CAPTION_TORCH_CUDA=1 asks for it, so bash can run it here."""
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    smi = fake_bin / "nvidia-smi"
+    smi.write_text(f"#!{sys.executable}\nimport sys\n"
+                   "if any(a.startswith('--query-gpu') for a in sys.argv): print('NVIDIA GeForce RTX 4070, 12282, 572.16')\n"
+                   "else: print('| NVIDIA-SMI 572.16   Driver Version: 572.16   CUDA Version: 12.8 |')\n")
+    smi.chmod(0o755)
+    wheels = project / "wheels"  # the standard builds, as on PyPI
+    make_wheel(wheels, "2.14.1", "torch")
+    make_wheel(wheels, "0.29.1", "torchvision")
+    cuda_wheels = [make_wheel(tmp_path / "cuda-wheels", "2.14.1+cu128", "torch"),
+                   make_wheel(tmp_path / "cuda-wheels", "0.29.1+cu128", "torchvision")]
+    torch_index = local_index(tmp_path / "torch-index" / "cu128", cuda_wheels)
+    (project / "requirements.txt").write_text("--find-links ./wheels\ntorch==2.14.1\ntorchvision==0.29.1\n")
+    calls = tmp_path / "streamlit-call.json"
+    env = launcher_env(tmp_path, PYTHONPATH=str(fake_streamlit), FAKE_STREAMLIT_LOG=str(calls),
+                       PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}", CAPTION_TORCH_CUDA="1",
+                       CAPTION_TORCH_INDEX=torch_index.rsplit("/", 1)[0],
+                       PIP_INDEX_URL=local_index(tmp_path / "empty-index", []))  # PyPI stand-in: nothing on it
+    del env["PIP_NO_INDEX"]  # the CUDA build comes from an index (a local folder: still no download)
+    stamp = project / ".venv" / "requirements.sha256"
+
+    def launch(run_name, expect_pip, **extra):
+        pip_log = tmp_path / f"pip-{run_name}.log"
+        result = run_launcher(project, dict(env, PIP_LOG=str(pip_log), **extra))
+        assert result.returncode == 0, f"{run_name}:\n{result.stdout}\n{result.stderr}"
+        assert pip_log.exists() == expect_pip, f"{run_name}:\n{result.stdout}\n{result.stderr}"
+        assert calls.exists()  # the app started
+        calls.unlink()
+        return result.stdout
+
+    out = launch("first", True)
+    assert "NVIDIA GeForce RTX 4070" in out and "Installing the CUDA build of PyTorch (cu128)" in out
+    assert installed_version(project, "torch") == "2.14.1+cu128"
+    assert installed_version(project, "torchvision") == "0.29.1+cu128"
+    assert stamp.read_text().splitlines()[1] == "torch-build: cu128"
+
+    out = launch("second", False)
+    assert "already installed" in out
+
+    # CAPTION_FORCE_CPU=1: back to the standard build.
+    out = launch("force-cpu", True, CAPTION_FORCE_CPU="1")
+    assert "CAPTION_FORCE_CPU=1" in out and installed_version(project, "torch") == "2.14.1"
+    assert stamp.read_text().splitlines()[1] == "torch-build: default"
+    assert "already installed" in launch("force-cpu-again", False, CAPTION_FORCE_CPU="1")
+
+    # The CUDA build cannot be had (offline, a wrong guess of the builds): the CPU build, said in plain words,
+    # and remembered, so the next start does not try the download again.
+    out = launch("cuda-fails", True, CAPTION_TORCH_INDEX=(tmp_path / "no-such-index").as_uri())
+    assert "Could not install the CUDA build of PyTorch" in out and "Going on with the standard PyTorch build" in out
+    assert installed_version(project, "torch") == "2.14.1"
+    assert stamp.read_text().splitlines()[1] == "torch-build: default (cu128 failed)"
+    assert "already installed" in launch("after-failure", False)
 
 
 @needs_bash
@@ -369,10 +500,16 @@ def test_bash_launcher_outside_the_app_folder(project, tmp_path):
 
 @needs_bash
 def test_bash_launcher_serves_the_app_on_127_0_0_1(project, tmp_path):
-    """The real Streamlit (from the test runner's site-packages) answers on its health endpoint."""
+    """The real Streamlit (from the test runner's site-packages) answers on its health endpoint, on 127.0.0.1 only,
+    also where .streamlit/config.toml is not read and the user's own Streamlit settings say otherwise."""
     pytest.importorskip("streamlit")
     paths = sysconfig.get_paths()
     env = launcher_env(tmp_path, PYTHONPATH=os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]])))
+    (project / ".streamlit" / "config.toml").unlink()
+    user_config = Path(env["HOME"]) / ".streamlit" / "config.toml"
+    user_config.parent.mkdir(parents=True)
+    user_config.write_text('[server]\naddress = "0.0.0.0"\nenableXsrfProtection = false\n'
+                           '[browser]\ngatherUsageStats = true\n')
     port = free_port()
     log_path = tmp_path / "launcher.log"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
@@ -408,9 +545,9 @@ def test_bash_launcher_serves_the_app_on_127_0_0_1(project, tmp_path):
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait(timeout=20)
     output = log_path.read_text()
-    # .streamlit/config.toml was read: one URL, on 127.0.0.1 only.
+    # One URL, on 127.0.0.1 only: the launcher's --server.address beat the user's 0.0.0.0.
     assert f"URL: http://127.0.0.1:{port}" in output
-    assert "Network URL" not in output
+    assert "Network URL" not in output and "External URL" not in output
 
 
 # --------------------------------------------------------------------------- static checks
@@ -454,6 +591,7 @@ def test_bat_launcher_line_endings_and_style():
 def test_bat_launcher_labels_and_error_paths():
     lines = [line.strip() for line in bat_lines()]
     labels = {line[1:].split()[0].lower(): number for number, line in enumerate(lines) if re.match(r":\w", line)}
+    assert len(labels) == len([line for line in lines if re.match(r":\w", line)]), "a label is defined twice"
     targets = {
         match.lower()
         for line in lines
@@ -479,7 +617,7 @@ def test_bat_launcher_labels_and_error_paths():
 
     # Each step that can fail is checked right away.
     for number, line in enumerate(lines):
-        if re.search(r"-m (pip|venv)\b|env_check\.py (needs-install|mark-installed)", line):
+        if re.search(r"-m (pip|venv)\b|env_check\.py (needs-install|install-torch|mark-installed)", line):
             following = next(later for later in lines[number + 1:] if later)
             assert following.lower().startswith("if errorlevel"), f"no errorlevel check after: {line}"
 
@@ -550,7 +688,27 @@ def test_both_launchers_share_the_same_steps():
         assert "--server.headless true" in text
         assert "-m venv" in text
         assert "-m pip install --disable-pip-version-check -r requirements.txt" in text
-    assert re.search(r'-m streamlit run app\.py %HEADLESS% %\*\r\n', bat_text)
+    assert re.search(r'-m streamlit run app\.py %SAFE% %HEADLESS% %\*\r\n', bat_text)
+    assert "CAPTION_FORCE_CPU" in bash_text and "CAPTION_FORCE_CPU" in bat_text
+
+
+def test_launchers_pass_the_safety_settings_of_the_config_file():
+    """Streamlit reads .streamlit/config.toml only from the folder it starts in; the launchers repeat every
+    setting of it on the command line (with the same value), so that they hold wherever the app starts from."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    config = tomllib.loads(CONFIG.read_text())
+    expected = {f"{section}.{key}": str(value).lower() if isinstance(value, bool) else str(value)
+                for section, values in config.items() for key, value in values.items()}
+    assert dict(zip(SAFE_ARGS[::2], SAFE_ARGS[1::2])) == {f"--{k}": v for k, v in expected.items()}
+
+    bash_code = BASH_LAUNCHER.read_text()
+    block = re.search(r"^streamlit_args=\((.*?)\)$", bash_code, flags=re.MULTILINE | re.DOTALL).group(1)
+    assert block.split() == SAFE_ARGS
+    bat_line = re.search(r'^set "SAFE=(.*)"\r$', BAT_LAUNCHER.read_bytes().decode("ascii"), flags=re.MULTILINE)
+    assert bat_line.group(1).split() == SAFE_ARGS
 
 
 def git(*args):

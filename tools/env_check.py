@@ -5,11 +5,14 @@ as well as with the venv's Python. Run it from the app's folder:
 
     python tools/env_check.py check-python     is this Python 3.10 or newer?
     python tools/env_check.py needs-install    must requirements.txt be installed into .venv?
+    python tools/env_check.py install-torch    on Windows with an NVIDIA GPU: install the CUDA build of PyTorch
     python tools/env_check.py mark-installed   remember that requirements.txt is now installed
+    python tools/env_check.py torch-build      which PyTorch build this computer gets, and why
 
 Exit codes (the launchers rely on them):
     check-python    0 = suitable, 1 = too old
     needs-install   0 = yes, install now, 1 = no, already up to date, 2 = error
+    install-torch   0 = done (also when it fell back to the CPU build), 2 = error
     mark-installed  0 = done, 2 = error
 
 needs-install compares a SHA-256 hash of requirements.txt with the stamp that
@@ -17,6 +20,15 @@ mark-installed wrote inside the venv (.venv/requirements.sha256). Line endings
 and a UTF-8 byte-order mark are normalised first, so a file that only changed
 from LF to CRLF (a git checkout on Windows, an editor) does not cause a reinstall.
 Files pulled in with "-r other.txt" or "-c constraints.txt" are part of the hash.
+
+The stamp's second line remembers which PyTorch build was installed ("torch-build: cu128",
+"torch-build: default", or "torch-build: default (cu128 failed)"). The default PyPI wheel has no
+CUDA on Windows, so there install-torch first installs the pinned torch and torchvision from
+PyTorch's own index when nvidia-smi lists a GPU; if that fails, the standard build is used and
+the failure is remembered, so later starts do not download again. needs-install also answers
+"install" when the wanted build changed (a GPU appeared, CAPTION_FORCE_CPU=1 was set). Which
+build fits this computer is decided in core/device.py, loaded from the app folder (it needs
+only the standard library); nvidia-smi runs only on Windows (or with CAPTION_TORCH_CUDA=1).
 
 The syntax stays compatible with old Pythons on purpose: a too-old Python must
 be able to run "check-python" and say in plain words that it is too old.
@@ -33,6 +45,9 @@ import sys
 
 MIN_VERSION = (3, 10)
 STAMP_NAME = "requirements.sha256"
+PENDING_NAME = "torch-build.pending"  # install-torch's outcome, until mark-installed puts it in the stamp
+BUILD_PREFIX = "torch-build: "
+APP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VENV = ".venv"
 DEFAULT_REQUIREMENTS = "requirements.txt"
 INCLUDE_LINE = re.compile(r"^(?:-r|-c|--requirement|--constraint)[\s=]*(\S+)")
@@ -124,12 +139,42 @@ def stamp_path(venv):
     return os.path.join(venv, STAMP_NAME)
 
 
-def read_stamp(venv):
+def read_stamp_lines(venv):
     try:
         with open(stamp_path(venv), "r") as handle:
-            return handle.read().strip()
+            return handle.read().split("\n")
     except (IOError, OSError):
         return None
+
+
+def read_stamp(venv):
+    """The requirements hash of the last finished install, or None."""
+    lines = read_stamp_lines(venv)
+    return lines[0].strip() if lines else None
+
+
+def read_build(venv):
+    """(installed build, build that failed to install or None) from the stamp; a stamp without it: "default"."""
+    for line in read_stamp_lines(venv) or []:
+        if line.startswith(BUILD_PREFIX):
+            match = re.match(r"^(\S+)(?: \((\S+) failed\))?$", line[len(BUILD_PREFIX):].strip())
+            if match:
+                return match.group(1), match.group(2)
+    return "default", None
+
+
+def device_module():
+    """core/device.py of this app: which PyTorch build fits this computer (standard library only)."""
+    if APP_DIR not in sys.path:
+        sys.path.insert(0, APP_DIR)
+    import core.device
+    return core.device
+
+
+def wanted_build(requirements):
+    """("default" or "cu128", why in plain words)."""
+    device = device_module()
+    return device.wanted_torch_build(device.pinned_versions(requirements))
 
 
 def needs_install(venv, requirements):
@@ -142,20 +187,73 @@ def needs_install(venv, requirements):
         return True, "The packages in %s have not been installed into %s yet." % (requirements, venv)
     if stored != current:
         return True, "%s changed since the last install." % requirements
+    installed, failed = read_build(venv)
+    wanted, why = wanted_build(requirements)
+    if wanted not in (installed, failed):
+        return True, "The PyTorch build changes (%s now %s): %s" % (installed, wanted, why)
     return False, "The packages in %s are already installed." % requirements
+
+
+def write_pending(venv, build):
+    with open(os.path.join(venv, PENDING_NAME), "w") as handle:
+        handle.write(build + "\n")
+
+
+def pip(*args):
+    return subprocess.call([sys.executable, "-m", "pip"] + list(args) + ["--disable-pip-version-check"])
+
+
+def install_torch(venv, requirements):
+    """Install the CUDA build of PyTorch where it is wanted; fall back to the standard build. Return the note."""
+    if not os.path.isdir(venv):
+        raise CheckError("The environment folder %s does not exist." % venv)
+    device = device_module()
+    wanted, why = wanted_build(requirements)
+    print("PyTorch: " + why)
+    installed, _ = read_build(venv)
+    if wanted == "default":
+        if installed != "default":
+            # Undo our CUDA build, so that "pip install -r" brings the standard one.
+            print("Removing the CUDA build of PyTorch (%s) ..." % installed)
+            if pip("uninstall", "-y", "torch", "torchvision") != 0:
+                raise CheckError("Could not remove the CUDA build of PyTorch (pip's messages above say why).")
+        write_pending(venv, "default")
+        return "default"
+    print("Installing the CUDA build of PyTorch (%s) from %s. This downloads about 3 GB"
+          % (wanted, device.index_url(wanted)))
+    print("the first time and can take a while ...")
+    if pip(*device.cuda_install_args(wanted, device.pinned_versions(requirements))) == 0:
+        write_pending(venv, wanted)
+        return wanted
+    print("")
+    print("Could not install the CUDA build of PyTorch (pip's messages above say why).")
+    print("Going on with the standard PyTorch build: the app works on the CPU, training is slower.")
+    print("This is remembered, so later starts do not try again. To try again: delete the file")
+    print("%s and start the launcher again." % stamp_path(venv))
+    print("The Home page of the app shows the command that installs the CUDA build by hand.")
+    print("")
+    write_pending(venv, "default (%s failed)" % wanted)
+    return "default"
 
 
 def mark_installed(venv, requirements):
     if not os.path.isdir(venv):
         raise CheckError("The environment folder %s does not exist." % venv)
     current = requirements_hash(requirements)
+    pending = os.path.join(venv, PENDING_NAME)
+    build = "default"
+    if os.path.isfile(pending):
+        with open(pending, "r") as handle:
+            build = handle.read().strip() or "default"
     target = stamp_path(venv)
     temporary = target + ".tmp"
     with open(temporary, "w") as handle:
-        handle.write(current + "\n")
+        handle.write(current + "\n" + BUILD_PREFIX + build + "\n")
     if os.path.exists(target):
         os.remove(target)
     os.rename(temporary, target)
+    if os.path.isfile(pending):
+        os.remove(pending)
     return current
 
 
@@ -164,7 +262,9 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("check-python", help="is this Python %s or newer?" % version_text(MIN_VERSION))
     for name, text in (("needs-install", "exit 0 when requirements.txt must be installed, 1 when up to date"),
-                       ("mark-installed", "store the hash of requirements.txt inside the venv")):
+                       ("install-torch", "the CUDA build of PyTorch where it is wanted (Windows with an NVIDIA GPU)"),
+                       ("mark-installed", "store the hash of requirements.txt inside the venv"),
+                       ("torch-build", "which PyTorch build this computer gets, and why")):
         command = sub.add_parser(name, help=text)
         command.add_argument("--venv", default=DEFAULT_VENV, help="default: %(default)s")
         command.add_argument("--requirements", default=DEFAULT_REQUIREMENTS, help="default: %(default)s")
@@ -178,7 +278,7 @@ def main(argv=None):
             print(warning, file=sys.stderr)
         return 0 if ok else 1
 
-    if args.command not in ("needs-install", "mark-installed"):
+    if args.command not in ("needs-install", "install-torch", "mark-installed", "torch-build"):
         parser.print_help(sys.stderr)
         return 2
     try:
@@ -186,6 +286,13 @@ def main(argv=None):
             needed, reason = needs_install(args.venv, args.requirements)
             print(reason)
             return 0 if needed else 1
+        if args.command == "install-torch":
+            install_torch(args.venv, args.requirements)
+            return 0
+        if args.command == "torch-build":
+            wanted, why = wanted_build(args.requirements)
+            print("%s: %s" % (wanted, why))
+            return 0
         mark_installed(args.venv, args.requirements)
         print("Remembered the installed %s in %s." % (args.requirements, stamp_path(args.venv)))
         return 0
