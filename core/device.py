@@ -153,27 +153,29 @@ def describe_nvidia(nvidia: NvidiaInfo) -> str:
 
 
 def wanted_torch_build(pins: dict[str, str], nvidia: NvidiaInfo | None | str = "query",
-                       system: str | None = None) -> tuple[str, str]:
-    """The PyTorch build the launcher installs: ("default" | "cu128", why in plain words).
+                       system: str | None = None) -> tuple[str | None, str]:
+    """The CUDA build of PyTorch the launcher installs from PyTorch's index ("cu128"), or None for the standard
+    build from requirements.txt (None also keeps a CUDA build installed earlier: it runs on the CPU as well);
+    and why, in plain words.
 
     nvidia-smi runs only where the answer matters (Windows, or CAPTION_TORCH_CUDA=1), so that other
     systems start without waiting for it."""
     system = system or platform.system()
     if forced_cpu():
-        return "default", f"{FORCE_CPU_ENV}=1 is set: the standard PyTorch build, without a CUDA download."
+        return None, f"{FORCE_CPU_ENV}=1 is set: the app uses the CPU, and no CUDA build is downloaded."
     if system != "Windows" and os.environ.get(TORCH_CUDA_ENV, "").strip() != "1":
-        return "default", "The standard PyTorch build (on Linux it includes CUDA; on a Mac it uses the Apple GPU)."
+        return None, "The standard build (on Linux it includes CUDA; on a Mac it uses the Apple GPU)."
     if nvidia == "query":
         nvidia = query_nvidia()
     if nvidia is None:
-        return "default", "No NVIDIA GPU found (nvidia-smi lists none): the CPU build of PyTorch."
+        return None, "No NVIDIA GPU found (nvidia-smi lists none): the standard (CPU) build."
     if "torch" not in pins or "torchvision" not in pins:
-        return "default", "requirements.txt pins no torch/torchvision version: the standard PyTorch build."
+        return None, "requirements.txt pins no torch and torchvision versions: the standard build."
     build = cuda_build_for(pins["torch"], nvidia.cuda)
     if build is None:
-        return "default", (f"NVIDIA GPU found ({describe_nvidia(nvidia)}), but its driver is too old for every CUDA "
-                           f"build of PyTorch {pins['torch']}: using the CPU build. Update the driver ({DRIVER_URL}), "
-                           "then start the launcher again.")
+        return None, (f"NVIDIA GPU found ({describe_nvidia(nvidia)}), but its driver is too old for every CUDA "
+                      f"build of PyTorch {pins['torch']}: the standard (CPU) build. Update the driver "
+                      f"({DRIVER_URL}), then start the launcher again.")
     return build, f"NVIDIA GPU found ({describe_nvidia(nvidia)}): the CUDA build of PyTorch ({build})."
 
 
@@ -341,8 +343,8 @@ def device_report_subprocess(timeout: float = 180) -> DeviceReport:
     except (OSError, subprocess.SubprocessError) as e:
         return DeviceReport("?", "unknown", "unknown", problem=f"Could not check the compute device: {e}")
     try:
-        return DeviceReport(**json.loads(done.stdout))
-    except (ValueError, TypeError):
+        return DeviceReport(**json.loads(done.stdout.strip().splitlines()[-1]))  # the last line: past any chatter
+    except (ValueError, TypeError, IndexError):
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         return DeviceReport("?", "unknown", "unknown", problem=f"Could not check the compute device: {last}")
 

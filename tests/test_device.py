@@ -133,14 +133,14 @@ def test_windows_with_an_nvidia_gpu_gets_the_cuda_build(gpu_path, monkeypatch):
 def test_the_cpu_build_when_no_gpu_forced_or_driver_too_old(gpu_path, monkeypatch, tmp_path):
     gpu_path(cuda="12.4")
     build, why = device.wanted_torch_build(PINS, system="Windows")
-    assert build == "default" and "driver is too old" in why and device.DRIVER_URL in why
+    assert build is None and "driver is too old" in why and device.DRIVER_URL in why
     gpu_path(cuda="12.8")
     monkeypatch.setenv(device.FORCE_CPU_ENV, "1")
     build, why = device.wanted_torch_build(PINS, system="Windows")
-    assert build == "default" and "CAPTION_FORCE_CPU=1" in why
+    assert build is None and "CAPTION_FORCE_CPU=1" in why
     monkeypatch.delenv(device.FORCE_CPU_ENV)
     build, why = device.wanted_torch_build(PINS, nvidia=None, system="Windows")
-    assert build == "default" and "No NVIDIA GPU" in why
+    assert build is None and "No NVIDIA GPU" in why
 
 
 def test_linux_and_macos_keep_the_standard_build_without_running_nvidia_smi(gpu_path, monkeypatch, tmp_path):
@@ -148,7 +148,7 @@ def test_linux_and_macos_keep_the_standard_build_without_running_nvidia_smi(gpu_
     monkeypatch.setenv("FAKE_SMI_LOG", str(log))
     gpu_path(cuda="12.8")
     for system in ("Linux", "Darwin"):
-        assert device.wanted_torch_build(PINS, system=system)[0] == "default"
+        assert device.wanted_torch_build(PINS, system=system)[0] is None
     assert not log.exists()  # starts on Linux and macOS do not wait for nvidia-smi
     monkeypatch.setenv(device.TORCH_CUDA_ENV, "1")  # a Linux driver too old for PyPI's CUDA build
     assert device.wanted_torch_build(PINS, system="Linux")[0] == "cu128"

@@ -257,21 +257,25 @@ def test_env_check_remembers_the_torch_build(tmp_path, monkeypatch):
     needed, reason = env_check.needs_install(str(venv), str(requirements))
     assert needed and "default now cu126" in reason and "NVIDIA RTX A2000" in reason
 
-    for pending, expect in (("cu126", False), ("default (cu126 failed)", False), ("default (cu118 failed)", True)):
-        env_check.write_pending(str(venv), pending)
+    # (installed torch build, CUDA build that failed) -> stamp line, and whether the next start installs.
+    cases = [("cu126", None, "cu126", False),
+             ("default", "cu126", "default (cu126 failed)", False),  # the failure is remembered: no new download
+             ("cu130", None, "cu130", True),  # not the build for this driver
+             ("default", "cu118", "default (cu118 failed)", True)]  # the driver moved on since that failure
+    for installed, failed, line, again in cases:
+        monkeypatch.setattr(env_check, "installed_torch_build", lambda: installed)
+        if failed:
+            env_check.write_failed(str(venv), failed)
         env_check.mark_installed(str(venv), str(requirements))
-        assert stamp.read_text().splitlines()[1] == f"torch-build: {pending}"
-        assert not (venv / env_check.PENDING_NAME).exists()
-        assert env_check.needs_install(str(venv), str(requirements))[0] is expect, pending
+        assert stamp.read_text().splitlines()[1] == f"torch-build: {line}"
+        assert not (venv / env_check.FAILED_NAME).exists()
+        assert env_check.needs_install(str(venv), str(requirements))[0] is again, line
 
+    # CAPTION_FORCE_CPU=1 wants no CUDA build, and keeps one that is there (it runs on the CPU as well).
     monkeypatch.setenv(device.FORCE_CPU_ENV, "1")
-    assert not env_check.needs_install(str(venv), str(requirements))[0]  # the standard build is there already
-    env_check.write_pending(str(venv), "cu126")
-    env_check.mark_installed(str(venv), str(requirements))
-    needed, reason = env_check.needs_install(str(venv), str(requirements))
-    assert needed and "cu126 now default" in reason and "CAPTION_FORCE_CPU=1" in reason
+    assert not env_check.needs_install(str(venv), str(requirements))[0]
     build = env_check_cli(tmp_path, "torch-build")
-    assert build.returncode == 0 and build.stdout.startswith("default: ")
+    assert build.returncode == 0 and build.stdout.startswith("standard: ")
 
 
 def test_env_check_errors_are_exit_2_in_plain_words(tmp_path):
@@ -311,7 +315,8 @@ def test_env_check_runs_on_old_pythons_and_uses_only_the_standard_library():
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
     nested = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) and node not in top
               for alias in node.names}
-    assert nested <= {"core.device"}
+    nested |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node not in top}
+    assert nested <= {"core.device", "importlib"}
     device_tree = ast.parse((ROOT / "core" / "device.py").read_text())
     device_top = {alias.name.split(".")[0] for node in device_tree.body if isinstance(node, ast.Import)
                   for alias in node.names}
@@ -426,23 +431,24 @@ def test_bash_launcher_installs_the_cuda_build_for_an_nvidia_gpu(project, fake_s
         calls.unlink()
         return result.stdout
 
-    out = launch("first", True)
+    # CAPTION_FORCE_CPU=1 on the first start: no CUDA download.
+    out = launch("force-cpu", True, CAPTION_FORCE_CPU="1")
+    assert "CAPTION_FORCE_CPU=1" in out and "Installing the CUDA build" not in out
+    assert installed_version(project, "torch") == "2.14.1"
+    assert stamp.read_text().splitlines()[1] == "torch-build: default"
+
+    # Without it: the CUDA build for this driver, from PyTorch's index; the rest of requirements.txt keeps it.
+    out = launch("cuda", True)
     assert "NVIDIA GeForce RTX 4070" in out and "Installing the CUDA build of PyTorch (cu128)" in out
     assert installed_version(project, "torch") == "2.14.1+cu128"
     assert installed_version(project, "torchvision") == "0.29.1+cu128"
     assert stamp.read_text().splitlines()[1] == "torch-build: cu128"
+    assert "already installed" in launch("again", False)
+    assert "already installed" in launch("force-cpu-later", False, CAPTION_FORCE_CPU="1")  # kept; the app uses the CPU
 
-    out = launch("second", False)
-    assert "already installed" in out
-
-    # CAPTION_FORCE_CPU=1: back to the standard build.
-    out = launch("force-cpu", True, CAPTION_FORCE_CPU="1")
-    assert "CAPTION_FORCE_CPU=1" in out and installed_version(project, "torch") == "2.14.1"
-    assert stamp.read_text().splitlines()[1] == "torch-build: default"
-    assert "already installed" in launch("force-cpu-again", False, CAPTION_FORCE_CPU="1")
-
-    # The CUDA build cannot be had (offline, a wrong guess of the builds): the CPU build, said in plain words,
+    # The CUDA build cannot be had (offline, a wrong guess of the builds): the standard build, said in plain words,
     # and remembered, so the next start does not try the download again.
+    shutil.rmtree(project / ".venv")
     out = launch("cuda-fails", True, CAPTION_TORCH_INDEX=(tmp_path / "no-such-index").as_uri())
     assert "Could not install the CUDA build of PyTorch" in out and "Going on with the standard PyTorch build" in out
     assert installed_version(project, "torch") == "2.14.1"

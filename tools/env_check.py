@@ -21,14 +21,16 @@ and a UTF-8 byte-order mark are normalised first, so a file that only changed
 from LF to CRLF (a git checkout on Windows, an editor) does not cause a reinstall.
 Files pulled in with "-r other.txt" or "-c constraints.txt" are part of the hash.
 
-The stamp's second line remembers which PyTorch build was installed ("torch-build: cu128",
-"torch-build: default", or "torch-build: default (cu128 failed)"). The default PyPI wheel has no
-CUDA on Windows, so there install-torch first installs the pinned torch and torchvision from
-PyTorch's own index when nvidia-smi lists a GPU; if that fails, the standard build is used and
-the failure is remembered, so later starts do not download again. needs-install also answers
-"install" when the wanted build changed (a GPU appeared, CAPTION_FORCE_CPU=1 was set). Which
-build fits this computer is decided in core/device.py, loaded from the app folder (it needs
-only the standard library); nvidia-smi runs only on Windows (or with CAPTION_TORCH_CUDA=1).
+The stamp's second line remembers which PyTorch build is installed ("torch-build: cu128" for
+one from PyTorch's CUDA index, "torch-build: default" otherwise) and a CUDA build that failed
+to install ("torch-build: default (cu128 failed)"). The default PyPI wheel has no CUDA on
+Windows, so there install-torch first installs the pinned torch and torchvision from PyTorch's
+own index when nvidia-smi lists a GPU; if that fails, the standard build is used and the failure
+is remembered, so later starts do not download again. needs-install also answers "install" when
+a CUDA build is wanted that is neither installed nor remembered as failed (a GPU appeared, a
+stamp from before this check). Which build fits this computer is decided in core/device.py,
+loaded from the app folder (it needs only the standard library); nvidia-smi runs only on Windows
+(or with CAPTION_TORCH_CUDA=1).
 
 The syntax stays compatible with old Pythons on purpose: a too-old Python must
 be able to run "check-python" and say in plain words that it is too old.
@@ -45,7 +47,7 @@ import sys
 
 MIN_VERSION = (3, 10)
 STAMP_NAME = "requirements.sha256"
-PENDING_NAME = "torch-build.pending"  # install-torch's outcome, until mark-installed puts it in the stamp
+FAILED_NAME = "torch-build.failed"  # a CUDA build install-torch could not install, until mark-installed notes it
 BUILD_PREFIX = "torch-build: "
 APP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VENV = ".venv"
@@ -172,7 +174,7 @@ def device_module():
 
 
 def wanted_build(requirements):
-    """("default" or "cu128", why in plain words)."""
+    """("cu128" or None for the standard build, why in plain words)."""
     device = device_module()
     return device.wanted_torch_build(device.pinned_versions(requirements))
 
@@ -189,41 +191,46 @@ def needs_install(venv, requirements):
         return True, "%s changed since the last install." % requirements
     installed, failed = read_build(venv)
     wanted, why = wanted_build(requirements)
-    if wanted not in (installed, failed):
+    if wanted is not None and wanted not in (installed, failed):
         return True, "The PyTorch build changes (%s now %s): %s" % (installed, wanted, why)
     return False, "The packages in %s are already installed." % requirements
 
 
-def write_pending(venv, build):
-    with open(os.path.join(venv, PENDING_NAME), "w") as handle:
+def installed_torch_build():
+    """"cu128" for a torch from PyTorch's CUDA index (its version ends in +cu128), else "default"."""
+    try:
+        from importlib import metadata
+        version = metadata.version("torch")
+    except Exception:  # no torch (yet), or no importlib.metadata
+        return "default"
+    match = re.search(r"\+(cu\d+)$", version)
+    return match.group(1) if match else "default"
+
+
+def write_failed(venv, build):
+    with open(os.path.join(venv, FAILED_NAME), "w") as handle:
         handle.write(build + "\n")
 
 
 def pip(*args):
+    sys.stdout.flush()  # our lines first, then pip's, also when the output goes to a pipe or a file
     return subprocess.call([sys.executable, "-m", "pip"] + list(args) + ["--disable-pip-version-check"])
 
 
 def install_torch(venv, requirements):
-    """Install the CUDA build of PyTorch where it is wanted; fall back to the standard build. Return the note."""
+    """Install the CUDA build of PyTorch where it is wanted; on failure say so and go on. Return the build or None."""
     if not os.path.isdir(venv):
         raise CheckError("The environment folder %s does not exist." % venv)
     device = device_module()
+    if os.path.isfile(os.path.join(venv, FAILED_NAME)):
+        os.remove(os.path.join(venv, FAILED_NAME))
     wanted, why = wanted_build(requirements)
     print("PyTorch: " + why)
-    installed, _ = read_build(venv)
-    if wanted == "default":
-        if installed != "default":
-            # Undo our CUDA build, so that "pip install -r" brings the standard one.
-            print("Removing the CUDA build of PyTorch (%s) ..." % installed)
-            if pip("uninstall", "-y", "torch", "torchvision") != 0:
-                raise CheckError("Could not remove the CUDA build of PyTorch (pip's messages above say why).")
-        write_pending(venv, "default")
-        return "default"
-    print("Installing the CUDA build of PyTorch (%s) from %s. This downloads about 3 GB"
-          % (wanted, device.index_url(wanted)))
-    print("the first time and can take a while ...")
+    if wanted is None:
+        return None
+    print("Installing the CUDA build of PyTorch (%s) from %s." % (wanted, device.index_url(wanted)))
+    print("The first time this downloads about 3 GB and can take a while ...")
     if pip(*device.cuda_install_args(wanted, device.pinned_versions(requirements))) == 0:
-        write_pending(venv, wanted)
         return wanted
     print("")
     print("Could not install the CUDA build of PyTorch (pip's messages above say why).")
@@ -232,19 +239,21 @@ def install_torch(venv, requirements):
     print("%s and start the launcher again." % stamp_path(venv))
     print("The Home page of the app shows the command that installs the CUDA build by hand.")
     print("")
-    write_pending(venv, "default (%s failed)" % wanted)
-    return "default"
+    write_failed(venv, wanted)
+    return None
 
 
 def mark_installed(venv, requirements):
     if not os.path.isdir(venv):
         raise CheckError("The environment folder %s does not exist." % venv)
     current = requirements_hash(requirements)
-    pending = os.path.join(venv, PENDING_NAME)
-    build = "default"
-    if os.path.isfile(pending):
-        with open(pending, "r") as handle:
-            build = handle.read().strip() or "default"
+    failed_file = os.path.join(venv, FAILED_NAME)
+    build = installed_torch_build()
+    if os.path.isfile(failed_file):
+        with open(failed_file, "r") as handle:
+            failed = handle.read().strip()
+        if failed and failed != build:
+            build += " (%s failed)" % failed
     target = stamp_path(venv)
     temporary = target + ".tmp"
     with open(temporary, "w") as handle:
@@ -252,8 +261,8 @@ def mark_installed(venv, requirements):
     if os.path.exists(target):
         os.remove(target)
     os.rename(temporary, target)
-    if os.path.isfile(pending):
-        os.remove(pending)
+    if os.path.isfile(failed_file):
+        os.remove(failed_file)
     return current
 
 
@@ -291,7 +300,7 @@ def main(argv=None):
             return 0
         if args.command == "torch-build":
             wanted, why = wanted_build(args.requirements)
-            print("%s: %s" % (wanted, why))
+            print("%s: %s" % (wanted or "standard", why))
             return 0
         mark_installed(args.venv, args.requirements)
         print("Remembered the installed %s in %s." % (args.requirements, stamp_path(args.venv)))
