@@ -285,20 +285,21 @@ def _gpu_problem(torch_module, nvidia: NvidiaInfo) -> tuple[str, str, str | None
     pins = _pins_or_installed(torch_module)
     build = cuda_build_for(pins["torch"], nvidia.cuda) if "torch" in pins and "torchvision" in pins else None
     command = shell_command([sys.executable, "-m", "pip", *cuda_install_args(build, pins)]) if build else None
-    update = f"Update the NVIDIA driver ({DRIVER_URL}), restart the computer, then restart the app."
+    update = f"Update the NVIDIA driver ({DRIVER_URL}), restart the computer, then start the app again."
+    # Windows cannot replace the DLLs of a torch that the running app has loaded: stop it first.
+    run = "close the app (its terminal window), run this command in a terminal, then start the app again."
     if build_cuda is None:
         problem = (f"This computer has an NVIDIA GPU, but the installed PyTorch ({torch_module.__version__}) "
                    "is the CPU-only build.")
         if command is None:
             return problem + f" The NVIDIA driver (CUDA {nvidia.cuda or '?'}) is too old for its CUDA builds.", update, None
-        return problem, "Install the CUDA build (about 3 GB) with this command, then restart the app.", command
+        return problem, f"To install the CUDA build (about 3 GB): {run}", command
     if nvidia.cuda and _numbers(nvidia.cuda)[:2] < _numbers(build_cuda)[:2]:
         problem = (f"The NVIDIA driver ({nvidia.driver}) runs CUDA up to {nvidia.cuda}, but this PyTorch build "
                    f"({torch_module.__version__}) needs CUDA {build_cuda}: the driver is too old.")
         if command is None:
             return problem, update, None
-        return problem, (f"{update} Or install the PyTorch build for CUDA {nvidia.cuda} or older with this "
-                         "command, then restart the app."), command
+        return problem, f"{update} Or, for the PyTorch build that this driver runs: {run}", command
     try:
         torch_module.cuda.init()
         reason = "no reason given"

@@ -186,7 +186,7 @@ def test_report_cpu_only_build_with_an_nvidia_gpu(gpu_path, monkeypatch):
     assert report.command == device.shell_command([
         sys.executable, "-m", "pip", "install", f"torch=={PINS['torch']}+cu128",
         f"torchvision=={PINS['torchvision']}+cu128", "--index-url", "https://download.pytorch.org/whl/cu128"])
-    assert "restart the app" in report.fix
+    assert "close the app" in report.fix and "start the app again" in report.fix
     text = report.text()
     assert "Problem: This computer has an NVIDIA GPU" in text and f"Command: {report.command}" in text
 
