@@ -29,5 +29,5 @@ def device_report_ui(column=None) -> DeviceReport:
         if report.fix:
             st.markdown(report.fix)
         if report.command:
-            st.code(report.command, language=None)
+            st.code(report.command, language=None, wrap_lines=True)
     return report
