@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-FORCE_CPU_ENV = "CAPTION_FORCE_CPU"  # "1": the standard (on Windows CPU-only) PyTorch build, and "auto" = CPU
+FORCE_CPU_ENV = "CAPTION_FORCE_CPU"  # "1": "auto" = CPU, and the launcher downloads no CUDA build
 TORCH_CUDA_ENV = "CAPTION_TORCH_CUDA"  # "1": install the CUDA build from PyTorch's index on Linux too
 TORCH_INDEX_ENV = "CAPTION_TORCH_INDEX"  # PyTorch's wheel index, or a mirror of it
 TORCH_INDEX = "https://download.pytorch.org/whl"

@@ -288,6 +288,24 @@ def test_env_check_errors_are_exit_2_in_plain_words(tmp_path):
     assert env_check_cli(tmp_path).returncode == 2  # no subcommand
 
 
+def test_env_check_unexpected_errors_are_exit_2_not_up_to_date(tmp_path):
+    """An uncaught exception exits 1, which the launchers read as "up to date": it must be 2 (error) instead."""
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "core").mkdir()
+    shutil.copy2(ENV_CHECK, tmp_path / "tools" / "env_check.py")
+    (tmp_path / "core" / "__init__.py").write_text("")
+    (tmp_path / "core" / "device.py").write_text("raise RuntimeError('a broken core/device.py')\n")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / "requirements.txt").write_text("six\n")
+    script = str(tmp_path / "tools" / "env_check.py")
+    run = lambda *args: subprocess.run([sys.executable, script, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert run("mark-installed").returncode == 0
+    for command in ("needs-install", "install-torch"):
+        result = run(command)
+        assert result.returncode == 2, command
+        assert "Error: RuntimeError: a broken core/device.py" in result.stderr
+
+
 def test_env_check_python_version():
     ok, message = env_check.check_python((3, 10, 0), "/usr/bin/python3")
     assert ok and "3.10.0" in message

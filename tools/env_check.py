@@ -308,6 +308,9 @@ def main(argv=None):
     except (CheckError, IOError, OSError) as error:
         print("Error: %s" % error, file=sys.stderr)
         return 2
+    except Exception as error:  # a traceback would exit 1, which means "up to date" to the launchers
+        print("Error: %s: %s" % (type(error).__name__, error), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
