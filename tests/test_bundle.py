@@ -53,7 +53,7 @@ def test_checks_that_the_parts_fit(tmp_path):
     _save(tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     (tmp_path / "c" / "config.json").write_text(json.dumps({**cfg, "decoder": "show_tell"}))
-    with pytest.raises(BundleError, match="do not fit"):
+    with pytest.raises(BundleError, match="does not fit config.json"):
         load_bundle(tmp_path / "c", pretrained=False)
     (tmp_path / "c" / "config.json").write_text(json.dumps({**cfg, "backbone": "vgg"}))
     with pytest.raises(BundleError, match="backbone 'vgg'"):
@@ -72,3 +72,40 @@ def test_listing_active_model_and_never_overwriting(tmp_path):
         set_active("../etc", tmp_path)
     assert new_bundle_dir("mine", tmp_path) == tmp_path / "mine-2"
     assert new_bundle_dir("../x y", tmp_path).parent == tmp_path
+
+
+def test_listing_works_without_torch(tmp_path):
+    """The Home and Caption pages list models; that path must not import torch (blocked here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _save(tmp_path / "default")
+    _save(tmp_path / "mine")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("[1, 2]")
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+from pathlib import Path
+from core.bundle import BundleInfo, get_active, headline_metrics, list_bundles, set_active
+root = Path({str(tmp_path)!r})
+found = list_bundles(root)
+assert [(b.name, b.usable) for b in found] == [("default", True), ("broken", False), ("mine", True)], found
+assert found[0].config["decoder"] == "attention" and found[0].card == "# card"
+set_active("mine", root)
+assert get_active(root) == root / "mine"
+assert headline_metrics({{"val_greedy": {{"CIDEr": 1.0}}}})[1] == {{"CIDEr": 1.0}}
+assert "torch" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+print("ok")
+"""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_backbone_names_match_the_registry():
+    from core.backbones import BACKBONES
+    from core.config import BACKBONE_NAMES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
