@@ -299,7 +299,7 @@ def get_active(models_dir: Path | None = None) -> Path:
 
 def set_active(name: str, models_dir: Path | None = None) -> None:
     models_dir = Path(models_dir or MODELS_DIR)
-    if Path(name).name != name or not (models_dir / name / "model.safetensors").exists():
+    if Path(name).name != name or not _is_listed(models_dir / name) or not (models_dir / name / "model.safetensors").exists():
         raise BundleError(f"there is no model called {name!r} in {models_dir}")
     atomic_write_json(models_dir / "active.json", {"name": name})
 
