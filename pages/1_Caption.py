@@ -5,8 +5,9 @@ import streamlit as st
 
 from core.bundle import BundleError, headline_metrics
 from core.caption import csv_bytes
+from core.data import FORMAT_NAMES
 from core.jobs import models_dir
-from ui.images import attention_overlay, open_image, thumbnail_data_url
+from ui.images import attention_overlay, open_image, preview_bytes, thumbnail_data_url
 from ui.inputs import UPLOAD_TYPES, read_uploads, sample_images
 from ui.loader import bundle_choices, get_captioner
 from ui.results import apply_edits, results_frame
@@ -33,7 +34,7 @@ def options_ui():
 
 def inputs_ui(can_caption: bool):
     """The images to caption now, as (name, bytes) items, or None when no button was pressed."""
-    files = st.file_uploader("Images (JPEG, PNG, WebP, BMP, GIF) or a zip of images", type=UPLOAD_TYPES,
+    files = st.file_uploader(f"Images ({FORMAT_NAMES}) or a zip of images", type=UPLOAD_TYPES,
                              accept_multiple_files=True)
     buttons = st.container(horizontal=True)
     caption = buttons.button("Caption uploaded images", type="primary", disabled=not (files and can_caption))
@@ -60,7 +61,8 @@ def caption_batch(bundle, items, beam: int, max_len: int) -> dict:
                                                                                  text=f"Captioned {done} of {total}"))
     finally:
         bar.empty()
-    return {"id": uuid.uuid4().hex, "model": bundle.name, "results": results, "images": dict(items),
+    return {"id": uuid.uuid4().hex, "model": bundle.name, "results": results,
+            "images": {name: preview_bytes(data) for name, data in items},
             "thumbs": {name: thumbnail_data_url(data) for name, data in items}}
 
 
