@@ -189,7 +189,8 @@ def _check_shapes(folder: Path, cfg: ModelConfig, shapes: dict) -> None:
     from .model import CaptionModel
 
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in CaptionModel(cfg, pretrained=False).trainable_state_dict().items()}
+        model = CaptionModel(cfg, with_encoder=cfg.fine_tune, pretrained=False)  # a frozen encoder is not stored
+        expected = {k: tuple(v.shape) for k, v in model.trainable_state_dict().items()}
     missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
     if missing or unexpected:
         raise BundleError(f"{folder}/model.safetensors does not fit config.json (decoder {cfg.decoder}, fine_tune "

@@ -126,17 +126,23 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
 
 
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"}
+
+
 def load_image(source: Path | str | bytes | Refused, draft_to: int | None = None) -> Image.Image:
     """Open an image file or bytes as RGB, rotated as its EXIF orientation says (GIF: first frame).
 
     `draft_to`: a JPEG decodes at the smallest 1/2, 1/4 or 1/8 scale still at least this many pixels on each side,
-    so a 48-megapixel photo costs what a 1-megapixel one does."""
+    so a 48-megapixel photo costs what a 1-megapixel one does; other formats are shrunk by an integer factor
+    (never below `draft_to`) right after decoding."""
     try:
         with _open(_source(source)) as img:
             img.seek(0)
             if draft_to and img.format in ("JPEG", "MPO"):
                 img.draft("RGB", (draft_to, draft_to))
             img = ImageOps.exif_transpose(img)
+            if draft_to and img.mode in _REDUCIBLE and (factor := min(img.size) // draft_to) >= 2:
+                img = img.reduce(factor)  # other formats cannot decode small: shrink before the RGB copy is made
             if img.mode in ("I", "F") or img.mode.startswith("I;16"):
                 img = _to_8bit(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

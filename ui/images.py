@@ -21,7 +21,7 @@ def open_image(data, draft_to: int | None = None) -> Image.Image | None:
 
 
 def _jpeg(data, size: int, quality: int) -> bytes | None:
-    img = open_image(data, draft_to=2 * size)  # JPEGs decode at a reduced size: a 48-MP photo stays cheap
+    img = open_image(data, draft_to=size)  # JPEGs decode at a reduced size: a 48-MP photo stays cheap
     if img is None:
         return None
     img.thumbnail((size, size))
