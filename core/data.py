@@ -238,7 +238,7 @@ _FLICKR_SPLIT_FILES = {"train": ("*trainImages.txt",), "val": ("*devImages.txt",
 def _flickr_split_names(root: Path, split: str) -> set[str] | None:
     for pattern in _FLICKR_SPLIT_FILES.get(split, (f"*{split}Images.txt",)):
         for f in sorted(root.glob(pattern)):
-            return {line.strip() for line in f.read_text().splitlines() if line.strip()}
+            return {line.strip() for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()}
     return None
 
 
