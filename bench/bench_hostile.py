@@ -233,9 +233,11 @@ def run_damaged_archive(tmp: Path) -> str:
 
     from core.download import fetch_coco
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler,
-                                                                         directory=str(tmp / "www")))
-    httpd.RequestHandlerClass.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp / "www")))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     messages = []
     fetch_coco(tmp / "coco", parts=["annotations"], base_url=f"http://127.0.0.1:{httpd.server_address[1]}",
