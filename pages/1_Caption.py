@@ -3,10 +3,11 @@ import uuid
 
 import streamlit as st
 
-from core.bundle import headline_metrics
+from core.bundle import BundleError, headline_metrics
 from core.caption import csv_bytes
+from core.data import FORMAT_NAMES
 from core.jobs import models_dir
-from ui.images import attention_overlay, open_image, thumbnail_data_url
+from ui.images import attention_overlay, open_image, preview_bytes, thumbnail_data_url
 from ui.inputs import UPLOAD_TYPES, read_uploads, sample_images
 from ui.loader import bundle_choices, get_captioner
 from ui.results import apply_edits, results_frame
@@ -18,7 +19,10 @@ def options_ui():
     with st.sidebar:
         name = st.selectbox("Model", [b.name for b in bundles], index=active, key="model")
         bundle = next((b for b in bundles if b.name == name), None)
-        if bundle is not None:
+        if bundle is not None and not bundle.usable:  # a damaged model folder: the reason, not a traceback
+            st.error(f"The model {bundle.name} cannot be used: {bundle.problem}")
+            bundle = None
+        elif bundle is not None:
             _, figures = headline_metrics(bundle.metrics)
             decoder = {"show_tell": "Show-and-Tell", "attention": "attention"}.get(bundle.config.get("decoder"), "?")
             st.caption(f"{decoder} decoder · "
@@ -30,7 +34,7 @@ def options_ui():
 
 def inputs_ui(can_caption: bool):
     """The images to caption now, as (name, bytes) items, or None when no button was pressed."""
-    files = st.file_uploader("Images (JPEG, PNG, WebP, BMP, GIF) or a zip of images", type=UPLOAD_TYPES,
+    files = st.file_uploader(f"Images ({FORMAT_NAMES}) or a zip of images", type=UPLOAD_TYPES,
                              accept_multiple_files=True)
     buttons = st.container(horizontal=True)
     caption = buttons.button("Caption uploaded images", type="primary", disabled=not (files and can_caption))
@@ -45,7 +49,11 @@ def inputs_ui(can_caption: bool):
 
 def caption_batch(bundle, items, beam: int, max_len: int) -> dict:
     weights = bundle.path / "model.safetensors"
-    captioner = get_captioner(str(bundle.path), "auto", weights.stat().st_mtime if weights.exists() else 0.0)
+    try:
+        captioner = get_captioner(str(bundle.path), "auto", weights.stat().st_mtime if weights.exists() else 0.0)
+    except BundleError as e:
+        st.error(f"The model {bundle.name} cannot be loaded: {e}")
+        return None
     bar = st.progress(0.0, text=f"Captioning {len(items)} images...")
     try:
         results = captioner.caption(items, beam=beam, max_len=max_len,
@@ -53,7 +61,8 @@ def caption_batch(bundle, items, beam: int, max_len: int) -> dict:
                                                                                  text=f"Captioned {done} of {total}"))
     finally:
         bar.empty()
-    return {"id": uuid.uuid4().hex, "model": bundle.name, "results": results, "images": dict(items),
+    return {"id": uuid.uuid4().hex, "model": bundle.name, "results": results,
+            "images": {name: preview_bytes(data) for name, data in items},
             "thumbs": {name: thumbnail_data_url(data) for name, data in items}}
 
 
@@ -94,11 +103,11 @@ def main() -> None:
     st.markdown("Upload photos or a zip of photos and caption them all at once.  \n"
                 "Edit any caption in the table, then download the results as CSV.")
     bundle, beam, max_len = options_ui()
-    if bundle is None:
+    if bundle is None and not st.session_state.get("model"):
         st.warning("No model found in the models folder. Train one on the Train page first.")
     items = inputs_ui(bundle is not None)
-    if items:
-        st.session_state.batch = caption_batch(bundle, items, beam, max_len)
+    if items and (batch := caption_batch(bundle, items, beam, max_len)):
+        st.session_state.batch = batch
     if "batch" in st.session_state:
         results_ui(st.session_state.batch)
         detail_ui(st.session_state.batch)
