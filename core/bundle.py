@@ -18,10 +18,11 @@ from .backbones import BACKBONES
 from .config import DECODERS, ModelConfig
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import CaptionModel
+from .paths import models_dir
 from .vocabulary import Vocabulary
 
 FORMAT = "caption-bundle/1"
-MODELS_DIR = Path(os.environ.get("CAPTION_MODELS_DIR", Path(__file__).resolve().parent.parent / "models"))
+MODELS_DIR = models_dir()
 DEFAULT_MODEL = MODELS_DIR / "default"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
 
@@ -192,3 +193,25 @@ def headline_metrics(metrics: dict) -> tuple[str, dict]:
         return "", {}
     order = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
     return label, {k: values[k] for k in order if isinstance(values.get(k), (int, float))}
+
+
+def publish_bundle(source: Path, name: str, models_dir: Path | None = None, metrics: dict | None = None,
+                   card: str = "") -> Path:
+    """Publish a finished bundle as a new model: `metrics` merged into its metrics.json and `card` written
+    (each atomically), then the folder copied under models_dir with a name no other model has, and renamed
+    into place in one step, so the app never lists a half-copied model nor one over a model in use."""
+    import shutil
+
+    source = Path(source)
+    if metrics:
+        update_metrics(source, metrics)
+    if card:
+        atomic_write_text(source / "card.md", card)
+    models_dir = Path(models_dir or MODELS_DIR)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = new_bundle_dir(name, models_dir)
+    tmp = models_dir / f".{target.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    os.replace(tmp, target)
+    return target
