@@ -72,13 +72,16 @@ def hold_job_lock(timeout: float = 60.0) -> None:
 def current_job(root: Path | str | None = None) -> Job | None:
     """The live job (re-attach after a reload or a server restart), or None when the lock is free."""
     root = Path(root) if root is not None else runs_dir()
-    if not lock_held(root / LOCK_NAME):
-        return None
     try:
         run_dir = json.loads((root / CURRENT_NAME).read_text(encoding="utf-8"))["run_dir"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return Job.load(run_dir)
+    job = Job.load(run_dir)
+    if job is None:
+        return None
+    # The lock goes when the trainer's interpreter shuts down, a moment before the process ends: until then
+    # (its identity proven) it is still the live job, as core.runs.run_status sees it.
+    return job if lock_held(root / LOCK_NAME) or job.alive() else None
 
 
 # --- start, stop, resume --------------------------------------------------------------------------------

@@ -453,6 +453,10 @@ def main(argv=None) -> int:
             "format": info.format, "splits": info.splits, "captions": info.n_captions, "problems": info.problems}},
             indent=2))
         return 0 if info.ok else 1
+    finished = [e for e in runs.read_progress(run_dir) if e.get("event") == runs.DONE]
+    if args.resume and finished:  # resuming would publish the same model a second time
+        print(f"this run has finished; its model is {finished[-1].get('bundle')}", file=sys.stderr)
+        return 0
     try:
         bundle = run(cfg, run_dir, resume=args.resume, listeners=[lambda e: print(json.dumps(e), flush=True)])
     except Exception as e:

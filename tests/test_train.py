@@ -231,3 +231,11 @@ def test_checkpoints_come_by_time_as_well_as_by_steps(tmp_path):
     steps = {e["step"] for e in events if e["event"] == "step"}
     saved = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert len(set(saved) - {8, 16}) > 2 and max(steps) == 16  # mid-epoch, not only at the epoch ends
+
+
+def test_resuming_a_finished_run_publishes_nothing_more(tiny_bundle):
+    # Found by tools/fault_drill.py: `--resume` on a finished run published the same model again (tiny-2, ...).
+    run_dir = tiny_bundle.parent.parent / "run"
+    before = sorted(p.name for p in tiny_bundle.parent.iterdir())
+    assert main(["--config", str(run_dir / "config.json"), "--run-dir", str(run_dir), "--resume"]) == 0
+    assert sorted(p.name for p in tiny_bundle.parent.iterdir()) == before
