@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .config import BACKBONE_NAMES, DECODERS, ModelConfig
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .paths import models_dir
 from .vocabulary import SPECIALS, Vocabulary
 
 if TYPE_CHECKING:  # torch is imported only by the functions that build or save a model: listing stays light
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # torch is imported only by the functions that build or save 
     from .model import CaptionModel
 
 FORMAT = "caption-bundle/1"
-MODELS_DIR = Path(os.environ.get("CAPTION_MODELS_DIR", Path(__file__).resolve().parent.parent / "models"))
+MODELS_DIR = models_dir()
 DEFAULT_MODEL = MODELS_DIR / "default"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
 _MODEL_FILES = ("model.safetensors", "config.json", "vocab.json")
@@ -354,3 +355,23 @@ def headline_metrics(metrics: dict) -> tuple[str, dict]:
 
 def _number(value, default=0):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def publish_bundle(source: Path, name: str, models_dir: Path | None = None, metrics: dict | None = None,
+                   card: str = "") -> Path:
+    """Publish a finished bundle as a new model: `metrics` merged into its metrics.json and `card` written
+    (each atomically), then the folder copied under models_dir with a name no other model has, and renamed
+    into place in one step, so the app never lists a half-copied model nor one over a model in use."""
+    source = Path(source)
+    if metrics:
+        update_metrics(source, metrics)
+    if card:
+        atomic_write_text(source / "card.md", card)
+    models_dir = Path(models_dir or MODELS_DIR)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = new_bundle_dir(name, models_dir)
+    tmp = models_dir / f".{target.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    os.replace(tmp, target)
+    return target

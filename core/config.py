@@ -1,11 +1,40 @@
-"""The model's hyperparameters: one dataclass, saved as config.json inside every model bundle."""
+"""Configuration: the model's hyperparameters (`ModelConfig`, saved as config.json in every bundle) and a
+training run's (`TrainConfig`, saved as config.json in every run folder, with a ModelConfig inside).
+
+No torch here: the Train page and core.jobs validate a run's settings before anything heavy loads.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+from .paths import COCO_DIR, cache_dir, models_dir, resolve
 
 DECODERS = ("show_tell", "attention")
-# the backbones core.backbones registers, named here so a config can be checked without importing torch
+DECODER_NAMES = {"attention": "Show, Attend and Tell (attention)", "show_tell": "Show and Tell"}
+# The names of core.backbones.BACKBONES (which needs torch to import); tests/test_config.py keeps them equal.
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+DEFAULT_BEAM = 3  # beam width of the Caption page, `core.caption` and `core.evaluate`
+DEFAULT_MAX_LEN = 20  # longest caption in words, in training and in decoding
+
+# One rule for the names of models and runs: they become folder names on every OS.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,60}")
+NAME_RULE = "letters, digits, - and _ (at most 60)"
+
+
+class ConfigError(ValueError):
+    """Settings that cannot make a run; the message lists every problem in plain words."""
+
+
+def slug(text: str, fallback: str = "run") -> str:
+    """`text` made to follow the name rule ("my model/.." -> "my-model")."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:60] or fallback
+
+
+def name_problem(name: str) -> str | None:
+    return None if NAME_PATTERN.fullmatch(name) else f"The model name may hold only {NAME_RULE}."
 
 
 @dataclass
@@ -19,7 +48,7 @@ class ModelConfig:
     feature_proj_dim: int = 512  # attention decoder: CNN channels are projected to this width first
     dropout: float = 0.3
     fine_tune: bool = False  # True: the backbone's weights are trained too and saved in the bundle
-    max_len: int = 20  # longest caption (in words) seen in training; the default for decoding
+    max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) seen in training; the default for decoding
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -32,3 +61,105 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")  # set from training's options
+
+
+@dataclass
+class TrainConfig:
+    data: str = str(COCO_DIR)  # dataset folder, COCO or Flickr layout
+    train_split: str = "train"
+    val_split: str = "val"
+    subset: float = 1.0  # quick run: this fraction of the images (chosen by a stable hash)
+    model: ModelConfig = field(default_factory=ModelConfig)  # vocab_size is set from the data
+    min_word_count: int = 5
+    epochs: int = 10  # cross-entropy epochs
+    batch_size: int = 64
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    alpha_c: float = 1.0  # "doubly stochastic" attention regulariser (Xu et al.), attention decoder only
+    scst_epochs: int = 0  # self-critical epochs after the cross-entropy ones
+    scst_lr: float = 2e-5
+    scst_samples: int = 5
+    scst_batch_size: int = 50  # images per SCST step
+    device: str = "auto"
+    model_name: str = ""  # folder name under models_dir for the finished model ("" = run folder name)
+    models_dir: str = ""  # "" = core.paths.models_dir()
+    cache_dir: str = ""  # "" = core.paths.cache_dir()
+    val_images: int = 500  # images captioned for validation each epoch
+    checkpoint_every: int = 200  # steps; whichever comes first of this and checkpoint_minutes
+    checkpoint_minutes: float = 10.0  # so that a kill on a COCO-sized epoch loses minutes, not an hour
+    log_every: int = 10  # steps
+    seed: int = 0
+    encode_batch_size: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Nested {"model": {...}} or flat model keys (older runs, command-line flags); unknown keys are refused."""
+        d = dict(d)
+        model = dict(d.pop("model", None) or {})
+        model.update({k: d.pop(k) for k in MODEL_KEYS if k in d})
+        d.pop("beam_size", None)  # recorded by older versions, read by nothing
+        unknown = set(d) - {f.name for f in fields(cls)}
+        unknown |= set(model) - {f.name for f in fields(ModelConfig)}
+        if unknown:
+            raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
+        if model.get("decoder", "attention") not in DECODERS:
+            raise ConfigError(f"unknown decoder {model['decoder']!r}; choose one of {', '.join(DECODERS)}")
+        try:
+            return cls(**d, model=ModelConfig(**model))
+        except TypeError as e:
+            raise ConfigError(str(e)) from None
+
+    def resolved(self) -> "TrainConfig":
+        """The same settings with every folder absolute; the form, the CLI and the trainer all call this."""
+        d = self.to_dict()
+        d["data"] = str(resolve(self.data))
+        d["models_dir"] = str(resolve(self.models_dir) if self.models_dir else models_dir())
+        d["cache_dir"] = str(resolve(self.cache_dir) if self.cache_dir else cache_dir())
+        return TrainConfig.from_dict(d)
+
+    def problems(self) -> list[str]:
+        """Every setting that cannot work, in plain words (empty when the config can start a run)."""
+        m, out = self.model, []
+        if m.backbone not in BACKBONE_NAMES:
+            out.append(f"Unknown backbone {m.backbone!r}; choose one of {', '.join(BACKBONE_NAMES)}.")
+        if self.device not in DEVICES:
+            out.append(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        positive = {"epochs": self.epochs + self.scst_epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "embed_dim": m.embed_dim, "hidden_dim": m.hidden_dim, "attention_dim": m.attention_dim,
+                    "feature_proj_dim": m.feature_proj_dim, "max_len": m.max_len, "val_images": self.val_images,
+                    "checkpoint_every": self.checkpoint_every, "checkpoint_minutes": self.checkpoint_minutes,
+                    "log_every": self.log_every, "scst_batch_size": self.scst_batch_size,
+                    "scst_samples": self.scst_samples, "encode_batch_size": self.encode_batch_size,
+                    "min_word_count": self.min_word_count}
+        out += [f"{k.replace('_', ' ')} must be more than 0 (it is {v})." for k, v in positive.items()
+                if not isinstance(v, (int, float)) or v <= 0]
+        if not 0 < self.subset <= 1:
+            out.append(f"The quick-run fraction must be above 0 and at most 1 (it is {self.subset}).")
+        if not 0 <= m.dropout < 1 or not 0 <= self.label_smoothing < 1:
+            out.append("Dropout and label smoothing must be at least 0 and below 1.")
+        if self.epochs < 0 or self.scst_epochs < 0:
+            out.append("Epochs cannot be negative.")
+        if self.model_name and name_problem(self.model_name):
+            out.append(name_problem(self.model_name))
+        return out
+
+    def check(self) -> "TrainConfig":
+        problems = self.problems()
+        if problems:
+            raise ConfigError(" ".join(problems))
+        return self
+
+
+def flag_fields() -> list[tuple[str, object, str]]:
+    """(name, default, where) of every option a flag can set: TrainConfig's own, then the model's."""
+    own = [(f.name, getattr(TrainConfig(), f.name), "train") for f in fields(TrainConfig) if f.name != "model"]
+    return own + [(k, getattr(ModelConfig(), k), "model") for k in MODEL_KEYS]

@@ -2,7 +2,8 @@
 
 One folder per (backbone, preprocessing, layout); inside, an append-only fp16 array read through a
 memory map, and an index of file identities (resolved path, size, mtime) -> row. Rows are written and
-fsynced before their index lines, so a killed run leaves at worst unindexed bytes, trimmed on open.
+fsynced before their index lines, so a killed run leaves at worst unindexed bytes, trimmed by the next
+writer. Writers take an OS lock, so two trainers can fill one cache at once.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from typing import Callable
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from .backbones import get_spec
 from .data import iter_image_batches
 from .device import encoder_autocast
+from .files import atomic_write_text
 
 PREPROCESS_VERSION = "squash-bicubic/1"  # change when data.preprocess changes: old caches stop matching
 
@@ -40,27 +43,42 @@ class FeatureCache:
         self.row_shape = (grid_shape[0] * grid_shape[1] if layout == "grid" else 1, spec.feature_dim)
         self.row_bytes = int(np.prod(self.row_shape)) * 2
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "key.json").write_text(json.dumps(self.key, indent=2))
         self.data_file, self.index_file = self.dir / "features.f16", self.dir / "index.jsonl"
+        # Several processes may fill one cache at once (the app's run and one from a terminal): every change
+        # to the files happens under this OS lock, and a row's number is the data file's length at that moment.
+        self.lock = FileLock(str(self.dir / "write.lock"))
         self.index: dict[str, dict] = {}
-        self._load_index()
+        self.n_rows = 0  # rows that index lines point at (the data file holds no others once caught up)
+        self._read_upto = 0  # bytes of the index file read so far
+        with self.lock:
+            if not (self.dir / "key.json").exists():
+                atomic_write_text(self.dir / "key.json", json.dumps(self.key, indent=2))
+            self._catch_up()
 
-    def _load_index(self) -> None:
-        n_rows = 0
+    def _catch_up(self) -> None:
+        """Under the lock: read the index lines written since the last call (by any process), and drop what a
+        killed writer left half done: half an index line, rows without index lines."""
+        raw = b""
         if self.index_file.exists():
-            raw = self.index_file.read_bytes()
-            complete = raw[: raw.rfind(b"\n") + 1]  # a half-written last line is dropped
-            if len(complete) != len(raw):
-                self.index_file.write_bytes(complete)
-            for line in complete.decode().splitlines():
+            with open(self.index_file, "rb") as f:
+                f.seek(self._read_upto)
+                raw = f.read()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) != len(raw):
+            with open(self.index_file, "r+b") as f:
+                f.truncate(self._read_upto + len(complete))
+        self._read_upto += len(complete)
+        for line in complete.decode("utf-8").splitlines():
+            try:
                 entry = json.loads(line)
-                self.index[entry["id"]] = entry
-                if entry.get("row") is not None:
-                    n_rows = max(n_rows, entry["row"] + 1)
-        self.n_rows = n_rows
-        if self.data_file.exists() and self.data_file.stat().st_size != n_rows * self.row_bytes:
-            with open(self.data_file, "r+b") as f:  # drop rows whose index lines were never written
-                f.truncate(n_rows * self.row_bytes)
+            except ValueError:
+                continue
+            self.index[entry["id"]] = entry
+            if entry.get("row") is not None:
+                self.n_rows = max(self.n_rows, entry["row"] + 1)
+        if self.data_file.exists() and self.data_file.stat().st_size > self.n_rows * self.row_bytes:
+            with open(self.data_file, "r+b") as f:
+                f.truncate(self.n_rows * self.row_bytes)
 
     def lookup(self, identity: str) -> dict | None:
         return self.index.get(identity)
@@ -68,21 +86,24 @@ class FeatureCache:
     def append(self, identities: list[str], feats: np.ndarray, failures: dict[str, str]) -> None:
         """feats (n, *row_shape) for identities, in order; failures: identity -> error message."""
         feats = np.ascontiguousarray(feats, dtype=np.float16)
-        with open(self.data_file, "ab") as f:
-            f.write(feats.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        lines = []
-        for ident in identities:
-            lines.append({"id": ident, "row": self.n_rows})
-            self.n_rows += 1
-        lines += [{"id": ident, "row": None, "error": msg} for ident, msg in failures.items()]
-        with open(self.index_file, "a") as f:
-            f.write("".join(json.dumps(e) + "\n" for e in lines))
-            f.flush()
-            os.fsync(f.fileno())
+        with self.lock:
+            self._catch_up()  # rows other writers added since: ours are numbered after them
+            first = self.n_rows
+            with open(self.data_file, "ab") as f:
+                f.write(feats.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            lines = [{"id": ident, "row": first + k} for k, ident in enumerate(identities)]
+            lines += [{"id": ident, "row": None, "error": msg} for ident, msg in failures.items()]
+            text = "".join(json.dumps(e) + "\n" for e in lines).encode("utf-8")
+            with open(self.index_file, "ab") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            self._read_upto += len(text)
         for e in lines:
             self.index[e["id"]] = e
+        self.n_rows = first + len(identities)
 
     def array(self) -> np.ndarray:
         """All rows as a read-only memory map: (n_rows, P, C) float16."""

@@ -1,61 +1,90 @@
 """Train page: start a training run in the background, watch it live, stop and resume it, pick the model."""
-import re
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core.bundle import BundleError, set_active
+from core.config import (BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, NAME_RULE, ConfigError, ModelConfig,
+                         TrainConfig, name_problem)
 from core.data import COCO_HELP, inspect_dataset
-from core.jobs import (REPO_ROOT, Job, JobError, cache_dir, current_job, enforce_stop, list_runs, models_dir,
-                       resume_job, runs_dir, start_job, stop_job)
+from core.jobs import JobError, current_job, enforce_stop, resume_job, start_job, stop_job
+from core.paths import models_dir, runs_dir
+from core.runs import Job, list_runs
 from ui.device import device_report_ui
 from ui.monitor import draw_run
 
-BACKBONES = ["efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101"]
-DECODERS = {"attention": "Show, Attend and Tell (attention)", "show_tell": "Show and Tell"}
 STOP_GRACE_S = 120  # after a Stop, how long the trainer may take to checkpoint before it gets SIGTERM
 
 
+def device_choice(where) -> str:
+    """The compute device for the run, with what was found on this computer beside it."""
+    device = where.selectbox("Device", DEVICES, help="auto: CUDA, then Apple MPS, then the CPU")
+    device_report_ui(where)
+    return device
+
+
 def train_form() -> dict | None:
-    """The run's settings as a TrainConfig dict when the form is submitted, else None."""
+    """The run's settings (TrainConfig fields, defaults from TrainConfig) when the form is submitted, else None."""
+    d, m = TrainConfig(), ModelConfig()
     with st.form("train"):
-        data = st.text_input("Dataset folder (COCO-2017 or Flickr layout)", str(REPO_ROOT / "cocoapi"))
+        data = st.text_input("Dataset folder (COCO-2017 or Flickr layout)", d.data)
         c = st.columns(3)
-        backbone = c[0].selectbox("Backbone", BACKBONES)
-        decoder = c[1].selectbox("Decoder", list(DECODERS), format_func=DECODERS.get)
-        device = c[2].selectbox("Device", ["auto", "cuda", "mps", "cpu"])
-        device_report_ui(c[2])
+        backbone = c[0].selectbox("Backbone", BACKBONE_NAMES, index=BACKBONE_NAMES.index(m.backbone))
+        decoder = c[1].selectbox("Decoder", DECODERS, index=DECODERS.index(m.decoder), format_func=DECODER_NAMES.get)
+        device = device_choice(c[2])
         c = st.columns(4)
-        embed_dim = c[0].number_input("Embedding size", 8, 2048, 256, step=8)
-        hidden_dim = c[1].number_input("Hidden size", 8, 4096, 512, step=8)
-        min_word_count = c[2].number_input("Vocabulary threshold (min. word count)", 1, 100, 5)
-        epochs = c[3].number_input("Epochs", 1, 200, 10)
+        embed_dim = c[0].number_input("Embedding size", 8, 2048, m.embed_dim, step=8)
+        hidden_dim = c[1].number_input("Hidden size", 8, 4096, m.hidden_dim, step=8)
+        min_word_count = c[2].number_input("Vocabulary threshold (min. word count)", 1, 100, d.min_word_count)
+        epochs = c[3].number_input("Epochs", 1, 200, d.epochs)
         c = st.columns(4)
-        batch_size = c[0].number_input("Batch size", 1, 1024, 64)
-        lr = c[1].number_input("Learning rate", 1e-6, 1.0, 4e-4, step=1e-4, format="%.0e")
-        subset = c[2].slider("Quick run: fraction of the data", 0.01, 1.0, 1.0, help="e.g. 0.05 for a first try")
-        model_name = c[3].text_input("Model name", "", placeholder="letters, digits, - and _")
+        batch_size = c[0].number_input("Batch size", 1, 1024, d.batch_size)
+        lr = c[1].number_input("Learning rate", 1e-6, 1.0, d.lr, step=1e-4, format="%.0e")
+        subset = c[2].slider("Quick run: fraction of the data", 0.01, 1.0, d.subset, help="e.g. 0.05 for a first try")
+        model_name = c[3].text_input("Model name", "", placeholder=NAME_RULE)
+        with st.expander("Advanced"):
+            c = st.columns(4)
+            label_smoothing = c[0].number_input("Label smoothing", 0.0, 0.5, d.label_smoothing, step=0.05)
+            scst_epochs = c[1].number_input("SCST passes over the data (CIDEr reward, after the others)", 0, 50,
+                                            d.scst_epochs)
+            val_images = c[2].number_input("Validation images", 1, 100_000, d.val_images)
+            fine_tune = c[3].checkbox("Fine-tune the backbone too", m.fine_tune, help="No feature cache; needs a GPU")
+            c = st.columns(4)
+            checkpoint_every = c[0].number_input("Checkpoint every (steps)", 1, 1_000_000, d.checkpoint_every)
+            checkpoint_minutes = c[1].number_input("... or every (minutes)", 0.5, 1440.0, d.checkpoint_minutes)
+            attention_dim = c[2].number_input("Attention size", 8, 2048, m.attention_dim, step=8)
+            dropout = c[3].number_input("Dropout", 0.0, 0.9, m.dropout, step=0.05)
         if not st.form_submit_button("Start training", type="primary"):
             return None
     return dict(data=data, backbone=backbone, decoder=decoder, device=device, embed_dim=int(embed_dim),
                 hidden_dim=int(hidden_dim), min_word_count=int(min_word_count), epochs=int(epochs),
-                batch_size=int(batch_size), lr=float(lr), subset=float(subset), models_dir=str(models_dir()),
-                cache_dir=str(cache_dir()),
+                batch_size=int(batch_size), lr=float(lr), subset=float(subset), label_smoothing=float(label_smoothing),
+                scst_epochs=int(scst_epochs), val_images=int(val_images), fine_tune=bool(fine_tune),
+                checkpoint_every=int(checkpoint_every), checkpoint_minutes=float(checkpoint_minutes),
+                attention_dim=int(attention_dim), dropout=float(dropout),
                 model_name=model_name.strip() or f"{decoder}-{backbone}-{pd.Timestamp.now():%Y%m%d-%H%M}")
 
 
-def start(config: dict) -> bool:
+def start(values: dict) -> bool:
     """Validate, then start the run (and redraw); False when the dataset is the problem."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,60}", config["model_name"]):
-        st.error("The model name may hold only letters, digits, - and _ (at most 60).")
+    if name_problem(values["model_name"]):
+        st.error(name_problem(values["model_name"]))
         return True
-    info = inspect_dataset(config["data"])
+    try:
+        config = TrainConfig.from_dict(values).resolved()  # ~ and relative folders, as the trainer sees them
+    except ConfigError as e:
+        st.error(f"These settings cannot start a run: {e}")
+        return True
+    if config.problems():
+        st.error("These settings cannot start a run:\n" + "\n".join(f"- {p}" for p in config.problems()))
+        return True
+    info = inspect_dataset(config.data)
     if not info.ok:
         st.error("This dataset cannot be used yet:\n" + "\n".join(f"- {p}" for p in info.problems))
         return False
     try:
-        start_job(config, runs_dir())
+        start_job(config.to_dict(), runs_dir())
     except JobError as e:
         st.error(str(e))
         return True
@@ -64,11 +93,13 @@ def start(config: dict) -> bool:
 
 @st.fragment(run_every=2)
 def monitor(run_dir: str) -> None:
-    job = Job.load(run_dir)
-    if job is None or not job.alive():
+    live = current_job(runs_dir())
+    if live is None or live.run_dir != Path(run_dir):
         st.rerun()  # the run is over: redraw the whole page (form and runs list)
-    enforce_stop(job, STOP_GRACE_S)
-    st.button("Stop", on_click=stop_job, args=(job,), disabled=job.stop_requested_at is not None,
+    if not enforce_stop(live, STOP_GRACE_S) and live.stop_requested_at and not live.alive():
+        st.warning(f"The training process (pid {live.pid}) could not be identified for sure, so it is not "
+                   "signalled; it stops at its next step, or end it yourself.")
+    st.button("Stop", on_click=stop_job, args=(live,), disabled=live.stop_requested_at is not None,
               help="The trainer saves a checkpoint and exits; Resume continues from there")
     draw_run(Path(run_dir))
 

@@ -53,52 +53,57 @@ def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "
                        card="A random test model.")
 
 
-# A stand-in for `python -m core.train`: same CLI, same progress events, STOP file and SIGTERM handling.
-# config["fake"]: "loop" (steps until stopped; 3 steps when resumed, then done), "ignore_stop", "error", "crash".
+# A stand-in for `python -m core.train`: same CLI, same progress events (names from core.runs), the job lock,
+# STOP file and SIGTERM handling. Mode (--fake-mode): "loop" (steps until stopped; 3 steps when resumed, then
+# done), "ignore_stop", "error", "crash".
 FAKE_TRAINER = textwrap.dedent(
     """
     import argparse, json, signal, sys, time
     from pathlib import Path
 
+    from core import runs
+    from core.jobs import hold_job_lock
+
+    hold_job_lock()
     ap = argparse.ArgumentParser()
     ap.add_argument("--config"); ap.add_argument("--run-dir"); ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--fake-mode", default="loop")
     a = ap.parse_args()
     run = Path(a.run_dir)
-    cfg = json.loads(Path(a.config).read_text())
-    mode = cfg.get("fake", "loop")
+    cfg = json.loads(Path(a.config).read_text(encoding="utf-8"))
+    mode = a.fake_mode
     term = []
     signal.signal(signal.SIGTERM, lambda *_: term.append(1))
+    emit = runs.Reporter(run)
+    stop = run / runs.STOP
 
-    def emit(event, **kw):
-        with (run / "progress.jsonl").open("a") as f:
-            f.write(json.dumps({"event": event, "time": time.time(), **kw}) + "\\n")
-
-    emit("start", config=cfg, pid=0, resumed=a.resume)
+    emit(runs.START, config=cfg, pid=0, resumed=a.resume)
     print("fake trainer up", flush=True)
     if mode == "crash":
         sys.exit(3)
     if mode == "error":
-        emit("error", message="The dataset folder is empty.", traceback="")
+        emit(runs.ERROR, message="The dataset folder is empty.", traceback="")
         sys.exit(1)
     if mode == "ignore_stop":
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    emit("phase", phase="training")
+    emit(runs.PHASE, phase="training")
     steps = 3 if a.resume else 1000
     for step in range(1, steps + 1):
-        if (run / "STOP").exists() and mode != "ignore_stop" or term:
-            emit("checkpoint", path=str(run / "checkpoint.safetensors"), epoch=1, step=step)
-            emit("stopped", reason="SIGTERM" if term else "stop file")
+        if stop.exists() and mode != "ignore_stop" or term:
+            emit(runs.SAVED, path=str(run / runs.CHECKPOINT), epoch=1, step=step)
+            emit(runs.STOPPED, reason="SIGTERM" if term else "stop file")
+            stop.unlink(missing_ok=True)
             sys.exit(0)
-        emit("step", epoch=1, epochs=1, step=step, total_steps=steps, loss=5.0 / step, lr=1e-3,
+        emit(runs.STEP, epoch=1, epochs=1, step=step, total_steps=steps, loss=5.0 / step, lr=1e-3,
              images_per_s=10.0, eta_s=steps - step)
         time.sleep(0.05)
-    emit("epoch", epoch=1, train_loss=1.0, metrics={"BLEU-4": 0.1, "CIDEr": 0.2}, best=True)
-    emit("done", bundle=str(run / "model"), metrics={"BLEU-4": 0.1, "CIDEr": 0.2})
+    emit(runs.EPOCH, epoch=1, train_loss=1.0, metrics={"BLEU-4": 0.1, "CIDEr": 0.2}, best=True)
+    emit(runs.DONE, bundle=str(run / "model"), metrics={"BLEU-4": 0.1, "CIDEr": 0.2})
     """
 )
 
 
-def fake_trainer_command(folder: Path) -> list[str]:
+def fake_trainer_command(folder: Path, mode: str = "loop") -> list[str]:
     script = Path(folder) / "fake_trainer.py"
-    script.write_text(FAKE_TRAINER)
-    return [sys.executable, str(script)]
+    script.write_text(FAKE_TRAINER, encoding="utf-8")
+    return [sys.executable, str(script), "--fake-mode", mode]

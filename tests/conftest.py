@@ -67,14 +67,14 @@ def tiny_flickr(tmp_path) -> Path:
 
 
 def tiny_train_config(data: Path, tmp: Path, **overrides):
-    from core.train import TrainConfig
+    from core.config import TrainConfig
 
     base = dict(data=str(data), decoder="show_tell", embed_dim=32, hidden_dim=64, attention_dim=32, dropout=0.0,
                 min_word_count=1, epochs=60, batch_size=8, lr=1e-2, warmup_steps=20, val_images=50,
                 checkpoint_every=1000, log_every=5, models_dir=str(tmp / "models"), cache_dir=str(tmp / "cache"),
                 model_name="tiny", max_len=8)
     base.update(overrides)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)  # flat model keys (decoder, embed_dim, ...) go into cfg.model
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_fixtures import fake_trainer_command, jpeg_bytes, make_flickr_dataset, make_tiny_bundle
 from core import jobs
+from core.runs import read_progress, run_info, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 HOME, CAPTION, TRAIN = (str(REPO / p) for p in ("app.py", "pages/1_Caption.py", "pages/2_Train.py"))
@@ -165,12 +166,13 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
     assert not at.exception
     job = jobs.current_job(runs)
     assert job is not None
-    config = jobs.run_info(job.run_dir).config
-    assert (config["decoder"], config["embed_dim"], config["model_name"]) == ("show_tell", 16, "tiny-run")
+    config = run_info(job.run_dir).config
+    assert (config["model"]["decoder"], config["model"]["embed_dim"], config["model_name"]) == ("show_tell", 16,
+                                                                                                "tiny-run")
     assert config["models_dir"] == str(models) and config["data"] == str(data)
 
     deadline = time.time() + 30
-    while not jobs.summarize(jobs.read_events(job.run_dir)).losses and time.time() < deadline:
+    while not summarize(read_progress(job.run_dir)).losses and time.time() < deadline:
         time.sleep(0.1)
     at.run()  # a reload re-attaches to the running job
     assert not at.exception
@@ -179,7 +181,7 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
     next(b for b in at.button if b.label == "Stop").click().run()
     assert jobs.wait_for_exit(job, 30)
     at.run()
-    assert not at.exception and jobs.run_info(job.run_dir).status == "stopped"
+    assert not at.exception and run_info(job.run_dir).status == "stopped"
     assert any(b.label == "Start training" for b in at.button)  # the form is back
     next(b for b in at.button if b.label == "Resume").click().run()
     again = jobs.current_job(runs)
@@ -187,13 +189,13 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
     assert jobs.wait_for_exit(again, 30)
     at.run()
     assert not at.exception
-    assert jobs.run_info(job.run_dir).status == "done"
+    assert run_info(job.run_dir).status == "done"
     assert any(b.label == "Use this model for captioning" for b in at.button)
     assert list(at.dataframe[0].value["status"]) == ["done"]
 
 
 def test_train_page_explains_a_failed_run(models, runs, tmp_path):
-    job = jobs.start_job({"fake": "error", "model_name": "broken"}, runs, command=fake_trainer_command(tmp_path))
+    job = jobs.start_job({"model_name": "broken"}, runs, command=fake_trainer_command(tmp_path, "error"))
     assert jobs.wait_for_exit(job, 30)
     at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
     assert not at.exception

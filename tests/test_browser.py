@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from app_fixtures import jpeg_bytes, make_flickr_dataset, make_tiny_bundle
-from core import jobs
+from core.runs import read_progress
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -225,7 +225,7 @@ def fill_train_form(page, data: Path, epochs: int, name: str) -> None:
 
 def epochs_lasting(run_dir: Path, seconds: float, steps_per_epoch: int) -> int:
     """How many epochs take about `seconds` at the speed a finished run had (this machine, under today's load)."""
-    steps = [e for e in jobs.read_events(run_dir) if e.get("event") == "step"]
+    steps = [e for e in read_progress(run_dir) if e.get("event") == "step"]
     rate = (steps[-1]["step"] - steps[0]["step"]) / max(steps[-1]["time"] - steps[0]["time"], 1e-3)
     return int(min(200, max(8, seconds * rate / steps_per_epoch)))
 

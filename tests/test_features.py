@@ -1,8 +1,12 @@
+import subprocess
+import sys
+import time
+
 import numpy as np
 import torch
 
 from conftest import make_image
-from core.features import FeatureCache, encode_to_cache
+from core.features import FeatureCache, encode_to_cache, file_identity
 
 
 class CountingEncoder(torch.nn.Module):
@@ -77,3 +81,46 @@ def test_a_killed_write_is_trimmed_on_open(tmp_path):
     reopened = FeatureCache(tmp_path / "cache", "efficientnet_lite0", "pooled", (7, 7))
     assert reopened.n_rows == 2 and reopened.array().shape == (2, 1, 1280)
     assert reopened.data_file.stat().st_size == 2 * cache.row_bytes
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
+import torch
+from test_features import CountingEncoder
+from core.features import FeatureCache, encode_to_cache
+paths = [Path(p) for p in sys.argv[2:]]
+cache = FeatureCache(Path({cache!r}), "efficientnet_lite0", "pooled", (7, 7))
+Path(sys.argv[1]).touch()  # opened: ready
+while not Path({go!r}).exists():
+    time.sleep(0.01)
+encode_to_cache(CountingEncoder(), "efficientnet_lite0", paths, cache, torch.device("cpu"), batch_size=1)
+"""
+
+
+def test_two_processes_filling_one_cache_keep_every_row_with_its_image(tmp_path):
+    # Regression: the app's run and a terminal's `python -m core.train` filling one cache at once numbered
+    # their rows independently; most index lines then pointed at another image's features, silently, forever.
+    from conftest import ROOT
+
+    images = _images(tmp_path, 24)
+    script = WRITER.format(tests=str(ROOT / "tests"), root=str(ROOT), cache=str(tmp_path / "cache"),
+                           go=str(tmp_path / "go"))
+    halves = (images[0::2], images[1::2])
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"ready{k}"), *map(str, half)])
+             for k, half in enumerate(halves)]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready{k}").exists() for k in range(2)) and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    cache = FeatureCache(tmp_path / "cache", "efficientnet_lite0", "pooled", (7, 7))
+    enc = CountingEncoder()
+    expected = encode_to_cache(enc, "efficientnet_lite0", images, FeatureCache(tmp_path / "fresh", "efficientnet_lite0",
+                                                                               "pooled", (7, 7)), torch.device("cpu"))
+    fresh = FeatureCache(tmp_path / "fresh", "efficientnet_lite0", "pooled", (7, 7)).array()
+    rows = [cache.lookup(file_identity(p))["row"] for p in images]
+    assert len(set(rows)) == len(images) and cache.array().shape[0] >= len(images)
+    for path, row, ref in zip(images, rows, expected):
+        assert np.array_equal(cache.array()[row], fresh[ref]), f"{path.name} points at another image's features"

@@ -10,7 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, make_flickr, tiny_train_config
-from core.train import TrainConfig, lr_at, main, read_progress, run
+from core import runs
+from core.config import ConfigError, TrainConfig
+from core.runs import read_progress
+from core.train import lr_at, main, run
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -84,7 +87,7 @@ def test_stop_file_checkpoints_and_exits_then_resume_finishes(tmp_path):
     assert run(cfg, tmp_path / "run", listeners=[stop_after_a_few_steps]) is None
     assert seen[-1] == {**seen[-1], "event": "stopped", "reason": "stop file"}
     assert seen[-2]["event"] == "checkpoint"
-    (tmp_path / "run" / "STOP").unlink()
+    assert not (tmp_path / "run" / "STOP").exists()  # carried out, so spent: the resume is not stopped by it
     bundle = run(cfg, tmp_path / "run", resume=True)
     assert bundle == tmp_path / "models" / "tiny" and (bundle / "model.safetensors").exists()
     # a second model of the same name never overwrites the first
@@ -121,7 +124,7 @@ def test_dry_run_checks_the_dataset(tmp_path, capsys):
 
 
 def test_unknown_config_keys_are_refused():
-    with pytest.raises(ValueError, match="unknown training options: colour"):
+    with pytest.raises(ConfigError, match="unknown training options: colour"):
         TrainConfig.from_dict({"colour": "red"})
 
 
@@ -134,3 +137,105 @@ def test_fine_tuning_trains_the_backbone_without_the_cache(tmp_path):
     weights = load_file(bundle / "model.safetensors")
     assert any(k.startswith("encoder.") for k in weights)
     assert load_bundle(bundle).config.fine_tune
+
+
+def _cli(cfg: TrainConfig, tmp_path, run_dir, *extra, **popen):
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()), encoding="utf-8")
+    cmd = [sys.executable, "-m", "core.train", "--config", str(tmp_path / "cfg.json"), "--run-dir", str(run_dir), *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+
+
+def test_a_stop_given_while_the_trainer_starts_is_kept(tmp_path):
+    # Regression: the trainer deleted STOP when it started, so a Stop pressed in the first second (the wrong
+    # dataset noticed) was lost: the run trained to the end and published a model.
+    data = make_flickr(tmp_path / "data")
+    cfg = tiny_train_config(data, tmp_path, epochs=2)
+    (tmp_path / "run").mkdir()
+    proc = _cli(cfg, tmp_path, tmp_path / "run")
+    time.sleep(0.3)
+    (tmp_path / "run" / "STOP").touch()
+    assert proc.wait(timeout=300) in (0, 1), proc.stderr.read()
+    kinds = [e["event"] for e in read_progress(tmp_path / "run")]
+    assert kinds[-1] == "stopped" and "done" not in kinds and "step" not in kinds
+    assert not (tmp_path / "models").exists()
+    assert not (tmp_path / "run" / "STOP").exists()  # spent: a later resume trains
+
+
+def test_a_stale_stop_of_an_earlier_attempt_does_not_end_a_resume(tmp_path):
+    data = make_flickr(tmp_path / "data")
+    cfg = tiny_train_config(data, tmp_path, epochs=1)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "STOP").touch()
+    time.sleep(0.05)
+    runs.Reporter(tmp_path / "run")("stopped", reason="stop file")  # an earlier attempt ended after that STOP
+    assert run(cfg, tmp_path / "run") is not None
+
+
+def test_home_and_relative_paths_are_resolved_once_for_the_whole_run(tmp_path, monkeypatch):
+    # Regression: the form check expanded ~/flickr and passed; the trainer did not, and failed.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    make_flickr(tmp_path / "home" / "flickr")
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_train_config("~/flickr", tmp_path, epochs=1, cache_dir="rel-cache", models_dir="~/models")
+    bundle = run(cfg, "rel-run")
+    assert bundle == tmp_path / "home" / "models" / "tiny"
+    saved = json.loads((tmp_path / "rel-run" / "config.json").read_text(encoding="utf-8"))
+    assert saved["data"] == str(tmp_path / "home" / "flickr") and saved["cache_dir"] == str(tmp_path / "rel-cache")
+    assert (tmp_path / "rel-cache").is_dir()
+    assert TrainConfig(data="~/flickr").resolved().data == saved["data"]  # what the page and jobs check
+
+
+ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": ""}
+
+
+def test_config_files_are_read_as_utf8_under_an_ascii_locale(tmp_path):
+    # Regression: config.json was written as UTF-8 and read in the locale's encoding (ASCII here, cp1252 on
+    # Windows): a folder name with non-ASCII letters broke the trainer and the runs list.
+    data = make_flickr(tmp_path / "data")
+    cfg = tiny_train_config(data, tmp_path, models_dir=str(tmp_path / "modèles"), cache_dir=str(tmp_path / "caché"))
+    env = {**os.environ, **ASCII_LOCALE}
+    proc = _cli(cfg, tmp_path, tmp_path / "run", "--dry-run", env=env)
+    out = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[1].decode(errors="replace")
+    run_dir = tmp_path / "listed"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), ensure_ascii=False), encoding="utf-8")
+    code = (f"import sys, locale; sys.path.insert(0, {str(ROOT)!r}); from core import runs; "
+            f"assert locale.getpreferredencoding(False) != 'UTF-8'; "
+            f"print(runs.run_info({str(run_dir)!r}).config['models_dir'].encode('unicode_escape').decode())")
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == str(tmp_path / "modèles").encode("unicode_escape").decode()
+
+
+def test_a_killed_checkpoint_write_leaves_no_temporary_file(tmp_path):
+    # Regression: a kill between a checkpoint's temporary write and its rename left a checkpoint-sized .tmp
+    # file in the run folder forever. A start or resume removes such leftovers.
+    data = make_flickr(tmp_path / "data")
+    cfg = tiny_train_config(data, tmp_path, epochs=1)
+    (tmp_path / "run" / "best").mkdir(parents=True)
+    left = [tmp_path / "run" / ".checkpoint.safetensors.k1ll3d.tmp", tmp_path / "run" / "best" / ".model.safetensors.x.tmp"]
+    for path in left:
+        path.write_bytes(b"\0" * 4096)
+    run(cfg, tmp_path / "run")
+    assert not any(p.exists() for p in left)
+    assert any("half-written" in e.get("message", "") for e in read_progress(tmp_path / "run"))
+
+
+def test_checkpoints_come_by_time_as_well_as_by_steps(tmp_path):
+    data = make_flickr(tmp_path / "data")
+    cfg = tiny_train_config(data, tmp_path, epochs=2, batch_size=4, checkpoint_every=10_000,
+                            checkpoint_minutes=0.0001)  # every step, by the clock
+    run(cfg, tmp_path / "run")
+    events = read_progress(tmp_path / "run")
+    steps = {e["step"] for e in events if e["event"] == "step"}
+    saved = [e["step"] for e in events if e["event"] == "checkpoint"]
+    assert len(set(saved) - {8, 16}) > 2 and max(steps) == 16  # mid-epoch, not only at the epoch ends
+
+
+def test_resuming_a_finished_run_publishes_nothing_more(tiny_bundle):
+    # Found by tools/fault_drill.py: `--resume` on a finished run published the same model again (tiny-2, ...).
+    run_dir = tiny_bundle.parent.parent / "run"
+    before = sorted(p.name for p in tiny_bundle.parent.iterdir())
+    assert main(["--config", str(run_dir / "config.json"), "--run-dir", str(run_dir), "--resume"]) == 0
+    assert sorted(p.name for p in tiny_bundle.parent.iterdir()) == before

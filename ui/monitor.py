@@ -1,4 +1,7 @@
-"""Drawing one training run's progress (live in the Train page's fragment, or after the fact)."""
+"""Drawing one training run's progress (live in the Train page's fragment, or after the fact).
+
+It reads the run folder through core.runs only: no trainer, no torch in the web process for this.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.jobs import format_eta, read_events, run_status, summarize, tail_log
+from core.runs import LIVE, format_eta, read_progress, run_status, summarize, tail_log
 
 PHASES = {"starting": "starting up", "loading": "loading the dataset", "encoding": "encoding image features",
           "training": "training", "validating": "validating", "scst": "fine-tuning on CIDEr (SCST)",
@@ -14,12 +17,11 @@ PHASES = {"starting": "starting up", "loading": "loading the dataset", "encoding
 STATUS_WORDS = {"crashed": "The training process ended without saying why; the last log lines below may tell.",
                 "stopping": "Stopping: the trainer saves a checkpoint, then exits.",
                 "stopped": "Stopped. Resume continues from the last checkpoint."}
-LIVE = ("running", "starting", "stopping")
 
 
 def draw_run(run_dir: Path, log_lines: int = 12) -> str:
     """Phase, progress bar, charts, samples and log of a run; returns its status."""
-    events = read_events(run_dir)
+    events = read_progress(run_dir)
     status, p = run_status(run_dir, events), summarize(events)
     now = f"{status}: {PHASES.get(p.phase, p.phase)}" if status in LIVE else PHASES.get(status, status)
     st.markdown(f"**{run_dir.name}** — {now}")

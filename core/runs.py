@@ -1,0 +1,303 @@
+"""The run folder: its file names, its events, the writer the trainer uses and the readers the app uses.
+
+A run folder holds config.json (the TrainConfig), progress.jsonl (one JSON event per line, appended by the
+trainer), train.log (the trainer's output), job.json (pid + start time of the process that works on it),
+STOP (a request to checkpoint and exit), checkpoint.safetensors and best/ (the best epoch's bundle).
+No torch here, and no import of the trainer: the web process reads runs to draw them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import process
+from .files import atomic_write_json
+
+CONFIG = "config.json"
+PROGRESS = "progress.jsonl"
+STOP = "STOP"
+LOG = "train.log"
+JOB = "job.json"
+CHECKPOINT = "checkpoint.safetensors"
+VOCAB = "vocab.json"
+BEST = "best"
+
+# Events (schema: docs/core_api.md). Every event has "event" and "time".
+START, PHASE, ENCODE, STEP, SAMPLE, EPOCH, SAVED, RESUMED, LOG_EVENT = (
+    "start", "phase", "encode", "step", "sample", "epoch", "checkpoint", "resumed", "log")
+STOPPED, DONE, ERROR = "stopped", "done", "error"
+FINAL_EVENTS = (DONE, STOPPED, ERROR)
+LIVE = ("running", "starting", "stopping")
+
+
+# --- writing (the trainer's side) -----------------------------------------------------------------------
+
+
+class Reporter:
+    """Appends events to progress.jsonl and passes them to any other listeners (minGPT-style callbacks)."""
+
+    def __init__(self, run_dir: Path, listeners: list[Callable[[dict], None]] = ()):
+        self.path = Path(run_dir) / PROGRESS
+        self.listeners = list(listeners)
+
+    def __call__(self, event: str, **fields) -> None:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        for listen in self.listeners:
+            listen(record)
+
+
+class Stopper:
+    """A STOP file in the run folder, or SIGTERM, asks the trainer to checkpoint and exit.
+
+    Create it before the first event of an attempt. A STOP older than the folder's last event was left by an
+    earlier attempt and is removed; any other STOP, even one given before this process got here, is honoured.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.file = Path(run_dir) / STOP
+        self.reason = None
+        last = last_event_time(run_dir)
+        try:
+            if last is not None and self.file.stat().st_mtime <= last:
+                self.file.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if hasattr(signal, "SIGTERM"):
+            try:
+                signal.signal(signal.SIGTERM, self._on_sigterm)
+            except ValueError:  # not the main thread (e.g. called from a test thread): STOP file only
+                pass
+
+    def _on_sigterm(self, *_):
+        self.reason = "SIGTERM"
+
+    def __call__(self) -> bool:
+        if self.reason is None and self.file.exists():
+            self.reason = "stop file"
+        return self.reason is not None
+
+    def consume(self) -> None:
+        """The stop was carried out: the request is spent (a later resume must not stop on it)."""
+        self.file.unlink(missing_ok=True)
+
+
+def clean_partial_writes(run_dir: Path) -> list[Path]:
+    """Remove temporary files a killed atomic write left behind (core.files names them .<name>.*.tmp)."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / BEST):
+        for tmp in folder.glob(".*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+# --- the job record -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """The process working on a run folder (job.json): identified by pid *and* start time."""
+
+    run_dir: Path
+    pid: int
+    start_time: float | None
+    started_at: float
+    command: list[str] = field(default_factory=list)
+    resumed: bool = False
+    stop_requested_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def alive(self) -> bool:
+        return process.is_alive(self.pid, self.start_time)
+
+    def save(self) -> None:
+        d = {k: v for k, v in self.__dict__.items() if k != "run_dir"}
+        atomic_write_json(self.run_dir / JOB, d)
+
+    @classmethod
+    def load(cls, run_dir: Path | str) -> "Job | None":
+        run_dir = Path(run_dir)
+        try:
+            d = json.loads((run_dir / JOB).read_text(encoding="utf-8"))
+            start = d.pop("start_time", None)
+            return cls(run_dir=run_dir, start_time=float(start) if start is not None else None, **d)
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+# --- reading (the app's side) ---------------------------------------------------------------------------
+
+
+def read_progress(run_dir: Path | str) -> list[dict]:
+    """All events of a run; a missing file is no events, a half-written last line (mid-write) is skipped."""
+    try:
+        text = (Path(run_dir) / PROGRESS).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    events = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def last_event_time(run_dir: Path | str) -> float | None:
+    times = [e.get("time") for e in read_progress(run_dir)]
+    times = [t for t in times if isinstance(t, (int, float))]
+    return max(times) if times else None
+
+
+def read_config(run_dir: Path | str) -> dict:
+    try:
+        config = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def tail_log(run_dir: Path | str, lines: int = 20, max_bytes: int = 64_000) -> list[str]:
+    path = Path(run_dir) / LOG
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - max_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [ln.rstrip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-lines:]
+
+
+def run_status(run_dir: Path | str, events: list[dict] | None = None) -> str:
+    """starting | running | stopping | stopped | done | error | crashed (the process ended without a last word)."""
+    run_dir = Path(run_dir)
+    events = read_progress(run_dir) if events is None else events
+    job = Job.load(run_dir)
+    # After a resume the earlier attempt's "stopped" is history: only events after the last "start" count.
+    last = next((e["event"] for e in reversed(events) if e.get("event") in FINAL_EVENTS + (START,)), None)
+    if job is not None and job.alive():
+        if last in FINAL_EVENTS:
+            return "stopping" if last == STOPPED else last  # writing its last lines, about to exit
+        if job.stop_requested_at is not None:
+            return "stopping"
+        return "running" if last == START else "starting"
+    if last in FINAL_EVENTS:
+        return last
+    return "crashed" if job is not None else "stopped"
+
+
+@dataclass
+class RunInfo:
+    name: str
+    path: Path
+    status: str
+    config: dict
+    started_at: float | None
+    metrics: dict  # the last epoch's (or the final) metrics
+    bundle: str | None  # the model folder a finished run wrote
+    resumable: bool
+
+
+def run_info(run_dir: Path | str) -> RunInfo:
+    run_dir = Path(run_dir)
+    events = read_progress(run_dir)
+    config = read_config(run_dir)
+    status = run_status(run_dir, events)
+    metrics, bundle = {}, None
+    for e in events:
+        if e.get("event") == EPOCH:
+            metrics = e.get("metrics") or metrics
+        elif e.get("event") == DONE:
+            metrics, bundle = e.get("metrics") or metrics, e.get("bundle")
+    job = Job.load(run_dir)
+    started = job.started_at if job else next((e.get("time") for e in events if e.get("event") == START), None)
+    resumable = status in ("stopped", "error", "crashed") and bool(config)
+    return RunInfo(run_dir.name, run_dir, status, config, started, metrics, bundle, resumable)
+
+
+def list_runs(root: Path | str) -> list[RunInfo]:
+    """Every run folder (one with a config.json) under `root`, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [run_info(p) for p in root.iterdir() if p.is_dir() and (p / CONFIG).is_file()]
+    return sorted(runs, key=lambda r: (r.started_at or 0, r.name), reverse=True)
+
+
+@dataclass
+class Progress:
+    """What the monitor draws, distilled from the events of the latest attempt (and history for charts)."""
+
+    phase: str = "starting"
+    fraction: float = 0.0  # of the current phase's work
+    label: str = ""
+    eta_s: float | None = None
+    images_per_s: float | None = None
+    losses: list[dict] = field(default_factory=list)  # {"step", "loss"}
+    epochs: list[dict] = field(default_factory=list)  # {"epoch", "train_loss", <metric>: value}
+    samples: list[dict] = field(default_factory=list)
+    error: str | None = None
+    final: dict | None = None  # the done/stopped/error event, if any
+    messages: list[str] = field(default_factory=list)
+
+
+def summarize(events: list[dict]) -> Progress:
+    p = Progress()
+    for e in events:
+        kind = e.get("event")
+        if kind == START:
+            p.phase, p.final, p.error = "starting", None, None
+        elif kind == PHASE:
+            before, p.phase = p.phase, e.get("phase", p.phase)
+            if {before, p.phase} & {"starting", "loading", "encoding"}:  # the bar counts images, then steps
+                p.fraction, p.eta_s, p.label = 0.0, None, ""
+        elif kind == ENCODE:
+            total = max(int(e.get("total") or 0), 1)
+            p.fraction = min(1.0, float(e.get("done", 0)) / total)
+            p.label = f"encoding images {e.get('done', 0)}/{e.get('total', 0)}"
+            p.eta_s, p.images_per_s = e.get("eta_s"), e.get("images_per_s")
+        elif kind == STEP:
+            total = max(int(e.get("total_steps") or 0), 1)
+            p.fraction = min(1.0, float(e.get("step", 0)) / total)
+            p.label = f"epoch {e.get('epoch')}/{e.get('epochs')}, step {e.get('step')}/{e.get('total_steps')}"
+            p.eta_s, p.images_per_s = e.get("eta_s"), e.get("images_per_s")
+            if e.get("loss") is not None:
+                p.losses.append({"step": e.get("step"), "loss": e["loss"]})
+        elif kind == EPOCH:
+            p.epochs.append({"epoch": e.get("epoch"), "train_loss": e.get("train_loss"), **(e.get("metrics") or {})})
+        elif kind == SAMPLE:
+            p.samples = e.get("samples") or []
+        elif kind == LOG_EVENT and e.get("message"):
+            p.messages = (p.messages + [str(e["message"])])[-10:]
+        elif kind in FINAL_EVENTS:
+            p.final = e
+            p.phase = kind
+            if kind == DONE:
+                p.fraction, p.eta_s = 1.0, 0.0
+            if kind == ERROR:
+                p.error = e.get("message") or "Training failed."
+    return p
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "unknown"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
