@@ -47,7 +47,6 @@ def test_tags_sum_fine_classes_into_nouns():
     assert tags[0][0] == ("cat", pytest.approx(0.88, abs=1e-3)) and tags[0][1][0] == "coffee"
     assert {n for n, _ in tags[1]} == {"dog", "ball"}
     assert format_tags([("cat", 0.97), ("coffee", 0.1)]) == "cat 0.97; coffee 0.10"
-    assert image_tags(_logits({i: 1.0 for i in range(1000)}))[0] == []  # nothing stands out: no tags
 
 
 def test_guide_words_only_for_confident_known_guidable_nouns():
