@@ -52,10 +52,10 @@ def test_tags_sum_fine_classes_into_nouns():
 def test_guide_words_only_for_confident_known_guidable_nouns():
     stoi = {"<pad>": 0, "a": 4, "cat": 5, "cats": 6, "dog": 7, "orange": 8}
     assert guide_words([("cat", 0.9)], stoi) == [[5, 6]]
-    assert guide_words([("cat", 0.3)], stoi) == []  # not confident
+    assert guide_words([("cat", 0.6)], stoi) == []  # not confident enough (GUIDE_MIN_PROB)
     assert guide_words([("horse", 0.9)], stoi) == []  # the model cannot say it
     assert guide_words([("orange", 0.9)], stoi) == []  # the colour, most of the time
-    assert guide_words([("cat", 0.6), ("dog", 0.55)], stoi, max_nouns=2) == [[5, 6], [7]]
+    assert guide_words([("cat", 0.8), ("dog", 0.75)], stoi, max_nouns=2) == [[5, 6], [7]]
 
 
 def test_the_bundled_cat_photo_is_tagged_cat():
