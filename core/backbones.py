@@ -60,6 +60,10 @@ class _TimmFeatures(nn.Module):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B, 1000) ImageNet logits; used by tests to check the weights
 
+    def classify_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (B, P, C) = forward()'s grid, flattened -> (B, 1000) logits: timm's head is a global mean + linear."""
+        return self.model.get_classifier()(feats.float().mean(1))  # (B, 1000)
+
 
 def _resnet(depth: int, pretrained: bool) -> nn.Module:
     import torchvision.models as tvm

@@ -65,25 +65,39 @@ def _banned_ngram_words(history: list[int], n: int) -> list[int]:
 
 @torch.no_grad()
 def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = 20,
-                length_penalty: float = 0.7, no_repeat_ngram: int = 3) -> list[list[Hypothesis]]:
+                length_penalty: float = 0.7, no_repeat_ngram: int = 3,
+                constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
     """feats (B, P, C) -> for each image, `beam_size` hypotheses, best first.
 
     K live beams per image; each step looks at the 2K best extensions, moves those ending in <end> to
     the image's finished list, and keeps the best K others alive. An image is done once it has K
     finished captions; if max_len comes first, its live beams are returned unfinished.
+
+    `constraints[b]` (optional): for image b, up to a few word sets (e.g. [[cat, cats, kitten]]); the
+    caption must contain one word of each set. This is constrained beam search (Anderson et al. 2017):
+    every subset of satisfied sets is a state of a small automaton with its own K beams, a word of an
+    unmet set moves a beam to the state that includes it, and the answer comes from the state with
+    every set met (or, if the model never got there, the one with the most). Without constraints
+    there is one state and this is plain beam search.
     """
     B, K = feats.size(0), beam_size
     dev = feats.device
-    state = {k: v.repeat_interleave(K, 0) for k, v in decoder.init_state(feats).items()}  # (B*K, ...)
-    tokens = torch.full((B * K, 1), START, dtype=torch.long, device=dev)  # (B*K, t+1)
-    scores = torch.full((B, K), float("-inf"), device=dev)
-    scores[:, 0] = 0.0  # all K beams start identical: keep one so the first step gives K different words
-    alpha_hist = None  # (B*K, t, P)
-    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    n_sets = max((len(c) for c in constraints), default=0) if constraints else 0
+    S = 1 << n_sets  # automaton states per image: which constraint sets are met (a bit each)
+    G = B * S  # beam groups, K beams each
+    word_bits = torch.zeros(B, 1, 1, 1, dtype=torch.long, device=dev)  # (B, 1, 1, V) once V is known
+    state = {k: v.repeat_interleave(S * K, 0) for k, v in decoder.init_state(feats).items()}  # (G*K, ...)
+    tokens = torch.full((G * K, 1), START, dtype=torch.long, device=dev)  # (G*K, t+1)
+    scores = torch.full((B, S, K), float("-inf"), device=dev)
+    scores[:, 0, 0] = 0.0  # all beams start identical in state "nothing met": keep one so step 1 gives K words
+    alpha_hist = None  # (G*K, t, P)
+    finished: list[list[Hypothesis]] = [[] for _ in range(G)]
+    full = [(1 << len(constraints[b])) - 1 if constraints else 0 for b in range(B)]  # each image's goal state
     done = [False] * B
+    state_ids = torch.arange(S, device=dev).view(1, S, 1, 1)  # (1, S, 1, 1)
 
     for t in range(max_len + 1):
-        logp, state, alpha = _next_logprobs(decoder, tokens[:, -1], state, first=t == 0)  # (B*K, V)
+        logp, state, alpha = _next_logprobs(decoder, tokens[:, -1], state, first=t == 0)  # (G*K, V)
         if alpha is not None:
             alpha_hist = alpha.unsqueeze(1) if alpha_hist is None else torch.cat([alpha_hist, alpha.unsqueeze(1)], 1)
         if no_repeat_ngram:
@@ -93,52 +107,71 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int =
                 if banned:
                     logp[row, banned] = float("-inf")
         V = logp.size(1)
-        cand = (scores.view(-1, 1) + logp).view(B, K * V)  # (B, K*V)
-        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
-        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
-
+        if t == 0 and n_sets:
+            word_bits = torch.zeros(B, V, dtype=torch.long, device=dev)
+            for b, sets in enumerate(constraints):
+                for j, words in enumerate(sets):
+                    word_bits[b, [w for w in words if 0 <= w < V]] |= 1 << j
+            word_bits = word_bits.view(B, 1, 1, V)
+        cand = scores.unsqueeze(-1) + logp.view(B, S, K, V)  # (B, S, K, V)
+        target = state_ids | word_bits  # (B, S, 1|K, V): the state each extension lands in
         rows, words, new_scores = [], [], []
+        for s_to in range(S):
+            into = cand if S == 1 else cand.masked_fill(target != s_to, float("-inf"))
+            top_scores, top_idx = into.view(B, S * K * V).topk(min(2 * K, S * K * V), dim=1)  # (B, 2K)
+            top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+            for b in range(B):
+                g = b * S + s_to
+                live = []
+                for sc, i in zip(top_scores[b], top_idx[b]):
+                    if len(live) == K:
+                        break
+                    row, w = b * S * K + i // V, i % V
+                    if sc == float("-inf"):
+                        live.append((row, PAD, sc))  # a dead slot (tiny vocabularies, unreached states)
+                    elif w == END or t == max_len:
+                        if w != END:
+                            continue
+                        if not done[b] and len(finished[g]) < K:
+                            words_ = tokens[row, 1:].tolist()
+                            a = alpha_hist[row, : len(words_)].cpu() if alpha_hist is not None else None
+                            finished[g].append(Hypothesis(words_, sc / (len(words_) + 1) ** length_penalty, sc, True, a))
+                    else:
+                        live.append((row, w, sc))
+                live += [(g * K, PAD, float("-inf"))] * (K - len(live))
+                for row, w, sc in live:
+                    rows.append(row), words.append(w), new_scores.append(sc)
+        # rows were gathered state by state: put them back in (b, s) group order
+        order = torch.arange(G * K).view(S, B, K).transpose(0, 1).reshape(-1).tolist()
+        rows, words, new_scores = [rows[i] for i in order], [words[i] for i in order], [new_scores[i] for i in order]
         for b in range(B):
-            live = []
-            for s, i in zip(top_scores[b], top_idx[b]):
-                if len(live) == K:
-                    break
-                row, w = b * K + i // V, i % V
-                if s == float("-inf"):
-                    live.append((row, PAD, s))  # a dead slot (tiny vocabularies); never chosen again
-                elif w == END or t == max_len:
-                    if w != END:
-                        continue
-                    if not done[b] and len(finished[b]) < K:
-                        words_ = tokens[row, 1:].tolist()
-                        a = alpha_hist[row, : len(words_)].cpu() if alpha_hist is not None else None
-                        finished[b].append(Hypothesis(words_, s / (len(words_) + 1) ** length_penalty, s, True, a))
-                else:
-                    live.append((row, w, s))
-            live += [(b * K, PAD, float("-inf"))] * (K - len(live))
-            done[b] = done[b] or len(finished[b]) >= K
-            for row, w, s in live:
-                rows.append(row), words.append(w), new_scores.append(s)
+            done[b] = done[b] or len(finished[b * S + full[b]]) >= K
         if all(done) or t == max_len:  # at t == max_len only captions that ended could be taken
             break
         rows_t = torch.tensor(rows, device=dev)
-        tokens = torch.cat([tokens[rows_t], torch.tensor(words, device=dev).view(-1, 1)], 1)  # (B*K, t+2)
+        tokens = torch.cat([tokens[rows_t], torch.tensor(words, device=dev).view(-1, 1)], 1)  # (G*K, t+2)
         state = {k: v[rows_t] for k, v in state.items()}
         if alpha_hist is not None:
             alpha_hist = alpha_hist[rows_t]
-        scores = torch.tensor(new_scores, device=dev).view(B, K)
+        scores = torch.tensor(new_scores, device=dev).view(B, S, K)
 
     results = []
     for b in range(B):
-        hyps = list(finished[b])
-        if len(hyps) < K:  # max_len reached before <end>: return the live beams as they stand
-            for k in range(K):
-                s = float(scores[b, k])
-                if s == float("-inf") or len(hyps) >= K:
-                    continue
-                words_ = tokens[b * K + k, 1:].tolist()
-                a = alpha_hist[b * K + k, : len(words_)].cpu() if alpha_hist is not None else None
-                hyps.append(Hypothesis(words_, s / (len(words_) + 1) ** length_penalty, s, False, a))
+        hyps: list[Hypothesis] = []
+        # the goal state first; if the model never met every constraint, the state that met the most
+        for s in sorted(range(full[b] + 1), key=lambda s: (s & full[b] != s, -bin(s).count("1"))):
+            g = b * S + s
+            hyps = list(finished[g])
+            if len(hyps) < K:  # max_len reached before <end>: return the live beams as they stand
+                for k in range(K):
+                    sc = float(scores[b, s, k])
+                    if sc == float("-inf") or len(hyps) >= K:
+                        continue
+                    words_ = tokens[g * K + k, 1:].tolist()
+                    a = alpha_hist[g * K + k, : len(words_)].cpu() if alpha_hist is not None else None
+                    hyps.append(Hypothesis(words_, sc / (len(words_) + 1) ** length_penalty, sc, False, a))
+            if hyps:
+                break
         results.append(sorted(hyps, key=lambda h: h.score, reverse=True))
     return results
 

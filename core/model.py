@@ -30,6 +30,14 @@ class Encoder(nn.Module):
         x = self.cnn(images.contiguous(memory_format=torch.channels_last))  # (B, C, h, w)
         return x.flatten(2).transpose(1, 2)  # (B, P, C) with P = h * w
 
+    @property
+    def can_classify(self) -> bool:
+        return hasattr(self.cnn, "classify_features")
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (B, P, C) from forward() -> the backbone's own ImageNet logits (B, 1000), nearly free."""
+        return self.cnn.classify_features(feats)
+
 
 class ShowTellDecoder(nn.Module):
     """Show and Tell (Vinyals et al. 2015): the pooled image is the LSTM's first input."""

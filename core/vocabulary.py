@@ -1,24 +1,42 @@
 """Word vocabulary: built from caption strings, saved as plain JSON.
 
-Tokenising is a regular expression, so nothing needs downloading (nltk's punkt cannot be fetched offline).
+Tokenising follows the Penn Treebank conventions of the official coco-caption scorer (Stanford's Java
+PTBTokenizer, then punctuation dropped), through nltk's TreebankWordTokenizer, which needs no data download
+(nltk's punkt could not be fetched offline): scores computed without Java then match the official ones.
 """
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 PAD, START, END, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")  # fixed indices: PAD=0, START=1, END=2, UNK=3
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# what pycocoevalcap's PTBTokenizer removes after tokenising (it keeps brackets, as -lrb- -rrb-)
+_PUNCTUATION = frozenset(["''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";", '"'])
+_CLITICS = frozenset(["'s", "'re", "'ve", "'ll", "'d", "'m"])
+
+
+@lru_cache(maxsize=1)
+def _treebank():
+    from nltk.tokenize.treebank import TreebankWordTokenizer  # imported on first use: nltk takes ~1 s to import
+
+    return TreebankWordTokenizer().tokenize
+
+
+def _ptb_token(t: str) -> str:
+    t = t.lower()  # -LRB- and friends come out upper-case
+    # Java splits an opening quote off a word ('beach -> ' beach); nltk leaves it on unless it is a clitic
+    return t[1:] if t[:1] == "'" and len(t) > 1 and t not in _CLITICS else t
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words and numbers; punctuation dropped ("A dog's ball." -> ["a", "dog's", "ball"])."""
-    return _WORD.findall(text.lower())
+    """Lower-cased PTB tokens, punctuation dropped ("A dog's t-shirt." -> ["a", "dog", "'s", "t-shirt"])."""
+    tokens = (_ptb_token(t) for t in _treebank()(text.lower().replace("\n", " "), convert_parentheses=True))
+    return [t for t in tokens if t not in _PUNCTUATION]
 
 
 class Vocabulary:

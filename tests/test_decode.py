@@ -84,3 +84,44 @@ def test_a_caption_has_at_least_one_word():
         assert all(len(h.tokens) == 1 and h.finished for h in hyps)
     tokens, _, _ = sample_captions(m.decoder, feats, max_len=5)
     assert tokens[:, 0].ne(END).all()
+
+
+@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+def test_constrained_beam_search_names_the_forced_word_and_still_ends(decoder):
+    """Anderson et al. 2017: the caption must contain one word of each set, and still end with <end>."""
+    m = tiny_model(decoder, vocab_size=12)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m.decoder.fc.bias[END] += 2.5  # a model that ends its sentences, as a trained one does
+    feats = torch.randn(3, 49 if decoder == "attention" else 1, 1280) * 3
+    plain = beam_search(m.decoder, feats, beam_size=3, max_len=10)
+    assert all(h.finished for hs in plain for h in hs)
+    unused = [next(w for w in range(4, 12) if all(w not in h.tokens for h in hs)) for hs in plain]
+    forced = beam_search(m.decoder, feats, beam_size=3, max_len=10, constraints=[[[w]] for w in unused])
+    for w, hyps in zip(unused, forced):
+        assert len(hyps) == 3
+        for h in hyps:
+            assert w in h.tokens and h.finished
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+
+
+def test_constrained_beam_search_with_two_sets_and_alternatives():
+    m = tiny_model("attention", vocab_size=12)
+    feats = torch.randn(2, 49, 1280) * 3
+    sets = [[5, 6], [9]]  # "cat" or "cats", and "bed"
+    for hyps in beam_search(m.decoder, feats, beam_size=2, max_len=12, constraints=[sets, sets]):
+        for h in hyps:
+            assert (5 in h.tokens or 6 in h.tokens) and 9 in h.tokens
+            assert h.alphas.shape == (len(h.tokens), 49)
+
+
+def test_constraints_leave_unconstrained_images_alone():
+    m = tiny_model("show_tell", vocab_size=10)
+    feats = torch.randn(3, 1, 1280) * 3
+    plain = beam_search(m.decoder, feats, beam_size=3, max_len=8)
+    mixed = beam_search(m.decoder, feats, beam_size=3, max_len=8, constraints=[[], [[7]], []])
+    for i in (0, 2):
+        assert [h.tokens for h in mixed[i]] == [h.tokens for h in plain[i]]
+        assert [h.score for h in mixed[i]] == pytest.approx([h.score for h in plain[i]])
+    assert all(7 in h.tokens for h in mixed[1])
+

@@ -6,7 +6,27 @@ from core.vocabulary import END, PAD, SPECIALS, START, UNK, Vocabulary, tokenize
 
 
 def test_tokenize_needs_no_downloads_and_drops_punctuation():
-    assert tokenize("A dog's ball, on 2 chairs.") == ["a", "dog's", "ball", "on", "2", "chairs"]
+    """PTB conventions (nltk's Treebank tokenizer, no data download): 's and n't split, hyphens kept."""
+    assert tokenize("A dog's ball, on 2 chairs.") == ["a", "dog", "'s", "ball", "on", "2", "chairs"]
+    assert tokenize('Two men (one in a T-shirt) don\'t "jump"!') == [
+        "two", "men", "-lrb-", "one", "in", "a", "t-shirt", "-rrb-", "do", "n't", "jump"]  # brackets as Java keeps them
+
+
+TRICKY = ["A dog's ball, on 2 chairs.", 'Two men (one in a T-shirt) don\'t "jump"!', "a 3.5-year-old boy ; smiles",
+          "The girl's dress is pink and white...", "A man: climbing -- a rock wall?", "People at the 'beach'",
+          "a black and white dog is running through the grass .", "Kids' toys & a U.S. flag"]
+
+
+@pytest.mark.skipif(__import__("shutil").which("java") is None, reason="the official PTB tokenizer needs Java")
+def test_tokenize_matches_the_official_java_ptb_tokenizer():
+    import contextlib
+    import io
+
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        java = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(TRICKY)})
+    assert [" ".join(tokenize(c)) for c in TRICKY] == [java[i][0] for i in range(len(TRICKY))]
 
 
 def test_special_tokens_have_fixed_indices():
