@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .vocabulary import tokenize
+from .metrics import tokenize
 
 
 @dataclass

@@ -8,7 +8,6 @@ No torch here, and no import of the trainer: the web process reads runs to draw 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from dataclasses import dataclass, field

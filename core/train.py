@@ -48,7 +48,7 @@ from .files import atomic_write_json  # noqa: E402
 from .metrics import CorpusCider, score_captions  # noqa: E402
 from .model import CaptionModel, Encoder  # noqa: E402
 from .paths import runs_dir  # noqa: E402
-from .vocabulary import PAD, Vocabulary, tokenize  # noqa: E402
+from .vocabulary import PAD, Vocabulary  # noqa: E402
 
 read_progress = runs.read_progress  # the one reader of progress.jsonl lives in core.runs
 
@@ -202,7 +202,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     usable_set = set(usable)
     train_ids = [i for i in range(len(train_items)) if i in usable_set]
     val_ids = [i for i in range(len(train_items), len(items)) if i in usable_set]
-    samples = [(i, vocab.encode(" ".join(tokenize(c)[: mcfg.max_len]))) for i in train_ids for c in items[i].captions]
+    samples = [(i, vocab.encode(c, mcfg.max_len)) for i in train_ids for c in items[i].captions]
 
     xe_steps = cfg.epochs * math.ceil(len(samples) / cfg.batch_size)
     total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)

@@ -28,9 +28,9 @@ from core.confidence import fit_calibration, per_image_cider  # noqa: E402
 from core.data import iter_image_batches, load_split  # noqa: E402
 from core.decode import beam_search  # noqa: E402
 from core.device import encoder_autocast  # noqa: E402
-from core.evaluate import score_captions  # noqa: E402
+from core.metrics import score_captions  # noqa: E402
 from core.tags import GUIDE_MIN_PROB, guide_words, image_tags  # noqa: E402
-from core.vocabulary import tokenize  # noqa: E402
+from core.metrics import tokenize  # noqa: E402
 
 
 def main(argv=None) -> int:
