@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -83,6 +82,8 @@ def preprocess(img: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Te
     The whole photo is resized to a square without cropping: training copies (Flickr8k's 224x224) were
     made the same way, so a full-resolution upload looks to the model like the photos it learned from.
     """
+    import torch  # here, not at the top: the Home page reads datasets with this module and must not load torch
+
     img = img.resize((size, size), Image.BICUBIC)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)  # (H, W, 3)
     x = (x - torch.tensor(mean)) / torch.tensor(std)
@@ -238,6 +239,8 @@ def iter_image_batches(sources: list, size: int, mean: tuple, std: tuple, batch_
     `sources` (paths or bytes). PIL releases the GIL while decoding, so loading overlaps the forward pass.
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    import torch
 
     def load(i):
         try:

@@ -10,6 +10,7 @@ from core.data import COCO_HELP, inspect_dataset
 from core.jobs import (REPO_ROOT, Job, JobError, cache_dir, current_job, enforce_stop, list_runs, models_dir,
                        resume_job, runs_dir, start_job, stop_job)
 from ui.monitor import draw_run
+from ui.nav import sidebar_menu
 
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101"]
 DECODERS = {"attention": "Show, Attend and Tell (attention)", "show_tell": "Show and Tell"}
@@ -101,6 +102,7 @@ def runs_ui(live: Job | None) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="Train a model", page_icon=":frame_with_picture:", layout="wide")
+    sidebar_menu()
     st.title("Train a model")
     st.markdown("Train a captioning model on COCO-2017 or a Flickr-style folder, in the background.  \n"
                 "The run goes on when you close this tab; come back to watch it, stop it or resume it.")

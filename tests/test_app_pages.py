@@ -15,8 +15,14 @@ from app_fixtures import fake_trainer_command, jpeg_bytes, make_flickr_dataset, 
 from core import jobs
 
 REPO = Path(__file__).resolve().parent.parent
-HOME, CAPTION, TRAIN = (str(REPO / p) for p in ("app.py", "pages/1_Caption.py", "pages/2_Train.py"))
+HOME, CAPTION, TRAIN = "app.py", "pages/1_Caption.py", "pages/2_Train.py"
 TIMEOUT = 120  # the first run loads the backbone
+
+
+def open_page(page: str) -> AppTest:
+    """A page of the app as the server runs it: app.py is the entry point, so the sidebar menu's links resolve."""
+    at = AppTest.from_file(str(REPO / HOME), default_timeout=TIMEOUT)
+    return at if page == HOME else at.switch_page(page)
 
 
 @pytest.fixture(scope="module")
@@ -59,29 +65,30 @@ def texts(at) -> str:
 
 
 def test_home_shows_model_device_dataset_and_links(models, runs):
-    at = AppTest.from_file(HOME, default_timeout=TIMEOUT).run()
+    at = open_page(HOME).run()
     assert not at.exception
     body = texts(at)
     assert "tiny-attention" in body and "Compute device" in body and "cocoapi/" in body
     assert [m.label for m in at.metric] == ["BLEU-4", "CIDEr"] and "Scores from validation" in body
-    assert len(at.get("page_link")) == 2
+    assert [p.proto.label for p in at.sidebar.get("page_link")] == ["Home", "Caption", "Train"]  # not "app"
+    assert len(at.get("page_link")) == 5  # and two links in the page
 
 
 def test_home_without_models(tmp_path, monkeypatch, runs):
     monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "none"))
-    at = AppTest.from_file(HOME, default_timeout=TIMEOUT).run()
+    at = open_page(HOME).run()
     assert not at.exception and "No model yet" in at.warning[0].value
 
 
 def test_caption_page_without_models(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "none"))
-    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    at = open_page(CAPTION).run()
     assert not at.exception and "No model" in at.warning[0].value
     assert at.button[1].disabled  # "Try sample images" needs a model
 
 
 def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
-    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    at = open_page(CAPTION).run()
     assert at.selectbox(key="model").value == "tiny-attention"
     assert "attention decoder · BLEU-4 12.3 · CIDEr 45.6" in texts(at)
     zipped = io.BytesIO()
@@ -99,15 +106,15 @@ def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
     assert list(rows["image"]) == ["red.jpg", "broken.jpg", "empty.png", "green.jpg"]
     assert [bool(e) for e in rows["error"]] == [False, True, True, False]
     assert "empty" in rows["error"][2] and rows["caption"][0] and rows["thumbnail"][0].startswith("data:image/")
-    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode())))
+    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode("utf-8-sig"))))
     assert [r["image"] for r in csv_rows] == ["red.jpg", "broken.jpg", "empty.png", "green.jpg"]
 
     # an edit in the table goes into the CSV; the batch (and its results) survive the rerun
-    at.session_state[f"editor-{batch['id']}"] = {"edited_rows": {0: {"caption": "=a red thing"}},
-                                                  "added_rows": [], "deleted_rows": []}
+    at.session_state[f"editor-{batch['id']}-all-0"] = {"edited_rows": {0: {"caption": "=a red thing"}},
+                                                        "added_rows": [], "deleted_rows": []}
     at.run()
     assert not at.exception
-    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode())))
+    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode("utf-8-sig"))))
     assert csv_rows[0]["caption"] == "'=a red thing"  # edited, and neutralised as a formula
     assert at.session_state.batch["id"] == batch["id"]
 
@@ -122,7 +129,7 @@ def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
 
 
 def test_caption_sample_images_with_chosen_options(models):
-    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    at = open_page(CAPTION).run()
     at.selectbox(key="model").select("tiny-showtell")
     at.slider[0].set_value(1)  # beam width 1: greedy, no alternatives
     at.slider[1].set_value(5)
@@ -137,7 +144,7 @@ def test_caption_sample_images_with_chosen_options(models):
 
 
 def test_train_page_rejects_a_bad_dataset(models, runs, tmp_path):
-    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    at = open_page(TRAIN).run()
     assert not at.exception
     at.text_input[0].set_value(str(tmp_path / "nothing-here"))
     at.text_input[1].set_value("fine-name")
@@ -154,7 +161,7 @@ def test_train_page_rejects_a_bad_dataset(models, runs, tmp_path):
 def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "TRAIN_COMMAND", tuple(fake_trainer_command(tmp_path)))
     data = make_flickr_dataset(tmp_path / "data")
-    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    at = open_page(TRAIN).run()
     at.text_input[0].set_value(str(data))
     at.selectbox[1].select("show_tell")
     at.number_input[0].set_value(16)
@@ -193,7 +200,7 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
 def test_train_page_explains_a_failed_run(models, runs, tmp_path):
     job = jobs.start_job({"fake": "error", "model_name": "broken"}, runs, command=fake_trainer_command(tmp_path))
     assert jobs.wait_for_exit(job, 30)
-    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    at = open_page(TRAIN).run()
     assert not at.exception
     assert "Training failed: The dataset folder is empty." in [e.value for e in at.error]
     assert list(at.dataframe[0].value["status"]) == ["error"]

@@ -1,0 +1,18 @@
+"""The sidebar menu (Home, Caption, Train), drawn by every page; Streamlit's own list is off (.streamlit/config.toml)."""
+from __future__ import annotations
+
+import streamlit as st
+
+PAGES = [("app.py", "Home", ":material/home:"), ("pages/1_Caption.py", "Caption", ":material/photo_library:"),
+         ("pages/2_Train.py", "Train", ":material/model_training:")]
+
+
+def sidebar_menu() -> None:
+    """The menu, and the model warm-up (idempotent), which every page starts so that any first page benefits."""
+    from ui import warm
+
+    warm.start()
+    with st.sidebar:
+        for page, label, icon in PAGES:
+            st.page_link(page, label=label, icon=icon)
+        st.divider()

@@ -1,0 +1,106 @@
+"""The upload flow of the Caption page: caption a batch with progress and Cancel, review it, look at one image."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import streamlit as st
+
+from core.caption import csv_bytes
+from ui import warm
+from ui.images import attention_overlay, open_image, thumbnail_data_url
+from ui.results import SHOW, find_replace, merge_edits, results_frame, with_captions
+
+MAX_THUMBNAILS = 500  # rows beyond this show no picture: the table stays light for batches of thousands
+
+
+def format_rate(done: int, total: int, started: float) -> str:
+    """"Captioned 32 of 100 · 12.3 images/s · about 6 s left"."""
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    rate = done / elapsed
+    text = f"Captioned {done:,} of {total:,}"
+    if done:
+        left = (total - done) / rate
+        text += f" · {rate:.1f} images/s · about {left:.0f} s left" if left >= 1 else f" · {rate:.1f} images/s"
+    return text
+
+
+def cancel_button(key: str) -> None:
+    """A Cancel button: pressing it reruns the page, which stops the running batch after the current step."""
+    st.button("Cancel", key=key, on_click=lambda: st.session_state.update({f"{key}-pressed": True}))
+
+
+def cancelled(key: str) -> bool:
+    return bool(st.session_state.get(f"{key}-pressed"))
+
+
+def load_captioner(bundle):
+    with st.spinner(f"Loading the model {bundle.name}..."):
+        return warm.captioner(bundle.path, "auto")
+
+
+def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: int) -> None:
+    """Caption the items batch by batch into st.session_state.batch; Cancel keeps the rows done so far."""
+    captioner = load_captioner(bundle)
+    batch = {"id": uuid.uuid4().hex, "model": bundle.name, "results": [], "images": dict(items), "thumbs": {},
+             "captions": {}, "total": len(items)}
+    st.session_state.batch = batch  # rows appear in it as they are captioned, so a Cancel loses none
+    st.session_state["cancel-upload-pressed"] = False
+    bar = st.progress(0.0, text=f"Captioning {len(items)} images...")
+    cancel_button("cancel-upload")
+    started = time.perf_counter()
+    for results in captioner.iter_captions(items, beam=beam, max_len=max_len):
+        for r in results:
+            if len(batch["thumbs"]) < MAX_THUMBNAILS:
+                batch["thumbs"][r.image] = thumbnail_data_url(batch["images"][r.image])
+        batch["results"] += results
+        done = len(batch["results"])
+        bar.progress(done / len(items), text=format_rate(done, len(items), started))  # a Cancel stops here
+    st.rerun()  # draw the finished batch without the progress bar and the Cancel button
+
+
+def review_ui(batch: dict) -> None:
+    done, total = len(batch["results"]), batch.get("total", len(batch["results"]))
+    st.subheader(f"Results ({batch['model']})")
+    if done < total:
+        st.info(f"Cancelled after {done:,} of {total:,} images; the captions so far are below.")
+    controls = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
+    show = controls[0].segmented_control("Show", SHOW, default="all", key=f"show-{batch['id']}") or "all"
+    find = controls[1].text_input("Find in captions", key=f"find-{batch['id']}")
+    replace = controls[2].text_input("Replace with", key=f"replace-{batch['id']}")
+    if controls[3].button("Replace all", disabled=not find):
+        batch["captions"], n = find_replace(batch["results"], batch["captions"], find, replace)
+        batch["version"] = batch.get("version", 0) + 1  # a fresh table, built from the new captions
+        st.toast(f"Replaced in {n} caption{'s' if n != 1 else ''}.")
+    st.caption("Click a caption to edit it; the CSV holds your edits. Flagged: unreadable, or among the least "
+               "confident fifth of the batch.")
+    frame = results_frame(batch["results"], batch["thumbs"], batch["captions"], show)
+    edited = st.data_editor(
+        frame, key=f"editor-{batch['id']}-{show}-{batch.get('version', 0)}", hide_index=True, placeholder="",
+        disabled=["thumbnail", "image", "score", "error"],
+        column_config={"thumbnail": st.column_config.ImageColumn("", width="small"),
+                       "caption": st.column_config.TextColumn("caption", width="large"),
+                       "score": st.column_config.NumberColumn("score", help="mean log-probability per word")})
+    batch["captions"] = merge_edits(batch["captions"], edited, batch["results"])
+    st.download_button("Download CSV", csv_bytes(with_captions(batch["results"], batch["captions"])),
+                       file_name="captions.csv", mime="text/csv", on_click="ignore", type="primary")
+
+
+def detail_ui(batch: dict) -> None:
+    if not batch["results"]:
+        return
+    st.subheader("One image up close")
+    results = {r.image: r for r in batch["results"]}
+    r = results[st.selectbox("Image", list(results))]
+    img = open_image(batch["images"].get(r.image, b""))
+    left, right = st.columns([1, 2])
+    if img is not None:
+        left.image(img, width="stretch")
+    if r.error:
+        right.error(f"{r.image}: {r.error}")
+        return
+    right.markdown(f"**{batch['captions'].get(r.image, r.caption)}**")
+    right.dataframe([{"alternative": c, "score": round(s, 3)} for c, s in r.alternatives], hide_index=True)
+    if r.attention is not None and img is not None:
+        st.markdown("Where the model looked for each word:")
+        st.image([attention_overlay(img, a, size=160) for a in r.attention], caption=r.words, width=160)

@@ -1,0 +1,86 @@
+"""Loaded models, shared by every session of the server, and their warm-up in a background thread.
+
+The first page drawn starts a thread that imports torch, looks at the compute device and loads the active
+model, so that neither the Home page (which never imports torch) nor the first caption waits for it. No
+Streamlit here: the thread has no page to draw on.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+_lock = threading.Lock()
+_loading: dict[tuple, threading.Lock] = {}
+_captioners: dict[tuple, object] = {}
+_device: dict = {}
+_started = threading.Event()
+MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
+
+
+def weights_version(bundle_path: Path) -> float:
+    """The weights file's mtime: a bundle retrained in place is loaded afresh."""
+    weights = Path(bundle_path) / "model.safetensors"
+    return weights.stat().st_mtime if weights.exists() else 0.0
+
+
+def captioner(bundle_path: Path | str, device: str = "auto"):
+    """The Captioner of a bundle, loaded once per (bundle, device, weights version); waits for a load in progress."""
+    key = (str(Path(bundle_path).resolve()), device, weights_version(Path(bundle_path)))
+    with _lock:
+        if key in _captioners:
+            return _captioners[key]
+        one = _loading.setdefault(key, threading.Lock())
+    with one:  # a second caller (the warm-up, another session) waits for the first load instead of repeating it
+        if key not in _captioners:
+            from core.caption import Captioner
+
+            loaded = Captioner(bundle_path, device=device)
+            with _lock:
+                while len(_captioners) >= MAX_MODELS:
+                    _captioners.pop(next(iter(_captioners)))
+                _captioners[key] = loaded
+        return _captioners[key]
+
+
+def device_info() -> dict | None:
+    """{"device", "name", "bf16"} once the warm-up has looked (it imports torch to do so), else None."""
+    return dict(_device) if _device else None
+
+
+def _warm() -> None:
+    from core.bundle import get_active
+    from core.device import describe_device
+    from core.jobs import models_dir
+
+    _device.update(describe_device())
+    active = get_active(models_dir())
+    if (active / "model.safetensors").exists():
+        captioner(active, "auto")
+
+
+def _run() -> None:
+    try:
+        _warm()
+    except Exception as e:  # a broken model is reported by the page that uses it, in plain words
+        _device.setdefault("error", str(e))
+
+
+def start() -> None:
+    """Start the warm-up once per server process; returns at once."""
+    with _lock:
+        if _started.is_set():
+            return
+        _started.set()
+    threading.Thread(target=_run, name="caption-warm-up", daemon=True).start()
+
+
+def wait(timeout: float | None = None) -> bool:
+    """For tests and benchmarks: wait until the device is known."""
+    import time
+
+    end = None if timeout is None else time.monotonic() + timeout
+    while not _device:
+        if end is not None and time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
