@@ -30,6 +30,9 @@ def model_section() -> None:
         st.warning("No model yet. Train one on the Train page (or copy a model folder into `models/`).")
         return
     b = bundles[active]
+    if not b.usable:  # a damaged model folder: say why instead of failing the page
+        st.error(f"The model **{b.name}** cannot be used: {b.problem}")
+        return
     st.markdown(f"**{b.name}** — {b.config.get('backbone', '?')} encoder, {b.config.get('decoder', '?')} decoder")
     source, figures = headline_metrics(b.metrics)
     if figures:

@@ -7,23 +7,32 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
-
-from .backbones import BACKBONES
-from .config import DECODERS, ModelConfig
+from .config import BACKBONE_NAMES, DECODERS, ModelConfig
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .model import CaptionModel
-from .vocabulary import Vocabulary
+from .vocabulary import SPECIALS, Vocabulary
+
+if TYPE_CHECKING:  # torch is imported only by the functions that build or save a model: listing stays light
+    import torch
+
+    from .model import CaptionModel
 
 FORMAT = "caption-bundle/1"
 MODELS_DIR = Path(os.environ.get("CAPTION_MODELS_DIR", Path(__file__).resolve().parent.parent / "models"))
 DEFAULT_MODEL = MODELS_DIR / "default"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
+_MODEL_FILES = ("model.safetensors", "config.json", "vocab.json")
+MAX_JSON_BYTES = 50_000_000  # config, vocab and metrics files are kilobytes; a bigger one is not ours
+MAX_CARD_BYTES = 1_000_000
+STALE_PARTIAL_SECONDS = 600  # a publish copies a bundle in seconds; a `.partial` folder this old was interrupted
+# sane ranges of config.json's numbers: a typo such as hidden_dim 80000 is refused before anything is allocated
+SIZE_LIMITS = {"vocab_size": (len(SPECIALS) + 1, 1_000_000), "embed_dim": (1, 8192), "hidden_dim": (1, 8192),
+               "attention_dim": (1, 8192), "feature_proj_dim": (1, 8192), "max_len": (1, 500)}
 
 
 class BundleError(ValueError):
@@ -46,11 +55,19 @@ class BundleInfo:
     config: dict
     metrics: dict = field(default_factory=dict)
     card: str = ""
+    problem: str = ""  # why the model cannot be used; "" when it can
+    notes: list[str] = field(default_factory=list)  # damage that does not stop it (e.g. unreadable metrics.json)
+
+    @property
+    def usable(self) -> bool:
+        return not self.problem
 
 
 def save_bundle(folder: Path, model: CaptionModel, vocab: Vocabulary, metrics: dict | None = None,
                 card: str = "", half: bool = False) -> Path:
     """Write a bundle; each file atomically, weights last-but-one so a reader never pairs new JSON with old weights."""
+    from safetensors.torch import save
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
@@ -64,19 +81,58 @@ def save_bundle(folder: Path, model: CaptionModel, vocab: Vocabulary, metrics: d
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object from a bundle file; anything else is a BundleError naming the file."""
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise BundleError(f"{path} is {path.stat().st_size:,} bytes, too large for a model's {path.name}")
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{path.name} is missing in {path.parent}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON ({e})") from None
+        raise BundleError(f"{path} is not valid UTF-8 JSON ({e})") from None
+    except OSError as e:
+        raise BundleError(f"{path} cannot be read ({e.strerror or e})") from None
+    if not isinstance(value, dict):
+        raise BundleError(f"{path} must hold a JSON object {{...}}, not a {type(value).__name__}")
+    return value
+
+
+def _read_text(path: Path, limit: int = MAX_CARD_BYTES) -> str:
+    """A text file such as card.md, never raising: bytes that are not UTF-8 (a Latin-1 edit) show as �."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _check_not_pickle(weights: Path) -> None:
-    head = weights.read_bytes()[:8] if weights.exists() else b""
+    with open(weights, "rb") as f:  # the first bytes tell; never read a weights file whole just to look
+        head = f.read(8)
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip / raw pickle protocol >= 2
         raise BundleError(f"{weights} is a pickle (torch.save) file, not safetensors; pickles can run code when "
                           "loaded, so they are refused. Convert it to safetensors with the code that made it.")
+
+
+def _check_config(raw: dict, path: Path) -> ModelConfig:
+    """config.json's fields against their types and sane ranges, in words that name the file and the field."""
+    if raw.get("format") != FORMAT:
+        raise BundleError(f"{path} is format {raw.get('format')!r}; this version reads {FORMAT!r}")
+    if raw.get("backbone") not in BACKBONE_NAMES:
+        raise BundleError(f"{path}: the model needs backbone {raw.get('backbone')!r}, which this version does not "
+                          f"have (known: {', '.join(BACKBONE_NAMES)})")
+    if raw.get("decoder") not in DECODERS:
+        raise BundleError(f"{path}: decoder {raw.get('decoder')!r} is unknown; known: {', '.join(DECODERS)}")
+    for name, (lo, hi) in SIZE_LIMITS.items():
+        value = raw.get(name, getattr(ModelConfig, name))
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise BundleError(f"{path}: {name} is {value!r}; it must be a whole number from {lo:,} to {hi:,}")
+    dropout = raw.get("dropout", ModelConfig.dropout)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise BundleError(f"{path}: dropout is {dropout!r}; it must be a number from 0 up to (not including) 1")
+    if not isinstance(raw.get("fine_tune", False), bool):
+        raise BundleError(f"{path}: fine_tune is {raw.get('fine_tune')!r}; it must be true or false")
+    return ModelConfig.from_dict(raw)
 
 
 def read_config(folder: Path) -> ModelConfig:
@@ -91,40 +147,92 @@ def read_config(folder: Path) -> ModelConfig:
                               "loading a pickle can run code. A model folder needs model.safetensors.")
         raise BundleError(f"model.safetensors is missing in {folder}")
     _check_not_pickle(weights)
-    raw = _read_json(folder / "config.json")
-    if raw.get("format") != FORMAT:
-        raise BundleError(f"{folder}/config.json is format {raw.get('format')!r}; this version reads {FORMAT!r}")
-    if raw.get("backbone") not in BACKBONES:
-        raise BundleError(f"{folder} needs backbone {raw.get('backbone')!r}, which this version does not have")
-    if raw.get("decoder") not in DECODERS:
-        raise BundleError(f"{folder} has decoder type {raw.get('decoder')!r}; known: {', '.join(DECODERS)}")
-    return ModelConfig.from_dict(raw)
+    return _check_config(_read_json(folder / "config.json"), folder / "config.json")
+
+
+def read_vocab(folder: Path, cfg: ModelConfig) -> Vocabulary:
+    """vocab.json, checked: a list of distinct words after the special tokens, as many as the model was built for."""
+    path = Path(folder) / "vocab.json"
+    tokens = _read_json(path).get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise BundleError(f"{path}: tokens must be a list of words")
+    if tokens[:len(SPECIALS)] != list(SPECIALS):
+        raise BundleError(f"{path}: tokens must start with the special tokens {', '.join(SPECIALS)} "
+                          f"(found {', '.join(map(repr, tokens[:len(SPECIALS)])) or 'nothing'})")
+    if len(tokens) == len(SPECIALS):
+        raise BundleError(f"{path}: tokens holds no words besides the special tokens")
+    if len(set(tokens)) != len(tokens):
+        raise BundleError(f"{path}: tokens lists some words twice")
+    if len(tokens) != cfg.vocab_size:
+        raise BundleError(f"{path} has {len(tokens)} words but the model was built for {cfg.vocab_size} "
+                          f"(vocab_size in config.json)")
+    return Vocabulary(tokens[len(SPECIALS):])
+
+
+def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """The tensors model.safetensors declares, from its header only (nothing is loaded; no torch needed)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{path} cannot be read as safetensors ({e})") from None
+
+
+def _check_shapes(folder: Path, cfg: ModelConfig, shapes: dict) -> None:
+    """The weights against the model the config describes, built on torch's "meta" device: no memory is allocated,
+    so a config that asks for an absurd model costs nothing before it is refused."""
+    import torch
+
+    from .model import CaptionModel
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in CaptionModel(cfg, pretrained=False).trainable_state_dict().items()}
+    missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
+    if missing or unexpected:
+        raise BundleError(f"{folder}/model.safetensors does not fit config.json (decoder {cfg.decoder}, fine_tune "
+                          f"{cfg.fine_tune}): missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    for k, shape in shapes.items():
+        if shape != expected[k]:
+            sizes = ", ".join(f"{n} {getattr(cfg, n)}" for n in SIZE_LIMITS)
+            raise BundleError(f"{folder}/model.safetensors: weight {k} has shape {shape}, but config.json ({sizes}) "
+                              f"needs {expected[k]}")
+
+
+def _read_metrics(folder: Path) -> tuple[dict, list[str]]:
+    """metrics.json, or {} and a note: scores are for show, a damaged file must not stop the model."""
+    path = Path(folder) / "metrics.json"
+    if not path.exists():
+        return {}, []
+    try:
+        return _read_json(path), []
+    except BundleError as e:
+        return {}, [f"its scores are not shown: {e}"]
 
 
 def load_bundle(folder: Path, device: str | torch.device = "cpu", pretrained: bool = True) -> Bundle:
+    """Check every part (config ranges, vocabulary, the weights' header against the config) before building the
+    model, then load. Any problem is a BundleError in plain words."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import CaptionModel
+
     folder = Path(folder)
     cfg = read_config(folder)
-    vocab = Vocabulary.from_json(_read_json(folder / "vocab.json"))
-    if len(vocab) != cfg.vocab_size:
-        raise BundleError(f"{folder}: vocab.json has {len(vocab)} words but the model was built for {cfg.vocab_size}")
+    vocab = read_vocab(folder, cfg)
+    _check_shapes(folder, cfg, weight_shapes(folder))
     try:
         weights = load_file(folder / "model.safetensors")
     except (SafetensorError, OSError) as e:
         raise BundleError(f"{folder}/model.safetensors cannot be read ({e})") from None
     # the frozen backbone's weights come from its own package, not from the bundle
     model = CaptionModel(cfg, with_encoder=True, pretrained=pretrained and not cfg.fine_tune)
-    expected = model.trainable_state_dict()
-    missing, unexpected = set(expected) - set(weights), set(weights) - set(expected)
-    if missing or unexpected:
-        raise BundleError(f"{folder}: the weights do not fit the config (missing {sorted(missing)[:3]}, "
-                          f"unexpected {sorted(unexpected)[:3]})")
-    for k, v in weights.items():
-        if v.shape != expected[k].shape:
-            raise BundleError(f"{folder}: weight {k} has shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, strict=False)
     model.to(device).eval()
-    metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
-    return Bundle(model, vocab, cfg, metrics, folder)
+    return Bundle(model, vocab, cfg, _read_metrics(folder)[0], folder)
 
 
 def update_metrics(folder: Path, new: dict) -> dict:
@@ -135,17 +243,44 @@ def update_metrics(folder: Path, new: dict) -> dict:
     return metrics
 
 
+def _is_listed(folder: Path) -> bool:
+    """Hidden folders and those an interrupted publish left (`*.partial`) are never models."""
+    return folder.is_dir() and not folder.name.startswith(".") and not folder.name.endswith(".partial")
+
+
+def inspect_bundle(folder: Path) -> BundleInfo:
+    """What the pages show about a model folder, without torch and without reading the weights; never raises:
+    a damaged folder comes back with `problem` saying why it cannot be used."""
+    folder = Path(folder)
+    try:
+        cfg = read_config(folder)
+        read_vocab(folder, cfg)
+        weight_shapes(folder)
+    except BundleError as e:
+        return BundleInfo(folder.name, folder, {}, problem=str(e))
+    except OSError as e:  # e.g. a folder without read permission
+        return BundleInfo(folder.name, folder, {}, problem=f"{folder} cannot be read ({e.strerror or e})")
+    metrics, notes = _read_metrics(folder)
+    return BundleInfo(folder.name, folder, cfg.to_dict(), metrics, _read_text(folder / "card.md"), notes=notes)
+
+
 def list_bundles(models_dir: Path | None = None) -> list[BundleInfo]:
+    """Every model folder, the shipped one first; damaged ones are listed with their `problem`, never raised.
+    Folders with no model file at all (not a model) are left out."""
     models_dir = Path(models_dir or MODELS_DIR)
+    try:
+        folders = sorted(p for p in models_dir.iterdir() if _is_listed(p))
+    except OSError:
+        return []
     found = []
-    for folder in sorted(p for p in models_dir.glob("*") if p.is_dir()):
+    for folder in folders:
         try:
-            cfg = read_config(folder)
-        except BundleError:
+            names = {p.name for p in folder.iterdir()}
+        except OSError as e:
+            found.append(BundleInfo(folder.name, folder, {}, problem=f"{folder} cannot be read ({e.strerror or e})"))
             continue
-        metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
-        card = (folder / "card.md").read_text() if (folder / "card.md").exists() else ""
-        found.append(BundleInfo(folder.name, folder, cfg.to_dict(), metrics, card))
+        if names & set(_MODEL_FILES) or any(Path(n).suffix in _PICKLE_SUFFIXES for n in names):
+            found.append(inspect_bundle(folder))
     found.sort(key=lambda b: (b.name != "default", b.name))  # the shipped model first
     return found
 
@@ -154,8 +289,8 @@ def get_active(models_dir: Path | None = None) -> Path:
     """The bundle the Caption page starts with: chosen with set_active, else models/default."""
     models_dir = Path(models_dir or MODELS_DIR)
     try:
-        name = json.loads((models_dir / "active.json").read_text())["name"]
-        if (models_dir / name / "model.safetensors").exists():
+        name = json.loads((models_dir / "active.json").read_text(encoding="utf-8"))["name"]
+        if Path(name).name == name and _is_listed(models_dir / name) and (models_dir / name / "model.safetensors").exists():
             return models_dir / name
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -164,7 +299,7 @@ def get_active(models_dir: Path | None = None) -> Path:
 
 def set_active(name: str, models_dir: Path | None = None) -> None:
     models_dir = Path(models_dir or MODELS_DIR)
-    if Path(name).name != name or not (models_dir / name / "model.safetensors").exists():
+    if Path(name).name != name or not _is_listed(models_dir / name) or not (models_dir / name / "model.safetensors").exists():
         raise BundleError(f"there is no model called {name!r} in {models_dir}")
     atomic_write_json(models_dir / "active.json", {"name": name})
 
@@ -172,6 +307,7 @@ def set_active(name: str, models_dir: Path | None = None) -> None:
 def new_bundle_dir(name: str, models_dir: Path | None = None) -> Path:
     """A folder for a new model that never overwrites an existing one ("mymodel", "mymodel-2", ...)."""
     models_dir = Path(models_dir or MODELS_DIR)
+    remove_interrupted(models_dir)
     base = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip(".-") or "model"
     candidate, n = models_dir / base, 2
     while candidate.exists():
@@ -179,16 +315,41 @@ def new_bundle_dir(name: str, models_dir: Path | None = None) -> Path:
     return candidate
 
 
+def remove_interrupted(models_dir: Path | None = None, older_than: float = STALE_PARTIAL_SECONDS) -> list[Path]:
+    """Delete the `*.partial` folders an interrupted publish left behind (only stale ones: a publish running right
+    now keeps its own). Called before every publish, so the debris goes the next time a model is made."""
+    models_dir = Path(models_dir or MODELS_DIR)
+    removed = []
+    try:
+        candidates = [p for p in models_dir.iterdir() if p.is_dir() and p.name.endswith(".partial")]
+    except OSError:
+        return removed
+    for p in candidates:
+        try:
+            if time.time() - p.stat().st_mtime > older_than:
+                shutil.rmtree(p)
+                removed.append(p)
+        except OSError:
+            pass  # still in use or already gone: the next publish tries again
+    return removed
+
+
 def headline_metrics(metrics: dict) -> tuple[str, dict]:
     """The figures to show for a model: its latest `python -m core.evaluate` result if any, else training's
     own validation (greedy). -> (where they come from, {"BLEU-4": 21.3, "CIDEr": 55.0, ...})."""
+    if not isinstance(metrics, dict):
+        return "", {}
     evaluations = [(k, v) for k, v in metrics.items() if isinstance(v, dict) and "/" in k and "CIDEr" in v]
     if evaluations:  # the evaluation on the most images is the most telling
-        key, values = max(evaluations, key=lambda kv: kv[1].get("images", 0))
+        key, values = max(evaluations, key=lambda kv: _number(kv[1].get("images")))
         label = f"{key}, beam {values.get('beam', '?')}, {values.get('images', '?')} images"
     elif isinstance(metrics.get("val_greedy"), dict):
         label, values = "validation during training (greedy)", metrics["val_greedy"]
     else:
         return "", {}
     order = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-    return label, {k: values[k] for k in order if isinstance(values.get(k), (int, float))}
+    return label, {k: values[k] for k in order if _number(values.get(k), None) is not None}
+
+
+def _number(value, default=0):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 DECODERS = ("show_tell", "attention")
+# the backbones core.backbones registers, named here so a config can be checked without importing torch
+BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101")
 
 
 @dataclass

@@ -7,18 +7,33 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 import zlib
 from collections import defaultdict
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs); a 40-megapixel photo still passes
+if TYPE_CHECKING:
+    import torch
+
+# The one list of image files the app reads (uploads, zips, folders, datasets): extension -> Pillow format.
+# Files are opened with only these decoders, whatever their name says: an EPS renamed .jpg never reaches Ghostscript.
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
+PIL_FORMATS = tuple(dict.fromkeys(IMAGE_FORMATS.values()))  # JPEG covers phones' multi-picture JPEGs (MPO) too
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF"
+MAX_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs); 48-MP photos pass
+DRAFT_SIDE = 512  # JPEGs decode at the smallest 1/2, 1/4 or 1/8 scale still at least this big (Pillow's draft)
+# Pillow's own bomb check warns above MAX_IMAGE_PIXELS and raises above twice that; ours refuses above MAX_PIXELS
+# in plain words first, so Pillow's check is only the backstop for what reaches it another way.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 COCO_HELP = """\
 **Getting COCO-2017** (about 19 GB for the training images):
@@ -44,23 +59,86 @@ class ImageCaptions:
 
 # ---------------------------------------------------------------------------------------------- images
 
-def load_image(source: Path | str | bytes) -> Image.Image:
-    """Open an image file or bytes as RGB, rotated as its EXIF orientation says (GIF: first frame)."""
+@dataclass(frozen=True)
+class Refused:
+    """An input turned down before decoding (too large, encrypted, over the batch's budget...). Passed where an
+    image is expected, it gives its reason as the row's error."""
+    reason: str
+
+
+def _open(fp) -> Image.Image:
+    """Open (the header only) with the allowed decoders, refusing more than MAX_PIXELS before anything is decoded."""
+    img = Image.open(fp, formats=PIL_FORMATS)
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise ImageError(f"the image is {w:,} x {h:,} pixels ({w * h / 1e6:,.0f} megapixels); the limit is "
+                         f"{MAX_PIXELS / 1e6:,.0f} megapixels")
+    return img
+
+
+def _source(source: Path | str | bytes | Refused):
+    if isinstance(source, Refused):
+        raise ImageError(source.reason)
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise ImageError("the file is empty (0 bytes)")
-        fp = io.BytesIO(source)
-    else:
-        source = Path(source)
-        if not source.is_file():
-            raise ImageError(f"file not found: {source}")
-        if source.stat().st_size == 0:
-            raise ImageError("the file is empty (0 bytes)")
-        fp = source
+        return io.BytesIO(source)
+    source = Path(source)
+    if not source.is_file():
+        raise ImageError(f"file not found: {source}")
+    if source.stat().st_size == 0:
+        raise ImageError("the file is empty (0 bytes)")
+    return source
+
+
+def _errors(e: Exception) -> ImageError:
+    if isinstance(e, ImageError):
+        return e
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageError(f"the image has too many pixels (more than {MAX_PIXELS:,})")
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError(f"not an image, or not one of the formats read here ({FORMAT_NAMES})")
+    return ImageError(f"the image is damaged or truncated ({e})")  # OSError, SyntaxError, ValueError
+
+
+def probe_image(source: Path | str | bytes | Refused, draft_to: int | None = DRAFT_SIDE) -> tuple[str, int, int]:
+    """(format, width, height that decoding will produce) from the header alone; JPEGs count at their draft size.
+    Raises ImageError for what load_image would refuse without decoding (not an image, too many pixels)."""
     try:
-        with Image.open(fp) as img:
+        with _open(_source(source)) as img:
+            if draft_to and img.format in ("JPEG", "MPO"):
+                img.draft("RGB", (draft_to, draft_to))
+            return img.format, img.width, img.height
+    except (ImageError, UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        raise _errors(e) from None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey (modes I;16*, I, F) scaled to 8 bits; Pillow's convert would clip them (50% -> white)."""
+    a = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        a = a.astype(np.float32) / 257.0  # 65535 -> 255
+    elif img.mode == "I":  # 16-bit PNGs open in this 32-bit mode too: their values fit 16 bits
+        a = a.astype(np.float64) / (257.0 if a.size and 0 <= a.min() and a.max() <= 65535 else (2 ** 31 - 1) / 255.0)
+    else:  # "F": floats, usually 0..1
+        a = a * 255.0 if a.size and 0 <= a.min() and a.max() <= 1.0 else a
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def load_image(source: Path | str | bytes | Refused, draft_to: int | None = None) -> Image.Image:
+    """Open an image file or bytes as RGB, rotated as its EXIF orientation says (GIF: first frame).
+
+    `draft_to`: a JPEG decodes at the smallest 1/2, 1/4 or 1/8 scale still at least this many pixels on each side,
+    so a 48-megapixel photo costs what a 1-megapixel one does."""
+    try:
+        with _open(_source(source)) as img:
             img.seek(0)
+            if draft_to and img.format in ("JPEG", "MPO"):
+                img.draft("RGB", (draft_to, draft_to))
             img = ImageOps.exif_transpose(img)
+            if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+                img = _to_8bit(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 # transparent pixels become white rather than whatever colour hides under the alpha channel
                 rgba = img.convert("RGBA")
@@ -68,12 +146,8 @@ def load_image(source: Path | str | bytes) -> Image.Image:
                 canvas.paste(rgba, mask=rgba.getchannel("A"))
                 return canvas
             return img.convert("RGB")
-    except Image.DecompressionBombError:
-        raise ImageError(f"the image has too many pixels (more than {MAX_PIXELS:,})") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image, or an image format that cannot be read") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
-        raise ImageError(f"the image is damaged or truncated ({e})") from None
+    except (ImageError, UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        raise _errors(e) from None
 
 
 def preprocess(img: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Tensor:
@@ -82,7 +156,7 @@ def preprocess(img: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Te
     The whole photo is resized to a square without cropping: training copies (Flickr8k's 224x224) were
     made the same way, so a full-resolution upload looks to the model like the photos it learned from.
     """
-    import torch  # here, not at the top: the Home page reads datasets with this module and must not load torch
+    import torch  # here, not at the top: the pages import this module to inspect datasets and read uploads
 
     img = img.resize((size, size), Image.BICUBIC)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)  # (H, W, 3)
@@ -244,7 +318,7 @@ def iter_image_batches(sources: list, size: int, mean: tuple, std: tuple, batch_
 
     def load(i):
         try:
-            return i, preprocess(load_image(sources[i]), size, mean, std), None
+            return i, preprocess(load_image(sources[i], draft_to=max(DRAFT_SIDE, 2 * size)), size, mean, std), None
         except ImageError as e:
             return i, None, str(e)
 

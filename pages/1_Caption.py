@@ -2,6 +2,7 @@
 import streamlit as st
 
 from core.bundle import headline_metrics
+from core.data import FORMAT_NAMES
 from core.jobs import models_dir
 from ui.inputs import UPLOAD_TYPES, read_uploads, sample_images
 from ui.library_view import folder_flow
@@ -16,7 +17,10 @@ def options_ui():
     with st.sidebar:
         name = st.selectbox("Model", [b.name for b in bundles], index=active, key="model")
         bundle = next((b for b in bundles if b.name == name), None)
-        if bundle is not None:
+        if bundle is not None and not bundle.usable:  # a damaged model folder: the reason, not a traceback
+            st.error(f"The model {bundle.name} cannot be used: {bundle.problem}")
+            bundle = None
+        elif bundle is not None:
             _, figures = headline_metrics(bundle.metrics)
             decoder = {"show_tell": "Show-and-Tell", "attention": "attention"}.get(bundle.config.get("decoder"), "?")
             st.caption(f"{decoder} decoder · " + " · ".join(f"{k} {v:.1f}" for k, v in figures.items()))
@@ -28,7 +32,7 @@ def options_ui():
 def inputs_ui(can_caption: bool):
     """The images to caption now, as (name, bytes) items, or None when no button was pressed."""
     left, right = st.columns([3, 2])
-    files = left.file_uploader("Images (JPEG, PNG, WebP, BMP, GIF) or zips of images", type=UPLOAD_TYPES,
+    files = left.file_uploader(f"Images ({FORMAT_NAMES}) or zips of images", type=UPLOAD_TYPES,
                                accept_multiple_files=True)
     folder = right.file_uploader("Or a whole folder", type=UPLOAD_TYPES, accept_multiple_files="directory")
     files = (files or []) + (folder or [])
@@ -50,7 +54,7 @@ def main() -> None:
     st.markdown("Upload photos (or zips, or a folder) and caption them all at once, or caption a whole photo library "
                 "on this computer.  \nReview and edit the captions, then download them, or write them beside the photos.")
     bundle, beam, max_len = options_ui()
-    if bundle is None:
+    if bundle is None and not st.session_state.get("model"):
         st.warning("No model found in the models folder. Train one on the Train page first.")
     source = st.segmented_control("Images from", ["Uploads", "A folder on this computer"], default="Uploads",
                                   key="source") or "Uploads"

@@ -103,11 +103,13 @@ def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
     assert not at.exception
     batch = at.session_state.batch
     rows = at.data_editor[0].value
-    assert list(rows["image"]) == ["red.jpg", "broken.jpg", "empty.png", "green.jpg"]
-    assert [bool(e) for e in rows["error"]] == [False, True, True, False]
+    names = ["red.jpg", "broken.jpg", "empty.png", "outside/green.jpg", "readme.txt"]  # every file gets a row
+    assert list(rows["image"]) == names
+    assert [bool(e) for e in rows["error"]] == [False, True, True, False, True]
     assert "empty" in rows["error"][2] and rows["caption"][0] and rows["thumbnail"][0].startswith("data:image/")
+    assert "not an image file" in rows["error"][4]
     csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode("utf-8-sig"))))
-    assert [r["image"] for r in csv_rows] == ["red.jpg", "broken.jpg", "empty.png", "green.jpg"]
+    assert [r["image"] for r in csv_rows] == names
 
     # an edit in the table goes into the CSV; the batch (and its results) survive the rerun
     at.session_state[f"editor-{batch['id']}-all-0"] = {"edited_rows": {0: {"caption": "=a red thing"}},

@@ -53,7 +53,7 @@ def test_checks_that_the_parts_fit(tmp_path):
     _save(tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     (tmp_path / "c" / "config.json").write_text(json.dumps({**cfg, "decoder": "show_tell"}))
-    with pytest.raises(BundleError, match="do not fit"):
+    with pytest.raises(BundleError, match="does not fit config.json"):
         load_bundle(tmp_path / "c", pretrained=False)
     (tmp_path / "c" / "config.json").write_text(json.dumps({**cfg, "backbone": "vgg"}))
     with pytest.raises(BundleError, match="backbone 'vgg'"):
@@ -72,3 +72,119 @@ def test_listing_active_model_and_never_overwriting(tmp_path):
         set_active("../etc", tmp_path)
     assert new_bundle_dir("mine", tmp_path) == tmp_path / "mine-2"
     assert new_bundle_dir("../x y", tmp_path).parent == tmp_path
+
+
+def test_listing_works_without_torch(tmp_path):
+    """The Home and Caption pages list models; that path must not import torch (blocked here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _save(tmp_path / "default")
+    _save(tmp_path / "mine")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("[1, 2]")
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+from pathlib import Path
+from core.bundle import BundleInfo, get_active, headline_metrics, list_bundles, set_active
+root = Path({str(tmp_path)!r})
+found = list_bundles(root)
+assert [(b.name, b.usable) for b in found] == [("default", True), ("broken", False), ("mine", True)], found
+assert found[0].config["decoder"] == "attention" and found[0].card == "# card"
+set_active("mine", root)
+assert get_active(root) == root / "mine"
+assert headline_metrics({{"val_greedy": {{"CIDEr": 1.0}}}})[1] == {{"CIDEr": 1.0}}
+assert "torch" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+print("ok")
+"""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_backbone_names_match_the_registry():
+    from core.backbones import BACKBONES
+    from core.config import BACKBONE_NAMES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
+def test_damaged_folders_are_listed_as_unusable_and_the_others_work(tmp_path):
+    _save(tmp_path / "default")
+    _save(tmp_path / "bad-metrics")
+    (tmp_path / "bad-metrics" / "metrics.json").write_bytes(b"\xff\xfe{not json")
+    _save(tmp_path / "list-config")
+    (tmp_path / "list-config" / "config.json").write_text("[]")
+    _save(tmp_path / "latin1-card")
+    (tmp_path / "latin1-card" / "card.md").write_bytes("# Modèle entraîné".encode("latin-1"))
+    _save(tmp_path / "no-vocab")
+    (tmp_path / "no-vocab" / "vocab.json").unlink()
+    found = {b.name: b for b in list_bundles(tmp_path)}
+    assert set(found) == {"default", "bad-metrics", "list-config", "latin1-card", "no-vocab"}
+    assert found["default"].usable and found["latin1-card"].usable and "Mod" in found["latin1-card"].card
+    assert found["bad-metrics"].usable and found["bad-metrics"].metrics == {}
+    assert "metrics.json" in found["bad-metrics"].notes[0]
+    assert not found["list-config"].usable and "config.json must hold a JSON object" in found["list-config"].problem
+    assert not found["no-vocab"].usable and "vocab.json is missing" in found["no-vocab"].problem
+    assert load_bundle(tmp_path / "bad-metrics", pretrained=False).metrics == {}
+
+
+def _edit(folder, name, change):
+    path = folder / name
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("vocab.json", lambda d: d["tokens"].__setitem__(0, "<blank>"), r"vocab.json: tokens must start with the special"),
+    ("vocab.json", lambda d: d.__setitem__("tokens", d["tokens"][:4]), r"vocab.json: tokens holds no words"),
+    ("vocab.json", lambda d: d.__setitem__("tokens", "abc"), r"vocab.json: tokens must be a list"),
+    ("config.json", lambda d: d.__setitem__("dropout", "high"), r"config.json: dropout is 'high'"),
+    ("config.json", lambda d: d.__setitem__("embed_dim", -16), r"config.json: embed_dim is -16; it must be a whole"),
+    ("config.json", lambda d: d.__setitem__("hidden_dim", 80_000), r"config.json: hidden_dim is 80000"),
+    ("config.json", lambda d: d.__setitem__("vocab_size", "12"), r"config.json: vocab_size is '12'"),
+    ("config.json", lambda d: d.__setitem__("hidden_dim", 8000), r"model.safetensors: weight .* has shape .*hidden_dim 8000"),
+])
+def test_bad_values_fail_in_plain_words_before_the_weights_are_loaded(tmp_path, monkeypatch, name, change, message):
+    import safetensors.torch
+
+    _save(tmp_path / "b")
+    _edit(tmp_path / "b", name, change)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the folder was checked")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", no_loading)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(tmp_path / "b", pretrained=False)
+    assert not list_bundles(tmp_path)[0].usable or "shape" in message  # listing says so too (shapes need torch)
+
+
+def test_the_pickle_check_reads_only_the_first_bytes(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    _save(tmp_path / "b")
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self.name} was read whole"))
+    assert [b.usable for b in list_bundles(tmp_path)] == [True]
+
+
+def test_partial_and_hidden_folders_are_not_models_and_stale_partials_go(tmp_path):
+    import os
+    import time
+
+    _save(tmp_path / "mine")
+    _save(tmp_path / ".mine-2.partial")  # what an interrupted publish leaves
+    _save(tmp_path / "other.partial")
+    _save(tmp_path / ".hidden")
+    assert [b.name for b in list_bundles(tmp_path)] == ["mine"]
+    with pytest.raises(BundleError):
+        set_active(".hidden", tmp_path)
+    old = time.time() - 3600
+    os.utime(tmp_path / ".mine-2.partial", (old, old))
+    new_bundle_dir("mine", tmp_path)  # a publish starts: the debris of the interrupted one goes
+    assert not (tmp_path / ".mine-2.partial").exists()
+    assert (tmp_path / "other.partial").exists()  # recent: maybe a publish running now
+    assert (tmp_path / ".hidden").exists()

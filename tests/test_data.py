@@ -97,10 +97,50 @@ def test_truncated_jpeg_is_an_error():
         load_image(good[: len(good) // 2])
 
 
-def test_too_many_pixels_is_refused(monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 2x bigger image raises DecompressionBombError
-    with pytest.raises(ImageError, match="too many pixels"):
-        load_image(_jpeg_bytes(np.zeros((20, 20, 3), np.uint8)))
+def test_the_pixel_limit_is_the_one_enforced(monkeypatch):
+    monkeypatch.setattr(data, "MAX_PIXELS", 400)
+    assert load_image(_jpeg_bytes(np.zeros((20, 20, 3), np.uint8))).size == (20, 20)  # at the limit: fine
+    with pytest.raises(ImageError, match=r"20 x 21 pixels \(0 megapixels\); the limit is 0 megapixels"):
+        load_image(_jpeg_bytes(np.zeros((21, 20, 3), np.uint8)))
+
+
+def test_a_48_megapixel_photo_passes_and_decodes_at_reduced_size():
+    assert data.MAX_PIXELS >= 48_000_000
+    photo = _jpeg_bytes(np.full((3000, 4000, 3), 90, np.uint8))  # 12 MP here; the scale is what matters
+    assert data.probe_image(photo) == ("JPEG", 1000, 750)  # 1/4 scale: the smallest still >= DRAFT_SIDE
+    assert load_image(photo, draft_to=512).size == (1000, 750)
+    assert load_image(photo).size == (4000, 3000)  # asked for nothing: full size
+    _, x, _ = next(data.iter_image_batches([photo], 32, (0.5,) * 3, (0.5,) * 3, batch_size=1))
+    assert x.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("mode, value, dtype", [("I;16", 32768, np.uint16), ("I", 32768, np.int32),
+                                                ("F", 0.5, np.float32)])
+def test_16_and_32_bit_grey_scale_to_8_bits(mode, value, dtype):
+    img = Image.fromarray(np.full((8, 8), value, dtype))
+    assert img.mode == mode
+    buf = io.BytesIO()
+    img.save(buf, "PNG" if mode == "I;16" else "TIFF")
+    assert load_image(buf.getvalue()).getpixel((0, 0)) == (128, 128, 128)  # 50% grey, not white
+
+
+def test_only_the_accepted_formats_are_decoded(monkeypatch):
+    from PIL import EpsImagePlugin
+
+    tried = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: tried.append(1) or 1 / 0)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n"
+    with pytest.raises(ImageError, match="not one of the formats read here"):
+        load_image(eps)  # e.g. named photo.jpg
+    assert not tried  # Ghostscript's plugin was never asked
+    assert data.PIL_FORMATS == ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+def test_a_refused_input_is_an_error_row():
+    with pytest.raises(ImageError, match="encrypted"):
+        load_image(data.Refused("encrypted"))
+    _, x, errors = next(data.iter_image_batches([data.Refused("too big")], 32, (0.5,) * 3, (0.5,) * 3, batch_size=1))
+    assert errors == {0: "too big"} and x.shape == (0, 3, 32, 32)
 
 
 def test_preprocess_shape_and_normalisation():

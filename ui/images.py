@@ -13,22 +13,33 @@ from core.data import ImageError, load_image
 _HEAT = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
 
 
-def open_image(data: bytes) -> Image.Image | None:
+def open_image(data, draft_to: int | None = None) -> Image.Image | None:
     try:
-        return load_image(data)
+        return load_image(data, draft_to=draft_to)
     except ImageError:
         return None
 
 
-def thumbnail_data_url(data: bytes, size: int = 96) -> str | None:
-    """A small JPEG as a data: URL (for st.column_config.ImageColumn), or None when it is not an image."""
-    img = open_image(data)
+def _jpeg(data, size: int, quality: int) -> bytes | None:
+    img = open_image(data, draft_to=2 * size)  # JPEGs decode at a reduced size: a 48-MP photo stays cheap
     if img is None:
         return None
     img.thumbnail((size, size))
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def thumbnail_data_url(data, size: int = 96) -> str | None:
+    """A small JPEG as a data: URL (for st.column_config.ImageColumn), or None when it is not an image."""
+    small = _jpeg(data, size, 80)
+    return None if small is None else "data:image/jpeg;base64," + base64.b64encode(small).decode("ascii")
+
+
+def preview_bytes(data, size: int = 800) -> bytes:
+    """What a finished batch keeps of an upload for the close-up view: a JPEG at most `size` px (b"" if none),
+    so the session does not hold every uploaded (and unzipped) original."""
+    return _jpeg(data, size, 88) or b""
 
 
 def heat_colors(a: np.ndarray) -> np.ndarray:

@@ -69,6 +69,8 @@ def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int) -> None:
     """Caption the folder with progress; Cancel (or leaving the page) stops after the current batch, all kept."""
     cfg.beam, cfg.max_len = beam, max_len
     captioner = load_captioner(bundle)
+    if captioner is None:
+        return
     state = {"root": cfg.root, "csv": cfg.csv, "done": 0, "total": None, "skipped": 0, "failed": 0, "rows": [],
              "finished": False, "started": time.time()}
     st.session_state.library = state
@@ -78,7 +80,7 @@ def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int) -> None:
     table = st.empty()
 
     def report(p: Progress) -> None:
-        rows = [dict(r, thumbnail=thumbnail_data_url(Path(r["path"]).read_bytes()) if not r["error"] else None)
+        rows = [dict(r, thumbnail=thumbnail_data_url(Path(r["path"])) if not r["error"] else None)
                 for r in p.latest]
         state.update(done=p.done, total=p.total, skipped=p.skipped, failed=p.failed,
                      rows=(rows[::-1] + state["rows"])[:LATEST_ROWS])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 PAGES = [("app.py", "Home", ":material/home:"), ("pages/1_Caption.py", "Caption", ":material/photo_library:"),
          ("pages/2_Train.py", "Train", ":material/model_training:")]
@@ -13,6 +14,9 @@ def sidebar_menu() -> None:
 
     warm.start()
     with st.sidebar:
-        for page, label, icon in PAGES:
-            st.page_link(page, label=label, icon=icon)
+        try:
+            for page, label, icon in PAGES:
+                st.page_link(page, label=label, icon=icon)
+        except StreamlitPageNotFoundError:  # a page run on its own (`streamlit run pages/...`): no app to link to
+            return
         st.divider()

@@ -6,9 +6,10 @@ import uuid
 
 import streamlit as st
 
+from core.bundle import BundleError
 from core.caption import csv_bytes
 from ui import warm
-from ui.images import attention_overlay, open_image, thumbnail_data_url
+from ui.images import attention_overlay, open_image, preview_bytes, thumbnail_data_url
 from ui.results import SHOW, find_replace, merge_edits, results_frame, with_captions
 
 MAX_THUMBNAILS = 500  # rows beyond this show no picture: the table stays light for batches of thousands
@@ -35,15 +36,24 @@ def cancelled(key: str) -> bool:
 
 
 def load_captioner(bundle):
-    with st.spinner(f"Loading the model {bundle.name}..."):
-        return warm.captioner(bundle.path, "auto")
+    """The bundle's Captioner, or None (with the reason on the page) when the model cannot be loaded."""
+    try:
+        with st.spinner(f"Loading the model {bundle.name}..."):
+            return warm.captioner(bundle.path, "auto")
+    except BundleError as e:
+        st.error(f"The model {bundle.name} cannot be loaded: {e}")
+        return None
 
 
 def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: int) -> None:
     """Caption the items batch by batch into st.session_state.batch; Cancel keeps the rows done so far."""
     captioner = load_captioner(bundle)
-    batch = {"id": uuid.uuid4().hex, "model": bundle.name, "results": [], "images": dict(items), "thumbs": {},
+    if captioner is None:
+        return
+    # the batch keeps previews, not the uploaded originals (the session would hold every upload twice)
+    batch = {"id": uuid.uuid4().hex, "model": bundle.name, "results": [], "images": {}, "thumbs": {},
              "captions": {}, "total": len(items)}
+    originals = dict(items)
     st.session_state.batch = batch  # rows appear in it as they are captioned, so a Cancel loses none
     st.session_state["cancel-upload-pressed"] = False
     bar = st.progress(0.0, text=f"Captioning {len(items)} images...")
@@ -51,8 +61,9 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
     started = time.perf_counter()
     for results in captioner.iter_captions(items, beam=beam, max_len=max_len):
         for r in results:
+            batch["images"][r.image] = preview_bytes(originals[r.image])
             if len(batch["thumbs"]) < MAX_THUMBNAILS:
-                batch["thumbs"][r.image] = thumbnail_data_url(batch["images"][r.image])
+                batch["thumbs"][r.image] = thumbnail_data_url(originals[r.image])
         batch["results"] += results
         done = len(batch["results"])
         bar.progress(done / len(items), text=format_rate(done, len(items), started))  # a Cancel stops here
