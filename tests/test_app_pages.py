@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 import io
 import time
 import zipfile
@@ -208,3 +210,63 @@ def test_train_page_explains_a_failed_run(models, runs, tmp_path):
     assert list(at.dataframe[0].value["status"]) == ["error"]
     assert any(b.label == "Resume" for b in at.button)  # a failed run can be tried again from its checkpoint
     assert "fake trainer up" in at.code[0].value  # the last log lines
+
+
+def test_home_draws_without_importing_torch(models, runs):
+    """Home reads JSON files only; torch is loaded by the background warm-up, never by the page itself."""
+    code = ("import sys\nfrom streamlit.testing.v1 import AppTest\nimport ui.warm\n"
+            "ui.warm.start = lambda: None\n"  # the warm-up thread is the one place that may import torch
+            "at = AppTest.from_file('app.py', default_timeout=60).run()\n"
+            "assert not at.exception, at.exception\n"
+            "print('torch' in sys.modules, 'Active model' in [s.value for s in at.subheader])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_caption_a_local_folder_then_resume(models, tmp_path, downloads):
+    folder = tmp_path / "photos"
+    for i, color in enumerate([(220, 20, 20), (20, 20, 220), (20, 200, 20)]):
+        (folder / ("sub" if i else "")).mkdir(parents=True, exist_ok=True)
+        (folder / ("sub" if i else "") / f"p{i}.jpg").write_bytes(jpeg_bytes(color))
+    (folder / "broken.png").write_bytes(b"not a png")
+    at = open_page(CAPTION).run()
+    at.get("button_group")[0].set_value("A folder on this computer").run()
+    at.text_input(key="lib-root").set_value(str(folder / "nowhere")).run()
+    assert "There is no folder" in at.error[0].value
+    at.text_input(key="lib-root").set_value(str(folder)).run()
+    assert "4 images found" in texts(at)
+    at.checkbox(key="lib-sidecar").check()
+    at.text_input(key="lib-prefix").set_value("sks, ")
+    at.button(key="lib-start").click().run()
+    assert not at.exception
+    assert "Captioned 4 images" in at.success[0].value and "could not be read" in at.warning[0].value
+    rows = list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))
+    assert [r["image"] for r in rows] == ["broken.png", "p0.jpg", "sub/p1.jpg", "sub/p2.jpg"]
+    assert all(r["caption"].startswith("sks, ") and len(r["caption"]) > 5 for r in rows[1:]) and rows[0]["error"]
+    assert (folder / "sub" / "p1.txt").read_text(encoding="utf-8") == rows[2]["caption"] + "\n"
+    assert downloads["captions.csv"] == (folder / "captions.csv").read_bytes()
+    (folder / "p3.jpg").write_bytes(jpeg_bytes((200, 200, 20)))  # a new photo: only it is captioned next time
+    at.button(key="lib-start").click().run()
+    assert "Captioned 1 images" in at.success[0].value and "4 already had captions" in at.success[0].value
+    assert len(list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))) == 5
+
+
+def test_review_filter_and_find_replace(models, downloads):
+    at = open_page(CAPTION).run()
+    at.button[1].click().run()  # Try sample images
+    batch = at.session_state.batch
+    first = batch["results"][0]
+    word = first.caption.split()[-1]
+    at.text_input(key=f"find-{batch['id']}").set_value(word)
+    at.text_input(key=f"replace-{batch['id']}").set_value("THING").run()
+    next(b for b in at.button if b.label == "Replace all").click().run()
+    assert not at.exception
+    rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode("utf-8-sig"))))
+    assert rows[0]["caption"].endswith("THING") and word not in rows[0]["caption"].lower().split()
+    assert at.data_editor[0].value["caption"][0].endswith("THING")
+    at.get("button_group")[1].set_value("edited").run()  # only the captions changed by the user
+    shown = at.data_editor[0].value
+    assert set(shown["image"]) == {r.image for r in batch["results"] if word in r.caption.lower().split()}
+    at.get("button_group")[1].set_value("flagged").run()
+    assert len(at.data_editor[0].value) == 1  # four samples: the least confident one
