@@ -196,7 +196,7 @@ def test_caption_flow_upload_corrupt_and_download(server, page):
     wait_idle(page)
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download CSV").click()
-    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
+    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8-sig"))))
     assert [r["image"] for r in rows] == ["red.jpg", "broken.jpg", "blue.png"]
     assert rows[0]["caption"] == "a red square" and not rows[0]["error"]  # the edit is in the CSV
     assert rows[2]["caption"].split()[-1] in ("square", "stripe") and not rows[2]["error"]  # words it was taught

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.library import EXISTING, LibraryConfig, Progress, caption_library, find_images
 from ui.images import thumbnail_data_url
-from ui.review import cancel_button, load_captioner
+from ui.review import cancel_button, load_captioner, running, wait_until_stopped
 
 LATEST_ROWS = 50  # rows of the newest captions shown while a library is captioned
 EXISTING_HELP = {"skip": "skip images that already have a caption (continues an interrupted run)",
@@ -74,9 +74,8 @@ def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int) -> None:
     state = {"root": cfg.root, "csv": cfg.csv, "done": 0, "total": None, "skipped": 0, "failed": 0, "rows": [],
              "finished": False, "started": time.time()}
     st.session_state.library = state
-    st.session_state["cancel-library-pressed"] = False
     bar = st.progress(0.0, text="Looking at what is already done...")
-    cancel_button("cancel-library")
+    cancel_button(state, "cancel-library")
     table = st.empty()
 
     def report(p: Progress) -> None:
@@ -89,8 +88,10 @@ def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int) -> None:
                                                       f"{p.images_per_s:.1f} images/s{eta}")  # a Cancel stops here
         table.dataframe(_frame(state["rows"]), hide_index=True, column_config=_COLUMNS)
 
-    final = caption_library(cfg, captioner, on_progress=report)
-    state.update(done=final.done, total=final.total, skipped=final.skipped, failed=final.failed, finished=True)
+    with running(state):
+        final = caption_library(cfg, captioner, on_progress=report, should_stop=lambda: bool(state.get("cancel")))
+        state.update(done=final.done, total=final.total, skipped=final.skipped, failed=final.failed,
+                     finished=final.done >= final.total)
     st.rerun()
 
 
@@ -103,6 +104,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def library_summary(state: dict) -> None:
+    wait_until_stopped(state)
     done, total = state["done"], state["total"]
     if state["finished"]:
         st.success(f"Captioned {done:,} images in {state['root']}"

@@ -1,6 +1,8 @@
 """The upload flow of the Caption page: caption a batch with progress and Cancel, review it, look at one image."""
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import uuid
 
@@ -26,13 +28,32 @@ def format_rate(done: int, total: int, started: float) -> str:
     return text
 
 
-def cancel_button(key: str) -> None:
-    """A Cancel button: pressing it reruns the page, which stops the running batch after the current step."""
-    st.button("Cancel", key=key, on_click=lambda: st.session_state.update({f"{key}-pressed": True}))
+def cancel_button(state: dict, key: str) -> None:
+    """A Cancel button for the run that `state` describes: it stops after the current batch, keeping everything.
+
+    Pressing it sets state["cancel"], which the running loop checks after each batch; the page's rerun may
+    also stop that loop at its next drawing call. With Streamlit's fast reruns the new run starts at once,
+    beside the old one, so it waits for the old one (finished_drawing) before drawing what was done."""
+    st.button("Cancel", key=key, on_click=lambda: state.update(cancel=True))
 
 
-def cancelled(key: str) -> bool:
-    return bool(st.session_state.get(f"{key}-pressed"))
+@contextlib.contextmanager
+def running(state: dict):
+    """Hold state["lock"] while a batch runs, so that a rerun draws its results only once it has stopped."""
+    state["lock"] = lock = threading.Lock()
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def wait_until_stopped(state: dict) -> None:
+    lock = state.get("lock")
+    if lock is not None and lock.locked():
+        with st.spinner("Stopping after the current batch..."):
+            lock.acquire(timeout=300)
+            lock.release()
 
 
 def load_captioner(bundle):
@@ -55,22 +76,25 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
              "captions": {}, "total": len(items)}
     originals = dict(items)
     st.session_state.batch = batch  # rows appear in it as they are captioned, so a Cancel loses none
-    st.session_state["cancel-upload-pressed"] = False
     bar = st.progress(0.0, text=f"Captioning {len(items)} images...")
-    cancel_button("cancel-upload")
+    cancel_button(batch, "cancel-upload")
     started = time.perf_counter()
-    for results in captioner.iter_captions(items, beam=beam, max_len=max_len):
-        for r in results:
-            batch["images"][r.image] = preview_bytes(originals[r.image])
-            if len(batch["thumbs"]) < MAX_THUMBNAILS:
-                batch["thumbs"][r.image] = thumbnail_data_url(originals[r.image])
-        batch["results"] += results
-        done = len(batch["results"])
-        bar.progress(done / len(items), text=format_rate(done, len(items), started))  # a Cancel stops here
+    with running(batch):
+        for results in captioner.iter_captions(items, beam=beam, max_len=max_len):
+            for r in results:
+                batch["images"][r.image] = preview_bytes(originals[r.image])
+                if len(batch["thumbs"]) < MAX_THUMBNAILS:
+                    batch["thumbs"][r.image] = thumbnail_data_url(originals[r.image])
+            batch["results"] += results
+            done = len(batch["results"])
+            if batch.get("cancel"):
+                break
+            bar.progress(done / len(items), text=format_rate(done, len(items), started))
     st.rerun()  # draw the finished batch without the progress bar and the Cancel button
 
 
 def review_ui(batch: dict) -> None:
+    wait_until_stopped(batch)
     done, total = len(batch["results"]), batch.get("total", len(batch["results"]))
     st.subheader(f"Results ({batch['model']})")
     if done < total:

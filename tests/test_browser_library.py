@@ -1,0 +1,67 @@
+"""In a real browser: caption a folder of 50 photos on this computer, Cancel half-way, continue, download the CSV.
+
+Uses the server and browser of tests/test_browser.py (Debian's chromium driven by Playwright).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from test_browser import browser, page, playwright_api, pytestmark, server, shot, wait_idle  # noqa: F401
+
+N = 50
+
+
+def make_photos(folder: Path, n: int = N) -> Path:
+    """Noisy colour photos, large enough (800x600) that a batch takes a moment to decode and caption."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        base = np.array([(220, 30, 30), (30, 60, 220), (30, 180, 40)][i % 3], np.int16)
+        arr = np.clip(base + rng.integers(-40, 40, (600, 800, 3)), 0, 255).astype(np.uint8)
+        sub = folder / f"roll{i // 20}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(sub / f"photo_{i:02d}.jpg", quality=90)
+    return folder
+
+
+def csv_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+
+
+def test_caption_a_local_folder_cancel_resume_download(server, page):
+    folder = make_photos(server["tmp"] / "library")
+    page.goto(server["url"] + "/Caption")
+    page.get_by_text("A folder on this computer").click()
+    page.get_by_label("Folder of photos on this computer").fill(str(folder))
+    page.keyboard.press("Enter")
+    page.get_by_text(f"{N} images found").wait_for()
+    page.get_by_text("a .txt file beside each photo").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Caption the folder").click()
+    page.get_by_text(re.compile(r"Captioned \d+ of 50 · [\d.]+ images/s")).wait_for(timeout=120_000)
+    shot(page, "8-library-running")
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text(re.compile(r"Cancelled after \d+ of 50 images")).wait_for(timeout=120_000)
+    done = int(re.search(r"after (\d+) of", page.get_by_text(re.compile("Cancelled after")).inner_text()).group(1))
+    assert 0 < done < N
+    assert len(csv_rows(folder / "captions.csv")) == done  # written as it went, kept on Cancel
+    assert len(list(folder.rglob("*.txt"))) == done
+
+    wait_idle(page)
+    page.get_by_role("button", name="Caption the folder").click()  # continue: skip what is done
+    page.get_by_text(f"Captioned {N - done} images in").wait_for(timeout=180_000)
+    page.get_by_text(f"{done} already had captions").wait_for()
+    wait_idle(page)
+    shot(page, "9-library-done")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download captions.csv").click()
+    rows = csv_rows(Path(dl.value.path()))
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+    assert sorted(r["image"] for r in rows) == names  # every photo exactly once
+    assert all(r["caption"] and not r["error"] for r in rows)
+    assert len(list(folder.rglob("*.txt"))) == N
