@@ -185,7 +185,7 @@ def test_caption_flow_upload_corrupt_and_download(server, page):
         {"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"this is not a jpeg at all"},
         {"name": "blue.png", "mimeType": "image/png", "buffer": jpeg_bytes((20, 20, 220), fmt="PNG")},
     ]
-    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(files)
+    page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(files)
     page.get_by_text("broken.jpg").first.wait_for()
     page.get_by_role("button", name="Caption uploaded images").click()
     page.get_by_role("button", name="Download CSV").wait_for()

@@ -65,3 +65,23 @@ def test_caption_a_local_folder_cancel_resume_download(server, page):
     assert sorted(r["image"] for r in rows) == names  # every photo exactly once
     assert all(r["caption"] and not r["error"] for r in rows)
     assert len(list(folder.rglob("*.txt"))) == N
+
+
+def test_upload_a_whole_folder(server, page):
+    folder = server["tmp"] / "to-upload"
+    for i, name in enumerate(["a.jpg", "trip/b.jpg", "trip/day2/c.jpg"]):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), [(220, 30, 30), (30, 60, 220), (30, 180, 40)][i]).save(folder / name)
+    (folder / "notes.txt").write_text("not a photo")
+    page.goto(server["url"] + "/Caption")
+    page.get_by_text("Or a whole folder").wait_for()
+    page.locator("[data-testid='stFileUploader'] input[webkitdirectory]").set_input_files(folder)
+    page.get_by_text("c.jpg").first.wait_for()
+    page.get_by_role("button", name="Caption uploaded images").click()
+    page.get_by_role("button", name="Download CSV").wait_for()
+    wait_idle(page)
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = csv_rows(Path(dl.value.path()))
+    assert sorted(r["image"].rsplit("/", 1)[-1] for r in rows) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert all(r["caption"] and not r["error"] for r in rows)
