@@ -65,7 +65,7 @@ def wait_for_device() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
-    sidebar_menu()
+    sidebar_menu(warm_up=False)
     st.title("Image captioning")
     st.markdown(
         "Describe photos in a sentence: a CNN reads the picture, an LSTM writes the caption.  \n"
@@ -78,6 +78,7 @@ def main() -> None:
                  icon=":material/model_training:")
     model_section()
     st.subheader("This computer")
+    warm.start()  # after the page's first part is on its way: torch is imported in the background from here
     device_line()
     found, detail = coco_status()
     if found:

@@ -14,7 +14,7 @@ from .bundle import DEFAULT_MODEL, load_bundle
 from .data import collect_images, iter_image_batches
 from .decode import Hypothesis, beam_search, sample_captions
 from .device import encoder_autocast, pick_device
-from .library import BOM, CSV_COLUMNS, EXISTING, LibraryConfig, _safe_cell, caption_library, csv_line
+from .library import EXISTING, LibraryConfig, caption_library, csv_bytes, csv_rows, write_csv  # noqa: F401 (API)
 from .vocabulary import END, PAD
 
 @dataclass
@@ -104,27 +104,8 @@ class Captioner:
             result.attention = best.alphas.view(-1, side, side).numpy()  # (words, h, w)
 
 
-# --------------------------------------------------------------------------------------------- CSV
-
-def csv_rows(results: list[CaptionResult]) -> list[list[str]]:
-    rows = [CSV_COLUMNS]
-    for r in results:
-        alts = " | ".join(c for c, _ in r.alternatives)
-        score = "" if r.score is None else f"{r.score:.4f}"
-        rows.append([_safe_cell(v) for v in (r.image, r.caption, score, alts, r.error or "")])
-    return rows
-
-
-def csv_bytes(results: list[CaptionResult]) -> bytes:
-    """The CSV as UTF-8 with a byte-order mark, so that Excel on Windows shows accented names correctly."""
-    return (BOM + "".join(csv_line(row) for row in csv_rows(results))).encode("utf-8")
-
-
-def write_csv(results: list[CaptionResult], path: Path) -> None:
-    from .files import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), csv_bytes(results))
-
+# ----------------------------------------------------------------------------- the command line
+# (csv_rows, csv_bytes and write_csv live in core.library, which the pages import without torch)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(

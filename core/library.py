@@ -124,6 +124,25 @@ def csv_line(row: list) -> str:
     return buf.getvalue()
 
 
+def csv_rows(results) -> list[list[str]]:
+    """CaptionResults (of core.caption) as CSV rows, header first; formula-like cells neutralised."""
+    rows = [CSV_COLUMNS]
+    for r in results:
+        alts = " | ".join(c for c, _ in r.alternatives)
+        score = "" if r.score is None else f"{r.score:.4f}"
+        rows.append([r.image, r.caption, score, alts, r.error or ""])
+    return rows
+
+
+def csv_bytes(results) -> bytes:
+    """The CSV as UTF-8 with a byte-order mark, so that Excel on Windows shows accented names correctly."""
+    return (BOM + "".join(csv_line(row) for row in csv_rows(results))).encode("utf-8")
+
+
+def write_csv(results, path: Path) -> None:
+    atomic_write_bytes(Path(path), csv_bytes(results))
+
+
 def _complete_lines(path: Path) -> str:
     """A journal's text up to its last complete line; a half-written last line (a crash) is cut off the file."""
     if not path.exists():

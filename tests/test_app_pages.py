@@ -212,13 +212,15 @@ def test_train_page_explains_a_failed_run(models, runs, tmp_path):
     assert "fake trainer up" in at.code[0].value  # the last log lines
 
 
-def test_home_draws_without_importing_torch(models, runs):
-    """Home reads JSON files only; torch is loaded by the background warm-up, never by the page itself."""
+@pytest.mark.parametrize("page,drawn", [(HOME, "Active model"), (CAPTION, "Caption images")])
+def test_pages_draw_without_importing_torch(models, runs, page, drawn):
+    """Home and Caption draw from JSON files only; torch is loaded by the background warm-up, or by a click."""
     code = ("import sys\nfrom streamlit.testing.v1 import AppTest\nimport ui.warm\n"
             "ui.warm.start = lambda: None\n"  # the warm-up thread is the one place that may import torch
-            "at = AppTest.from_file('app.py', default_timeout=60).run()\n"
+            "at = AppTest.from_file('app.py', default_timeout=60)\n"
+            f"at = (at if {page!r} == 'app.py' else at.switch_page({page!r})).run()\n"
             "assert not at.exception, at.exception\n"
-            "print('torch' in sys.modules, 'Active model' in [s.value for s in at.subheader])\n")
+            f"print('torch' in sys.modules, {drawn!r} in [s.value for s in [*at.title, *at.subheader]])\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]

@@ -8,11 +8,14 @@ PAGES = [("app.py", "Home", ":material/home:"), ("pages/1_Caption.py", "Caption"
          ("pages/2_Train.py", "Train", ":material/model_training:")]
 
 
-def sidebar_menu() -> None:
-    """The menu, and the model warm-up (idempotent), which every page starts so that any first page benefits."""
-    from ui import warm
+def sidebar_menu(warm_up: bool = True) -> None:
+    """The menu, and the model warm-up (idempotent), which every page starts so that any first page benefits.
 
-    warm.start()
+    Home starts the warm-up itself, once it is drawn, so that the import of torch does not compete with it."""
+    if warm_up:
+        from ui import warm
+
+        warm.start()
     with st.sidebar:
         try:
             for page, label, icon in PAGES:

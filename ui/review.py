@@ -9,7 +9,7 @@ import uuid
 import streamlit as st
 
 from core.bundle import BundleError
-from core.caption import csv_bytes
+from core.library import csv_bytes
 from ui import warm
 from ui.images import attention_overlay, open_image, preview_bytes, thumbnail_data_url
 from ui.results import SHOW, find_replace, merge_edits, results_frame, with_captions

@@ -55,7 +55,18 @@ def _warm() -> None:
     _device.update(describe_device())
     active = get_active(models_dir())
     if (active / "model.safetensors").exists():
-        captioner(active, "auto")
+        # one tiny caption too: the first forward pass of a model sets up its kernels, which costs time once
+        captioner(active, "auto").caption([("warm-up", _tiny_jpeg())], beam=1, max_len=2)
+
+
+def _tiny_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="JPEG")
+    return buf.getvalue()
 
 
 def _run() -> None:
@@ -72,15 +83,3 @@ def start() -> None:
             return
         _started.set()
     threading.Thread(target=_run, name="caption-warm-up", daemon=True).start()
-
-
-def wait(timeout: float | None = None) -> bool:
-    """For tests and benchmarks: wait until the device is known."""
-    import time
-
-    end = None if timeout is None else time.monotonic() + timeout
-    while not _device:
-        if end is not None and time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
