@@ -74,9 +74,11 @@ def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int) -> None:
     state = {"root": cfg.root, "csv": cfg.csv, "done": 0, "total": None, "skipped": 0, "failed": 0, "rows": [],
              "finished": False, "started": time.time()}
     st.session_state.library = state
-    bar = st.progress(0.0, text="Looking at what is already done...")
-    cancel_button(state, "cancel-library")
-    table = st.empty()
+    box = st.empty()  # progress, Cancel and the latest rows while it runs; the summary replaces them
+    with box.container():
+        bar = st.progress(0.0, text="Looking at what is already done...")
+        cancel_button(state, "cancel-library")
+        table = st.empty()
 
     def report(p: Progress) -> None:
         rows = [dict(r, thumbnail=thumbnail_data_url(Path(r["path"])) if not r["error"] else None)
@@ -92,7 +94,7 @@ def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int) -> None:
         final = caption_library(cfg, captioner, on_progress=report, should_stop=lambda: bool(state.get("cancel")))
         state.update(done=final.done, total=final.total, skipped=final.skipped, failed=final.failed,
                      finished=final.done >= final.total)
-    st.rerun()
+    box.empty()
 
 
 _COLUMNS = {"thumbnail": st.column_config.ImageColumn("", width="small"),
@@ -130,5 +132,5 @@ def folder_flow(bundle, beam: int, max_len: int) -> None:
     cfg = folder_form(bundle is not None)
     if cfg is not None:
         run_library(cfg, bundle, beam, max_len)
-    elif "library" in st.session_state:
+    if "library" in st.session_state:
         library_summary(st.session_state.library)

@@ -76,8 +76,10 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
              "captions": {}, "total": len(items)}
     originals = dict(items)
     st.session_state.batch = batch  # rows appear in it as they are captioned, so a Cancel loses none
-    bar = st.progress(0.0, text=f"Captioning {len(items)} images...")
-    cancel_button(batch, "cancel-upload")
+    box = st.empty()  # the progress bar and the Cancel button, cleared when the batch ends
+    with box.container():
+        bar = st.progress(0.0, text=f"Captioning {len(items)} images...")
+        cancel_button(batch, "cancel-upload")
     started = time.perf_counter()
     with running(batch):
         for results in captioner.iter_captions(items, beam=beam, max_len=max_len):
@@ -90,7 +92,7 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
             if batch.get("cancel"):
                 break
             bar.progress(done / len(items), text=format_rate(done, len(items), started))
-    st.rerun()  # draw the finished batch without the progress bar and the Cancel button
+    box.empty()
 
 
 def review_ui(batch: dict) -> None:
