@@ -221,7 +221,7 @@ class Library:
 
     def __init__(self, cfg: LibraryConfig):
         self.cfg = cfg
-        self.root = Path(cfg.root).expanduser().resolve()
+        self.root = Path(os.path.abspath(Path(cfg.root).expanduser()))  # not resolve(): links inside stay inside
         self.csv = _Journal(Path(cfg.csv), BOM + csv_line(CSV_COLUMNS)) if cfg.csv else None
         self.jsonl = _Journal(self.root / "metadata.jsonl") if cfg.jsonl else None
         self.coco_path = Path(cfg.coco_results) if cfg.coco_results else None
@@ -230,7 +230,7 @@ class Library:
         self._coco_saved = 0.0
 
     def name(self, path: Path) -> str:
-        return path.resolve().relative_to(self.root).as_posix()
+        return Path(os.path.abspath(path)).relative_to(self.root).as_posix()
 
     def plan(self, images: list[Path]) -> list[tuple[Path, set[str]]]:
         """(image, outputs to write) for each image this run captions; with "skip", only outputs still lacking it."""

@@ -76,6 +76,16 @@ def test_every_output_format(captioner, tmp_path):
         assert (np.asarray(Image.open(p).convert("RGB")) == pix).all()  # the pixels are untouched
 
 
+def test_a_linked_photo_is_named_by_its_place_in_the_library(captioner, tmp_path):
+    outside = make_image(tmp_path / "elsewhere" / "real.png", "red", "square")
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "link.png").symlink_to(outside)
+    out = tmp_path / "out.csv"
+    caption_library(LibraryConfig(str(root), csv=str(out)), captioner)
+    assert [(r["image"], r["caption"]) for r in read_csv(out)] == [("link.png", "a red square")]
+
+
 def test_coco_results_use_the_annotation_ids(captioner, tmp_path):
     coco = make_coco(tmp_path / "coco", split="val")
     ann = coco / "annotations" / "captions_val2017.json"
