@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from test_browser import browser, page, playwright_api, pytestmark, server, shot, wait_idle  # noqa: F401
+from test_browser import browser, page, pytestmark, server, shot, wait_idle  # noqa: F401 (fixtures, skip mark)
 
 N = 50
 
 
 def make_photos(folder: Path, n: int = N) -> Path:
-    """Noisy colour photos, large enough (800x600) that a batch takes a moment to decode and caption."""
+    """Noisy colour photos, large enough (1600x1200) that a batch takes a moment to decode: time to press Cancel."""
     rng = np.random.default_rng(0)
     for i in range(n):
         base = np.array([(220, 30, 30), (30, 60, 220), (30, 180, 40)][i % 3], np.int16)
-        arr = np.clip(base + rng.integers(-40, 40, (600, 800, 3)), 0, 255).astype(np.uint8)
+        arr = np.clip(base + rng.integers(-40, 40, (1200, 1600, 3)), 0, 255).astype(np.uint8)
         sub = folder / f"roll{i // 20}"
         sub.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(sub / f"photo_{i:02d}.jpg", quality=90)
@@ -44,8 +44,8 @@ def test_caption_a_local_folder_cancel_resume_download(server, page):
     wait_idle(page)
     page.get_by_role("button", name="Caption the folder").click()
     page.get_by_text(re.compile(r"Captioned \d+ of 50 · [\d.]+ images/s")).wait_for(timeout=120_000)
-    shot(page, "8-library-running")
     page.get_by_role("button", name="Cancel").click()
+    shot(page, "8-library-running")
     page.get_by_text(re.compile(r"Cancelled after \d+ of 50 images")).wait_for(timeout=120_000)
     done = int(re.search(r"after (\d+) of", page.get_by_text(re.compile("Cancelled after")).inner_text()).group(1))
     assert 0 < done < N
