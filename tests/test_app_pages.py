@@ -272,3 +272,17 @@ def test_review_filter_and_find_replace(models, downloads):
     assert set(shown["image"]) == {r.image for r in batch["results"] if word in r.caption.lower().split()}
     at.get("button_group")[1].set_value("flagged").run()
     assert len(at.data_editor[0].value) == 1  # four samples: the least confident one
+
+
+def test_a_large_upload_keeps_pictures_of_the_first_rows_only(models, monkeypatch):
+    import ui.review
+
+    monkeypatch.setattr(ui.review, "MAX_PICTURES", 2)
+    at = open_page(CAPTION).run()
+    at.button[1].click().run()  # Try sample images: four photos
+    batch = at.session_state.batch
+    assert len(batch["results"]) == 4 and len(batch["thumbs"]) == 2 and len(batch["images"]) == 2
+    assert len(at.data_editor[0].value) == 4  # every row is in the table, the last two without a picture
+    last = batch["results"][-1].image
+    next(s for s in at.selectbox if s.label == "Image").select(last).run()
+    assert not at.exception and batch["results"][-1].caption in texts(at)

@@ -14,7 +14,7 @@ from ui import warm
 from ui.images import attention_overlay, open_image, preview_bytes, thumbnail_data_url
 from ui.results import SHOW, find_replace, merge_edits, results_frame, with_captions
 
-MAX_THUMBNAILS = 500  # rows beyond this show no picture: the table stays light for batches of thousands
+MAX_PICTURES = 1000  # rows beyond this keep no thumbnail or preview: a batch of 10,000 stays light in memory
 
 
 def format_rate(done: int, total: int, started: float) -> str:
@@ -84,8 +84,8 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
     with running(batch):
         for results in captioner.iter_captions(items, beam=beam, max_len=max_len):
             for r in results:
-                batch["images"][r.image] = preview_bytes(originals[r.image])
-                if len(batch["thumbs"]) < MAX_THUMBNAILS:
+                if len(batch["thumbs"]) < MAX_PICTURES:
+                    batch["images"][r.image] = preview_bytes(originals[r.image])
                     batch["thumbs"][r.image] = thumbnail_data_url(originals[r.image])
             batch["results"] += results
             done = len(batch["results"])
