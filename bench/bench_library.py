@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--photos", help="a folder of real photos (default: synthetic ones from scikit-image)")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--model", default="models/default")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()

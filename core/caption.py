@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model bundle folder (default: models/default)")
     p.add_argument("--beam", type=int, default=3, help="beam width; 1 = greedy (default: 3)")
     p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default: 20)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = p.parse_args(argv)
     folders = [Path(x) for x in args.paths if Path(x).is_dir()]
