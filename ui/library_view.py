@@ -16,6 +16,7 @@ from ui.images import thumbnail_data_url
 from ui.review import cancel_button, load_captioner, running, wait_until_stopped
 
 LATEST_ROWS = 50  # rows of the newest captions shown while a library is captioned
+PAGE_BATCH = 16  # smaller than the command line's 32: the progress moves, and Cancel stops, every 16 photos
 EXISTING_HELP = {"skip": "skip images that already have a caption (continues an interrupted run)",
                  "overwrite": "caption every image again, replacing old captions",
                  "append": "caption every image again, adding to old captions"}
@@ -67,7 +68,7 @@ def folder_form(can_caption: bool) -> LibraryConfig | None:
 
 def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int) -> None:
     """Caption the folder with progress; Cancel (or leaving the page) stops after the current batch, all kept."""
-    cfg.beam, cfg.max_len = beam, max_len
+    cfg.beam, cfg.max_len, cfg.batch_size = beam, max_len, PAGE_BATCH
     captioner = load_captioner(bundle)
     if captioner is None:
         return
@@ -108,7 +109,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 def library_summary(state: dict) -> None:
     wait_until_stopped(state)
     done, total = state["done"], state["total"]
-    if state["finished"]:
+    if state["finished"] or (total is not None and done >= total):  # stopped after its last batch: all done
         st.success(f"Captioned {done:,} images in {state['root']}"
                    + (f" ({state['skipped']:,} already had captions)" if state["skipped"] else "") + ".")
     elif total is None:
