@@ -1,11 +1,17 @@
-"""Home page: what the app does, the active model, the compute device and the dataset; links to the pages."""
+"""Home page: what the app does, the active model, the compute device and the dataset; links to the pages.
+
+It draws from JSON files only and never imports torch, so it appears at once; the compute device is filled in
+by the background warm-up (ui.warm), which also loads the active model for the Caption page.
+"""
 import streamlit as st
 
 from core.bundle import headline_metrics
 from core.data import inspect_dataset
 from core.jobs import REPO_ROOT, models_dir
+from ui import warm
 from ui.device import device_report_ui
 from ui.loader import bundle_choices
+from ui.nav import sidebar_menu
 
 COCO_DIR = REPO_ROOT / "cocoapi"
 
@@ -40,16 +46,41 @@ def model_section() -> None:
             st.markdown(b.card)
 
 
+def device_line() -> None:
+    """The compute device, once the warm-up has looked (a second or two after the server's first page)."""
+    dev = warm.device_info()
+    if dev is None:
+        wait_for_device()
+    elif "error" in dev:
+        st.markdown(f"Compute device: unknown ({dev['error']})")
+    else:
+        device_report_ui(report=dev)
+
+
+@st.fragment(run_every=0.5)
+def wait_for_device() -> None:
+    if warm.device_info() is not None:
+        st.rerun()  # the whole page, once: it then draws the device without this poll
+    st.markdown("Compute device: *looking...*")
+
+
 def main() -> None:
     st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
+    sidebar_menu(warm_up=False)
     st.title("Image captioning")
     st.markdown(
         "Describe photos in a sentence: a CNN reads the picture, an LSTM writes the caption.  \n"
-        "Caption your own images in batches, or train a new model on COCO-2017 or a Flickr-style dataset."
+        "Caption your own images or a whole photo library, or train a new model on COCO-2017 or a Flickr-style dataset."
     )
+    st.subheader("Pages")
+    st.page_link("pages/1_Caption.py", label="Caption images: uploads or a folder of photos; review, edit, download",
+                 icon=":material/photo_library:")
+    st.page_link("pages/2_Train.py", label="Train a model: start, watch, stop and resume a training run",
+                 icon=":material/model_training:")
     model_section()
     st.subheader("This computer")
-    device_report_ui()
+    warm.start()  # after the page's first part is on its way: torch is imported in the background from here
+    device_line()
     found, detail = coco_status()
     if found:
         st.markdown(f"Dataset in `cocoapi/`: **COCO-2017 found** ({detail})")
@@ -57,11 +88,6 @@ def main() -> None:
         st.markdown("Dataset in `cocoapi/`: **none yet**. Train on another folder, or see the Train page for "
                     "how to get COCO-2017.")
         st.caption(detail)
-    st.subheader("Pages")
-    st.page_link("pages/1_Caption.py", label="Caption images: upload photos or a zip, edit and download captions",
-                 icon=":material/photo_library:")
-    st.page_link("pages/2_Train.py", label="Train a model: start, watch, stop and resume a training run",
-                 icon=":material/model_training:")
 
 
 main()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +12,10 @@ import torch
 
 from .bundle import DEFAULT_MODEL, load_bundle
 from .data import collect_images, iter_image_batches
-from .decode import beam_search
+from .decode import Hypothesis, beam_search, sample_captions
 from .device import encoder_autocast, pick_device
-
-CSV_COLUMNS = ["image", "caption", "score", "alternatives", "error"]
-
+from .library import EXISTING, LibraryConfig, caption_library, csv_bytes, csv_rows, write_csv  # noqa: F401 (API)
+from .vocabulary import END, PAD
 
 @dataclass
 class CaptionResult:
@@ -41,27 +38,59 @@ class Captioner:
         self.spec = self.model.spec
         self.has_attention = self.model.has_attention
 
-    @torch.no_grad()
     def caption(self, items: list[tuple[str, Path | bytes]], beam: int = 3, max_len: int = 20, batch_size: int = 16,
-                on_progress: Callable[[int, int], None] | None = None) -> list[CaptionResult]:
-        """items: (name, path or bytes). One result per item, in order; a bad item gets `error`, not an exception."""
-        results = [CaptionResult(name) for name, _ in items]
-        sources = [src for _, src in items]
-        done = 0
-        s = self.spec
-        for idx, images, errors in iter_image_batches(sources, s.image_size, s.mean, s.std, batch_size):
-            for i, msg in errors.items():
-                results[i].error = msg
-            if len(idx):
-                with encoder_autocast(self.device):
-                    feats = self.model.encode(images.to(self.device)).float()  # (n, P, C)
-                hyps = beam_search(self.model.decoder, feats, beam_size=beam, max_len=max_len)
-                for i, image_hyps in zip(idx, hyps):
-                    self._fill(results[i], image_hyps)
-            done += len(idx) + len(errors)
+                on_progress: Callable[[int, int], None] | None = None, **options) -> list[CaptionResult]:
+        """items: (name, path or bytes). One result per item, in order; a bad item gets `error`, not an exception.
+        `options`: num_captions, min_len, top_p, as in iter_captions."""
+        results, done = [], 0
+        for batch in self.iter_captions(items, beam=beam, max_len=max_len, batch_size=batch_size, **options):
+            results += batch
+            done += len(batch)
             if on_progress:
                 on_progress(done, len(items))
         return results
+
+    @torch.no_grad()
+    def iter_captions(self, items: list[tuple[str, Path | bytes]], beam: int = 3, max_len: int = 20,
+                      batch_size: int = 16, num_captions: int = 1, min_len: int = 1, top_p: float | None = None):
+        """Yield the results of consecutive batches of `items`, in order, while the next batch is being read.
+
+        num_captions K > 1: the caption plus K-1 `alternatives`, the top K beams (the beam is widened to K), or
+        K samples when top_p is set (nucleus sampling; varied, not deterministic). min_len: fewest words.
+        """
+        sources = [src for _, src in items]
+        s, start = self.spec, 0
+        for idx, images, errors in iter_image_batches(sources, s.image_size, s.mean, s.std, batch_size):
+            n = len(idx) + len(errors)
+            results = [CaptionResult(items[i][0]) for i in range(start, start + n)]
+            for i, msg in errors.items():
+                results[i - start].error = msg
+            if len(idx):
+                with encoder_autocast(self.device):
+                    feats = self.model.encode(images.to(self.device)).float()  # (n, P, C)
+                if top_p:
+                    hyps = self._sample(feats, num_captions, max_len, top_p, min_len)
+                else:
+                    hyps = beam_search(self.model.decoder, feats, beam_size=max(beam, num_captions), max_len=max_len,
+                                       min_len=min_len)
+                for i, image_hyps in zip(idx, hyps):
+                    self._fill(results[i - start], image_hyps)
+            start += n
+            yield results
+
+    def _sample(self, feats: torch.Tensor, k: int, max_len: int, top_p: float, min_len: int) -> list[list[Hypothesis]]:
+        """k nucleus-sampled captions per image, as hypotheses ranked by mean log-probability per word."""
+        tokens, logps, mask = sample_captions(self.model.decoder, feats, max_len, repeats=k, top_p=top_p,
+                                              min_len=min_len)  # (B*k, T) each
+        out = []
+        for b in range(feats.size(0)):
+            hyps = {}
+            for row in range(b * k, (b + 1) * k):
+                words = [t for t in tokens[row].tolist() if t not in (END, PAD)]
+                score = float(logps[row][mask[row]].sum()) / (len(words) + 1)
+                hyps.setdefault(tuple(words), Hypothesis(words, score, score, True))  # the same sentence once
+            out.append(sorted(hyps.values(), key=lambda h: h.score, reverse=True))
+        return out
 
     def _fill(self, result: CaptionResult, hyps) -> None:
         best = hyps[0]
@@ -75,61 +104,82 @@ class Captioner:
             result.attention = best.alphas.view(-1, side, side).numpy()  # (words, h, w)
 
 
-# --------------------------------------------------------------------------------------------- CSV
-
-def _safe_cell(value) -> str:
-    """Neutralise spreadsheet formulas (CSV injection): a cell starting with = + - @ tab or CR gets a leading '."""
-    text = "" if value is None else str(value)
-    if text[:1] not in ("=", "+", "-", "@", "\t", "\r"):
-        return text
-    try:
-        float(text)  # a plain number such as a negative score is data, not a formula
-        return text
-    except ValueError:
-        return "'" + text
-
-
-def csv_rows(results: list[CaptionResult]) -> list[list[str]]:
-    rows = [CSV_COLUMNS]
-    for r in results:
-        alts = " | ".join(c for c, _ in r.alternatives)
-        score = "" if r.score is None else f"{r.score:.4f}"
-        rows.append([_safe_cell(v) for v in (r.image, r.caption, score, alts, r.error or "")])
-    return rows
-
-
-def csv_bytes(results: list[CaptionResult]) -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(csv_rows(results))
-    return buf.getvalue().encode("utf-8")
-
-
-def write_csv(results: list[CaptionResult], path: Path) -> None:
-    from .files import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), csv_bytes(results))
-
+# ----------------------------------------------------------------------------- the command line
+# (csv_rows, csv_bytes and write_csv live in core.library, which the pages import without torch)
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m core.caption", description="Caption image files and folders.")
-    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--out", default="captions.csv", help="CSV file to write (default: captions.csv)")
+    p = argparse.ArgumentParser(
+        prog="python -m core.caption", description="Caption a folder of images (or image files), writing as it goes. "
+        "Run it again after an interruption: images already captioned are skipped.")
+    p.add_argument("paths", nargs="+", help="a folder (searched recursively) or image files")
+    p.add_argument("--out", default="captions.csv", help="CSV file to write (default: captions.csv; '' for none)")
+    p.add_argument("--sidecar-ext", default=None, help="also write a text file per image with this extension, e.g. .txt")
+    p.add_argument("--jsonl", action="store_true", help="also write FOLDER/metadata.jsonl (file_name, text)")
+    p.add_argument("--coco-results", default=None, help="also write a COCO results JSON ([{image_id, caption}])")
+    p.add_argument("--metadata", action="store_true", help="also write the caption into each JPEG/PNG's metadata "
+                   "(XMP description and alt text, EXIF ImageDescription, PNG Description); pixels are not touched")
+    p.add_argument("--existing", choices=EXISTING, default="skip",
+                   help="images that already have a caption: skip (default; resumes a run), overwrite or append")
+    p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--include", action="append", default=[], help="only files matching this glob (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], help="leave out files matching this glob (repeatable)")
+    p.add_argument("--prefix", default="", help='added before every caption, e.g. "sks, "')
+    p.add_argument("--suffix", default="", help="added after every caption")
+    p.add_argument("--num-captions", type=int, default=1, help="captions per image: the top K beams (default 1)")
+    p.add_argument("--top-p", type=float, default=None, help="sample the captions (nucleus, e.g. 0.9) instead")
+    p.add_argument("--min-len", type=int, default=1, help="shortest caption in words (default 1)")
     p.add_argument("--model", default=None, help="model bundle folder (default: models/default)")
     p.add_argument("--beam", type=int, default=3, help="beam width; 1 = greedy (default: 3)")
     p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default: 20)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = p.parse_args(argv)
+    folders = [Path(x) for x in args.paths if Path(x).is_dir()]
+    if len(args.paths) > 1 or not folders:
+        return _caption_files(args)
+    try:
+        cfg = LibraryConfig(str(folders[0]), recursive=args.recursive, include=args.include, exclude=args.exclude,
+                            csv=args.out or None, sidecar_ext=args.sidecar_ext, jsonl=args.jsonl,
+                            coco_results=args.coco_results, metadata=args.metadata, existing=args.existing,
+                            prefix=args.prefix, suffix=args.suffix, num_captions=args.num_captions, top_p=args.top_p,
+                            min_len=args.min_len, beam=args.beam, max_len=args.max_len, batch_size=args.batch_size)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    captioner = Captioner(args.model, device=args.device)
+
+    def report(pr) -> None:
+        eta = f", about {pr.eta_s:.0f} s left" if pr.eta_s else ""
+        print(f"\rcaptioned {pr.done}/{pr.total} ({pr.images_per_s:.1f} images/s{eta})   ", end="", file=sys.stderr)
+
+    try:
+        pr = caption_library(cfg, captioner, on_progress=report)
+    except KeyboardInterrupt:
+        print("\nstopped; everything captioned so far is written. Run the same command again to continue.",
+              file=sys.stderr)
+        return 130
+    print(file=sys.stderr)
+    print(f"captioned {pr.done} images ({pr.skipped} already done)"
+          + (f", {pr.failed} could not be read or written" if pr.failed else ""), file=sys.stderr)
+    return 0
+
+
+def _caption_files(args) -> int:
+    """Several paths, or single files: one pass, one CSV."""
     files = collect_images(args.paths)
     if not files:
         print("no images found in " + " ".join(args.paths), file=sys.stderr)
         return 1
     captioner = Captioner(args.model, device=args.device)
     results = captioner.caption([(str(f), f) for f in files], beam=args.beam, max_len=args.max_len,
-                                batch_size=args.batch_size,
+                                batch_size=args.batch_size, num_captions=args.num_captions, min_len=args.min_len,
+                                top_p=args.top_p,
                                 on_progress=lambda d, n: print(f"\rcaptioned {d}/{n}", end="", file=sys.stderr))
     print(file=sys.stderr)
-    write_csv(results, Path(args.out))
+    for r in results:
+        if r.caption:
+            r.caption = f"{args.prefix}{r.caption}{args.suffix}"
+    write_csv(results, Path(args.out or "captions.csv"))
     bad = sum(1 for r in results if r.error)
     print(f"wrote {len(results)} rows to {args.out}" + (f" ({bad} could not be read)" if bad else ""), file=sys.stderr)
     return 0

@@ -26,7 +26,7 @@ def _next_logprobs(decoder, tokens, state, first: bool):
     logits, state, alpha = decoder.step(tokens, state)
     logp = logits.float().log_softmax(-1)  # (N, V)
     logp[:, _BANNED] = float("-inf")
-    if first:  # a caption has at least one word
+    if first:  # a caption has at least one word (and at least min_len words in beam search)
         logp[:, END] = float("-inf")
     return logp, state, alpha
 
@@ -65,7 +65,7 @@ def _banned_ngram_words(history: list[int], n: int) -> list[int]:
 
 @torch.no_grad()
 def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = 20,
-                length_penalty: float = 0.7, no_repeat_ngram: int = 3,
+                length_penalty: float = 0.7, no_repeat_ngram: int = 3, min_len: int = 1,
                 constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
     """feats (B, P, C) -> for each image, `beam_size` hypotheses, best first.
 
@@ -97,7 +97,8 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int =
     state_ids = torch.arange(S, device=dev).view(1, S, 1, 1)  # (1, S, 1, 1)
 
     for t in range(max_len + 1):
-        logp, state, alpha = _next_logprobs(decoder, tokens[:, -1], state, first=t == 0)  # (G*K, V)
+        no_end = t < min(max(min_len, 1), max_len)  # at least min_len words (and always one)
+        logp, state, alpha = _next_logprobs(decoder, tokens[:, -1], state, first=no_end)  # (G*K, V)
         if alpha is not None:
             alpha_hist = alpha.unsqueeze(1) if alpha_hist is None else torch.cat([alpha_hist, alpha.unsqueeze(1)], 1)
         if no_repeat_ngram:
@@ -176,8 +177,12 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int =
     return results
 
 
-def sample_captions(decoder, feats: torch.Tensor, max_len: int = 20, repeats: int = 1, temperature: float = 1.0):
+def sample_captions(decoder, feats: torch.Tensor, max_len: int = 20, repeats: int = 1, temperature: float = 1.0,
+                    top_p: float = 1.0, min_len: int = 1):
     """Sample `repeats` captions per row of feats (B, P, C), keeping the graph for policy gradients.
+
+    top_p < 1 is nucleus sampling: each word is drawn from the smallest set of words whose probabilities
+    add up to top_p, so that varied captions stay clear of the long tail of unlikely words.
 
     -> tokens (B*repeats, T) (then <pad> after <end>), log-probs of the chosen words (B*repeats, T), and
     mask (B*repeats, T) of real steps; rows i*repeats ... (i+1)*repeats-1 belong to image i.
@@ -191,9 +196,14 @@ def sample_captions(decoder, feats: torch.Tensor, max_len: int = 20, repeats: in
     for t in range(max_len + 1):
         logits, state, _ = decoder.step(word, state)
         logp = (logits.float() / temperature).log_softmax(-1)
-        banned = _BANNED + [END] if t == 0 else _BANNED  # at least one word, as in the other decoders
+        banned = _BANNED + [END] if t < min(max(min_len, 1), max_len) else _BANNED  # at least one word
         logp = logp.index_fill(1, torch.tensor(banned, device=feats.device), float("-inf")).log_softmax(-1)
-        word = torch.multinomial(logp.exp().detach(), 1).squeeze(1)  # (B,)
+        probs = logp.exp().detach()  # (B, V)
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)  # (B, V) each
+            outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # words after the nucleus is full
+            probs = probs.scatter(1, order, sorted_p.masked_fill(outside, 0.0))
+        word = torch.multinomial(probs, 1).squeeze(1)  # (B,)
         masks.append(~done)
         chosen = logp.gather(1, word.unsqueeze(1)).squeeze(1)  # (B,)
         logps.append(chosen.masked_fill(done, 0.0))

@@ -11,8 +11,10 @@ from core.data import COCO_HELP, inspect_dataset
 from core.jobs import JobError, current_job, enforce_stop, resume_job, start_job, stop_job
 from core.paths import models_dir, runs_dir
 from core.runs import Job, list_runs
+from ui import warm
 from ui.device import device_report_ui
 from ui.monitor import draw_run
+from ui.nav import sidebar_menu
 
 STOP_GRACE_S = 120  # after a Stop, how long the trainer may take to checkpoint before it gets SIGTERM
 
@@ -20,7 +22,8 @@ STOP_GRACE_S = 120  # after a Stop, how long the trainer may take to checkpoint 
 def device_choice(where) -> str:
     """The compute device for the run, with what was found on this computer beside it."""
     device = where.selectbox("Device", DEVICES, help="auto: CUDA, then Apple MPS, then the CPU")
-    device_report_ui(where)
+    dev = warm.device_info()  # the server's warm-up made one already, unless this is its very first page
+    device_report_ui(where, report=dev if dev and "error" not in dev else None)
     return device
 
 
@@ -134,6 +137,7 @@ def runs_ui(live: Job | None) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="Train a model", page_icon=":frame_with_picture:", layout="wide")
+    sidebar_menu()
     st.title("Train a model")
     st.markdown("Train a captioning model on COCO-2017 or a Flickr-style folder, in the background.  \n"
                 "The run goes on when you close this tab; come back to watch it, stop it or resume it.")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 import io
 import time
 import zipfile
@@ -16,8 +18,14 @@ from core import jobs
 from core.runs import read_progress, run_info, summarize
 
 REPO = Path(__file__).resolve().parent.parent
-HOME, CAPTION, TRAIN = (str(REPO / p) for p in ("app.py", "pages/1_Caption.py", "pages/2_Train.py"))
+HOME, CAPTION, TRAIN = "app.py", "pages/1_Caption.py", "pages/2_Train.py"
 TIMEOUT = 120  # the first run loads the backbone
+
+
+def open_page(page: str) -> AppTest:
+    """A page of the app as the server runs it: app.py is the entry point, so the sidebar menu's links resolve."""
+    at = AppTest.from_file(str(REPO / HOME), default_timeout=TIMEOUT)
+    return at if page == HOME else at.switch_page(page)
 
 
 @pytest.fixture(scope="module")
@@ -60,29 +68,30 @@ def texts(at) -> str:
 
 
 def test_home_shows_model_device_dataset_and_links(models, runs):
-    at = AppTest.from_file(HOME, default_timeout=TIMEOUT).run()
+    at = open_page(HOME).run()
     assert not at.exception
     body = texts(at)
     assert "tiny-attention" in body and "Compute device" in body and "cocoapi/" in body
     assert [m.label for m in at.metric] == ["BLEU-4", "CIDEr"] and "Scores from validation" in body
-    assert len(at.get("page_link")) == 2
+    assert [p.proto.label for p in at.sidebar.get("page_link")] == ["Home", "Caption", "Train"]  # not "app"
+    assert len(at.get("page_link")) == 5  # and two links in the page
 
 
 def test_home_without_models(tmp_path, monkeypatch, runs):
     monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "none"))
-    at = AppTest.from_file(HOME, default_timeout=TIMEOUT).run()
+    at = open_page(HOME).run()
     assert not at.exception and "No model yet" in at.warning[0].value
 
 
 def test_caption_page_without_models(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "none"))
-    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    at = open_page(CAPTION).run()
     assert not at.exception and "No model" in at.warning[0].value
     assert at.button[1].disabled  # "Try sample images" needs a model
 
 
 def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
-    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    at = open_page(CAPTION).run()
     assert at.selectbox(key="model").value == "tiny-attention"
     assert "attention decoder · BLEU-4 12.3 · CIDEr 45.6" in texts(at)
     zipped = io.BytesIO()
@@ -102,15 +111,15 @@ def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
     assert [bool(e) for e in rows["error"]] == [False, True, True, False, True]
     assert "empty" in rows["error"][2] and rows["caption"][0] and rows["thumbnail"][0].startswith("data:image/")
     assert "not an image file" in rows["error"][4]
-    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode())))
+    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode("utf-8-sig"))))
     assert [r["image"] for r in csv_rows] == names
 
     # an edit in the table goes into the CSV; the batch (and its results) survive the rerun
-    at.session_state[f"editor-{batch['id']}"] = {"edited_rows": {0: {"caption": "=a red thing"}},
-                                                  "added_rows": [], "deleted_rows": []}
+    at.session_state[f"editor-{batch['id']}-all-0"] = {"edited_rows": {0: {"caption": "=a red thing"}},
+                                                        "added_rows": [], "deleted_rows": []}
     at.run()
     assert not at.exception
-    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode())))
+    csv_rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode("utf-8-sig"))))
     assert csv_rows[0]["caption"] == "'=a red thing"  # edited, and neutralised as a formula
     assert at.session_state.batch["id"] == batch["id"]
 
@@ -125,7 +134,7 @@ def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
 
 
 def test_caption_sample_images_with_chosen_options(models):
-    at = AppTest.from_file(CAPTION, default_timeout=TIMEOUT).run()
+    at = open_page(CAPTION).run()
     at.selectbox(key="model").select("tiny-showtell")
     at.slider[0].set_value(1)  # beam width 1: greedy, no alternatives
     at.slider[1].set_value(5)
@@ -140,7 +149,7 @@ def test_caption_sample_images_with_chosen_options(models):
 
 
 def test_train_page_rejects_a_bad_dataset(models, runs, tmp_path):
-    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    at = open_page(TRAIN).run()
     assert not at.exception
     at.text_input[0].set_value(str(tmp_path / "nothing-here"))
     at.text_input[1].set_value("fine-name")
@@ -157,7 +166,7 @@ def test_train_page_rejects_a_bad_dataset(models, runs, tmp_path):
 def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "TRAIN_COMMAND", tuple(fake_trainer_command(tmp_path)))
     data = make_flickr_dataset(tmp_path / "data")
-    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    at = open_page(TRAIN).run()
     at.text_input[0].set_value(str(data))
     at.selectbox[1].select("show_tell")
     at.number_input[0].set_value(16)
@@ -197,9 +206,85 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
 def test_train_page_explains_a_failed_run(models, runs, tmp_path):
     job = jobs.start_job({"model_name": "broken"}, runs, command=fake_trainer_command(tmp_path, "error"))
     assert jobs.wait_for_exit(job, 30)
-    at = AppTest.from_file(TRAIN, default_timeout=TIMEOUT).run()
+    at = open_page(TRAIN).run()
     assert not at.exception
     assert "Training failed: The dataset folder is empty." in [e.value for e in at.error]
     assert list(at.dataframe[0].value["status"]) == ["error"]
     assert any(b.label == "Resume" for b in at.button)  # a failed run can be tried again from its checkpoint
     assert "fake trainer up" in at.code[0].value  # the last log lines
+
+
+@pytest.mark.parametrize("page,drawn", [(HOME, "Active model"), (CAPTION, "Caption images")])
+def test_pages_draw_without_importing_torch(models, runs, page, drawn):
+    """Home and Caption draw from JSON files only; torch is loaded by the background warm-up, or by a click."""
+    code = ("import sys\nfrom streamlit.testing.v1 import AppTest\nimport ui.warm\n"
+            "ui.warm.start = lambda: None\n"  # the warm-up thread is the one place that may import torch
+            "at = AppTest.from_file('app.py', default_timeout=60)\n"
+            f"at = (at if {page!r} == 'app.py' else at.switch_page({page!r})).run()\n"
+            "assert not at.exception, at.exception\n"
+            f"print('torch' in sys.modules, {drawn!r} in [s.value for s in [*at.title, *at.subheader]])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_caption_a_local_folder_then_resume(models, tmp_path, downloads):
+    folder = tmp_path / "photos"
+    for i, color in enumerate([(220, 20, 20), (20, 20, 220), (20, 200, 20)]):
+        (folder / ("sub" if i else "")).mkdir(parents=True, exist_ok=True)
+        (folder / ("sub" if i else "") / f"p{i}.jpg").write_bytes(jpeg_bytes(color))
+    (folder / "broken.png").write_bytes(b"not a png")
+    at = open_page(CAPTION).run()
+    at.get("button_group")[0].set_value("A folder on this computer").run()
+    at.text_input(key="lib-root").set_value(str(folder / "nowhere")).run()
+    assert "There is no folder" in at.error[0].value
+    at.text_input(key="lib-root").set_value(str(folder)).run()
+    assert "4 images found" in texts(at)
+    at.checkbox(key="lib-sidecar").check()
+    at.text_input(key="lib-prefix").set_value("sks, ")
+    at.button(key="lib-start").click().run()
+    assert not at.exception
+    assert "Captioned 4 images" in at.success[0].value and "could not be read" in at.warning[0].value
+    rows = list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))
+    assert [r["image"] for r in rows] == ["broken.png", "p0.jpg", "sub/p1.jpg", "sub/p2.jpg"]
+    assert all(r["caption"].startswith("sks, ") and len(r["caption"]) > 5 for r in rows[1:]) and rows[0]["error"]
+    assert (folder / "sub" / "p1.txt").read_text(encoding="utf-8") == rows[2]["caption"] + "\n"
+    assert downloads["captions.csv"] == (folder / "captions.csv").read_bytes()
+    (folder / "p3.jpg").write_bytes(jpeg_bytes((200, 200, 20)))  # a new photo: only it is captioned next time
+    at.button(key="lib-start").click().run()
+    assert "Captioned 1 images" in at.success[0].value and "4 already had captions" in at.success[0].value
+    assert len(list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))) == 5
+
+
+def test_review_filter_and_find_replace(models, downloads):
+    at = open_page(CAPTION).run()
+    at.button[1].click().run()  # Try sample images
+    batch = at.session_state.batch
+    first = batch["results"][0]
+    word = first.caption.split()[-1]
+    at.text_input(key=f"find-{batch['id']}").set_value(word)
+    at.text_input(key=f"replace-{batch['id']}").set_value("THING").run()
+    next(b for b in at.button if b.label == "Replace all").click().run()
+    assert not at.exception
+    rows = list(csv.DictReader(io.StringIO(downloads["captions.csv"].decode("utf-8-sig"))))
+    assert rows[0]["caption"].endswith("THING") and word not in rows[0]["caption"].lower().split()
+    assert at.data_editor[0].value["caption"][0].endswith("THING")
+    at.get("button_group")[1].set_value("edited").run()  # only the captions changed by the user
+    shown = at.data_editor[0].value
+    assert set(shown["image"]) == {r.image for r in batch["results"] if word in r.caption.lower().split()}
+    at.get("button_group")[1].set_value("flagged").run()
+    assert len(at.data_editor[0].value) == 1  # four samples: the least confident one
+
+
+def test_a_large_upload_keeps_pictures_of_the_first_rows_only(models, monkeypatch):
+    import ui.review
+
+    monkeypatch.setattr(ui.review, "MAX_PICTURES", 2)
+    at = open_page(CAPTION).run()
+    at.button[1].click().run()  # Try sample images: four photos
+    batch = at.session_state.batch
+    assert len(batch["results"]) == 4 and len(batch["thumbs"]) == 2 and len(batch["images"]) == 2
+    assert len(at.data_editor[0].value) == 4  # every row is in the table, the last two without a picture
+    last = batch["results"][-1].image
+    next(s for s in at.selectbox if s.label == "Image").select(last).run()
+    assert not at.exception and batch["results"][-1].caption in texts(at)

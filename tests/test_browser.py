@@ -185,7 +185,7 @@ def test_caption_flow_upload_corrupt_and_download(server, page):
         {"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"this is not a jpeg at all"},
         {"name": "blue.png", "mimeType": "image/png", "buffer": jpeg_bytes((20, 20, 220), fmt="PNG")},
     ]
-    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(files)
+    page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(files)
     page.get_by_text("broken.jpg").first.wait_for()
     page.get_by_role("button", name="Caption uploaded images").click()
     page.get_by_role("button", name="Download CSV").wait_for()
@@ -196,7 +196,7 @@ def test_caption_flow_upload_corrupt_and_download(server, page):
     wait_idle(page)
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download CSV").click()
-    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
+    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8-sig"))))
     assert [r["image"] for r in rows] == ["red.jpg", "broken.jpg", "blue.png"]
     assert rows[0]["caption"] == "a red square" and not rows[0]["error"]  # the edit is in the CSV
     assert rows[2]["caption"].split()[-1] in ("square", "stripe") and not rows[2]["error"]  # words it was taught

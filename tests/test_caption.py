@@ -44,7 +44,9 @@ def test_bad_files_fail_alone(tiny_bundle, tmp_path):
 def test_csv_neutralises_formulas_but_keeps_numbers():
     rows = [CaptionResult("=cmd|' /C calc'!A0", "+a caption", -0.5, [("@b", -1.0)], None),
             CaptionResult("x.jpg", "", None, [], "-not an image")]
-    parsed = list(csv.reader(io.StringIO(csv_bytes(rows).decode())))
+    data = csv_bytes(rows)
+    assert data.startswith(b"\xef\xbb\xbf")  # UTF-8 byte-order mark: Excel on Windows reads the file as UTF-8
+    parsed = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
     assert parsed[0] == ["image", "caption", "score", "alternatives", "error"]
     assert parsed[1] == ["'=cmd|' /C calc'!A0", "'+a caption", "-0.5000", "'@b", ""]
     assert parsed[2][4] == "'-not an image"
@@ -58,6 +60,33 @@ def test_command_line_writes_a_csv(tiny_bundle, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "core.caption", str(folder), "--model", str(tiny_bundle),
                            "--out", str(out), "--beam", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.open(encoding="utf-8-sig")))
     assert [r["image"].endswith(n) for r, n in zip(rows, ["broken.jpg", "a.png"])] == [True, True]
     assert rows[0]["error"] and rows[1]["caption"] == "a green square"
+
+
+def test_accented_names_survive_the_csv():
+    data = csv_bytes([CaptionResult("café_été.jpg", "un chien", -0.4)])
+    assert data.decode("utf-8-sig").splitlines()[1] == "café_été.jpg,un chien,-0.4000,,"
+
+
+def test_k_captions_are_the_top_beams_and_min_len_is_kept(tiny_bundle, tmp_path):
+    cap = Captioner(tiny_bundle, device="cpu")
+    item = [("red", make_image(tmp_path / "r.png", "red", "square"))]
+    r = cap.caption(item, beam=1, num_captions=4)[0]
+    assert r.caption == "a red square" and len(r.alternatives) == 3  # the beam is widened to K
+    assert len({r.caption, *(c for c, _ in r.alternatives)}) == 4
+    assert r.score >= max(s for _, s in r.alternatives)
+    longer = cap.caption(item, beam=3, min_len=5, max_len=8)[0]
+    assert len(longer.caption.split()) >= 5
+
+
+def test_sampled_captions_with_top_p(tiny_bundle, tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    cap = Captioner(tiny_bundle, device="cpu")
+    r = cap.caption([("red", make_image(tmp_path / "r.png", "red", "square"))], num_captions=5, top_p=0.9)[0]
+    assert r.caption and 1 + len(r.alternatives) <= 5  # identical samples are kept once
+    narrow = cap.caption([("red", tmp_path / "r.png")], num_captions=5, top_p=1e-6)[0]
+    assert narrow.caption == "a red square" and not narrow.alternatives  # a nucleus of one word is greedy

@@ -1,18 +1,16 @@
-"""ui/: uploads and zips in memory, safe names, thumbnails, heat-maps, the editable results table."""
+"""ui/: uploads and zips in memory, safe names, thumbnails, heat-maps."""
 from __future__ import annotations
 
 import io
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
 from core.data import Refused
-
-from ui import images, inputs, results
+from ui import images, inputs
 
 
 def jpeg(color=(200, 30, 30), size=(40, 30)) -> bytes:
@@ -189,24 +187,3 @@ def test_thumbnail_and_overlay():
     px = np.asarray(out)
     assert px[0, 0].sum() > px[-1, -1].sum()  # the attended corner is the bright one
     assert images.attention_overlay(img, np.zeros((7, 7))).size == (224, 168)
-
-
-@dataclass
-class Result:
-    image: str
-    caption: str
-    score: float | None
-    error: str | None = None
-    alternatives: list = field(default_factory=list)
-
-
-def test_results_table_round_trip_with_edits():
-    rs = [Result("a.jpg", "a cat", -0.51234), Result("b.jpg", "", None, "not an image")]
-    df = results.results_frame(rs, {"a.jpg": "data:image/jpeg;base64,xx"})
-    assert list(df.columns) == results.COLUMNS and df.loc[0, "score"] == -0.512 and df.loc[1, "error"] == "not an image"
-    edited = df.copy()
-    edited.loc[0, "caption"] = "  a sleepy cat "
-    edited.loc[1, "caption"] = "ignored for an error row"
-    out = results.apply_edits(rs, edited)
-    assert [r.caption for r in out] == ["a sleepy cat", ""] and rs[0].caption == "a cat"  # originals untouched
-    assert results.apply_edits(rs, pd.DataFrame())[0].caption == "a cat"

@@ -15,9 +15,12 @@ def _report() -> dict:
     return asdict(device_report_subprocess())
 
 
-def device_report_ui(column=None) -> DeviceReport:
-    """The device "auto" uses, in `column` (default: the page); why an NVIDIA GPU goes unused and the fix, full width."""
-    report = DeviceReport(**_report())
+def device_report_ui(column=None, report: dict | None = None) -> DeviceReport:
+    """The device "auto" uses, in `column` (default: the page); why an NVIDIA GPU goes unused and the fix, full width.
+
+    `report`: one already made (the server's warm-up makes one in the background); else one is made here.
+    """
+    report = DeviceReport(**(report or _report()))
     if column is None:
         st.markdown(f"Compute device: **{report.label()}** · PyTorch {report.torch}")
         if report.nvidia:

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.caption import Captioner
-from core.device import describe_device
-
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
-def get_captioner(bundle_path: str, device: str = "auto", version: float = 0.0) -> Captioner:
+def get_captioner(bundle_path: str, device: str = "auto", version: float = 0.0):
     """`version` (the weights file's mtime) makes a bundle retrained in place load afresh."""
+    from core.caption import Captioner  # torch is imported here, not when the Home page imports this module
+
     return Captioner(bundle_path, device=device)
 
 
 @st.cache_resource
 def device_info() -> dict:
+    from core.device import describe_device
+
     return describe_device()
 
 

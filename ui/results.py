@@ -1,34 +1,84 @@
-"""The results table: CaptionResults <-> the DataFrame shown in st.data_editor (captions editable)."""
+"""The review table: CaptionResults and the user's edited captions <-> the DataFrame shown in st.data_editor.
+
+Captions are kept by image name (a dict), not by row, so that the table can be filtered (flagged or edited
+rows only) and bulk-edited (find and replace) without losing an edit.
+"""
 from __future__ import annotations
 
 import copy
+import re
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = ["thumbnail", "image", "caption", "score", "error"]
+SHOW = ("all", "flagged", "edited")
+FLAG_QUANTILE = 20  # "flagged": unreadable, or a score among the lowest 20% of the batch
 
 
-def results_frame(results, thumbnails: dict[str, str | None]) -> pd.DataFrame:
+def flagged_names(results) -> set[str]:
+    """Images that need a look: unreadable ones, and the least confident captions of the batch."""
+    scores = [r.score for r in results if r.score is not None and not r.error]
+    low = np.percentile(scores, FLAG_QUANTILE) if scores else None
+    return {r.image for r in results if r.error or (low is not None and r.score is not None and r.score <= low)}
+
+
+def edited_names(results, captions: dict[str, str]) -> set[str]:
+    return {r.image for r in results if not r.error and captions.get(r.image, r.caption) != r.caption}
+
+
+def results_frame(results, thumbnails: dict[str, str | None], captions: dict[str, str] | None = None,
+                  show: str = "all") -> pd.DataFrame:
+    """The rows to show: all, only flagged, or only edited; captions as the user last left them."""
+    captions = captions or {}
+    keep = {"flagged": flagged_names(results), "edited": edited_names(results, captions)}.get(show)
     rows = [
         {
             "thumbnail": thumbnails.get(r.image),
             "image": r.image,
-            "caption": r.caption,
+            "caption": captions.get(r.image, r.caption),
             "score": None if r.score is None else round(float(r.score), 3),
             "error": r.error or "",
         }
-        for r in results
+        for r in results if keep is None or r.image in keep
     ]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def apply_edits(results, edited: pd.DataFrame) -> list:
-    """Copies of `results` whose captions are the (possibly edited) ones in the table, matched by row."""
-    captions = list(edited["caption"]) if "caption" in edited else []
+def merge_edits(captions: dict[str, str], edited: pd.DataFrame, results) -> dict[str, str]:
+    """`captions` updated with the table's (possibly edited) captions, matched by image name; error rows stay empty."""
+    errors = {r.image for r in results if r.error}
+    out = dict(captions)
+    if "caption" in edited and "image" in edited:
+        for name, text in zip(edited["image"], edited["caption"]):
+            if isinstance(text, str) and name not in errors:
+                out[name] = text.strip()
+    return out
+
+
+def find_replace(results, captions: dict[str, str], find: str, replace: str,
+                 match_case: bool = False) -> tuple[dict[str, str], int]:
+    """Replace `find` (plain text, not a pattern) in every caption; -> (new captions, number of captions changed)."""
+    if not find:
+        return dict(captions), 0
+    pattern = re.compile(re.escape(find), 0 if match_case else re.IGNORECASE)
+    out, changed = dict(captions), 0
+    for r in results:
+        if r.error:
+            continue
+        old = captions.get(r.image, r.caption)
+        new = " ".join(pattern.sub(lambda _: replace, old).split())  # no double spaces where a word was removed
+        if new != old:
+            out[r.image], changed = new, changed + 1
+    return out, changed
+
+
+def with_captions(results, captions: dict[str, str]) -> list:
+    """Copies of `results` carrying the user's captions (for the CSV); the originals are untouched."""
     out = []
-    for i, r in enumerate(results):
+    for r in results:
         r = copy.copy(r)
-        if i < len(captions) and isinstance(captions[i], str) and not r.error:
-            r.caption = captions[i].strip()
+        if not r.error and r.image in captions:
+            r.caption = captions[r.image]
         out.append(r)
     return out

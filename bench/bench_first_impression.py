@@ -1,0 +1,121 @@
+"""The first impression, measured in a real browser: from a cold server start to the Home page and the first captions.
+
+    .venv/bin/python bench/bench_first_impression.py                     # this checkout
+    .venv/bin/python bench/bench_first_impression.py --baseline 8fe4562  # and an older commit, in the same run
+
+For each run: start `streamlit run app.py` (a fresh process: nothing imported, nothing cached), open Home in
+headless chromium (Playwright, as tests/test_browser.py does), wait until its model section is drawn, go to the
+Caption page, press "Try sample images" and wait for the results table. Prints seconds for each step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(repo: Path, browser, python: str) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTION_")}
+    launched = time.perf_counter()
+    proc = subprocess.Popen([python, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.05)
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit did not start in {repo}")
+        t = {"server up": time.perf_counter() - launched}
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        opened = time.perf_counter()
+        page.goto(url)
+        page.get_by_text("Active model").wait_for()
+        page.get_by_text("Train a model: start").wait_for()
+        t["Home drawn (from opening it)"] = time.perf_counter() - opened
+        page.get_by_role("link", name="Caption images").first.click()
+        button = page.get_by_role("button", name="Try sample images")
+        button.wait_for()
+        page.wait_for_function("() => [...document.querySelectorAll('button')].some("
+                               "b => b.innerText.includes('Try sample images') && !b.disabled)")
+        clicked = time.perf_counter()
+        button.click()
+        page.get_by_role("button", name="Download CSV").wait_for()
+        done = time.perf_counter()
+        t["sample captions (from the click)"] = done - clicked
+        t["launch to first caption"] = done - launched
+        context.close()
+        return t
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def checkout(commit: str, into: Path) -> Path:
+    """The app at `commit`, unpacked with `git archive` (the user's checkout is not touched)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", help="also measure this git commit (e.g. 8fe4562)")
+    p.add_argument("--repeat", type=int, default=2, help="cold starts per checkout (default 2)")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-first-"))
+    targets = [("this checkout", REPO)]
+    if args.baseline:
+        targets.insert(0, (f"commit {args.baseline}", checkout(args.baseline, tmp / "baseline")))
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            results = {}
+            for _ in range(args.repeat):  # interleaved, so that both see the same load on a shared machine
+                for name, repo in targets:
+                    results.setdefault(name, []).append(measure(repo, browser, sys.executable))
+            browser.close()
+        print(f"cold starts, median of {args.repeat}; {os.cpu_count()} CPUs; seconds")
+        keys = list(next(iter(results.values()))[0])
+        print(f"{'':36}" + "".join(f"{name:>22}" for name in results))
+        for k in keys:
+            row = [sorted(r[k] for r in runs)[len(runs) // 2] for runs in results.values()]
+            print(f"{k:36}" + "".join(f"{v:22.2f}" for v in row))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

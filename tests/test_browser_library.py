@@ -1,0 +1,87 @@
+"""In a real browser: caption a folder of 50 photos on this computer, Cancel half-way, continue, download the CSV.
+
+Uses the server and browser of tests/test_browser.py (Debian's chromium driven by Playwright).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from test_browser import browser, page, pytestmark, server, shot, wait_idle  # noqa: F401 (fixtures, skip mark)
+
+N = 50
+
+
+def make_photos(folder: Path, n: int = N) -> Path:
+    """Noisy colour photos, large enough (1600x1200) that a batch takes a moment to decode: time to press Cancel."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        base = np.array([(220, 30, 30), (30, 60, 220), (30, 180, 40)][i % 3], np.int16)
+        arr = np.clip(base + rng.integers(-40, 40, (1200, 1600, 3)), 0, 255).astype(np.uint8)
+        sub = folder / f"roll{i // 20}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(sub / f"photo_{i:02d}.jpg", quality=90)
+    return folder
+
+
+def csv_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+
+
+def test_caption_a_local_folder_cancel_resume_download(server, page):
+    folder = make_photos(server["tmp"] / "library")
+    page.goto(server["url"] + "/Caption")
+    page.get_by_text("A folder on this computer").click()
+    page.get_by_label("Folder of photos on this computer").fill(str(folder))
+    page.keyboard.press("Enter")
+    page.get_by_text(f"{N} images found").wait_for()
+    page.get_by_text("a .txt file beside each photo").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Caption the folder").click()
+    page.get_by_text(re.compile(r"Captioned \d+ of 50 · [\d.]+ images/s")).wait_for(timeout=120_000)
+    page.get_by_role("button", name="Cancel").click()
+    shot(page, "8-library-running")
+    page.get_by_text(re.compile(r"Cancelled after \d+ of 50 images")).wait_for(timeout=120_000)
+    done = int(re.search(r"after (\d+) of", page.get_by_text(re.compile("Cancelled after")).inner_text()).group(1))
+    assert 0 < done < N
+    assert len(csv_rows(folder / "captions.csv")) == done  # written as it went, kept on Cancel
+    assert len(list(folder.rglob("*.txt"))) == done
+
+    wait_idle(page)
+    page.get_by_role("button", name="Caption the folder").click()  # continue: skip what is done
+    page.get_by_text(f"Captioned {N - done} images in").wait_for(timeout=180_000)
+    page.get_by_text(f"{done} already had captions").wait_for()
+    wait_idle(page)
+    shot(page, "9-library-done")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download captions.csv").click()
+    rows = csv_rows(Path(dl.value.path()))
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+    assert sorted(r["image"] for r in rows) == names  # every photo exactly once
+    assert all(r["caption"] and not r["error"] for r in rows)
+    assert len(list(folder.rglob("*.txt"))) == N
+
+
+def test_upload_a_whole_folder(server, page):
+    folder = server["tmp"] / "to-upload"
+    for i, name in enumerate(["a.jpg", "trip/b.jpg", "trip/day2/c.jpg"]):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), [(220, 30, 30), (30, 60, 220), (30, 180, 40)][i]).save(folder / name)
+    (folder / "notes.txt").write_text("not a photo")
+    page.goto(server["url"] + "/Caption")
+    page.get_by_text("Or a whole folder").wait_for()
+    page.locator("[data-testid='stFileUploader'] input[webkitdirectory]").set_input_files(folder)
+    page.get_by_text("c.jpg").first.wait_for()
+    page.get_by_role("button", name="Caption uploaded images").click()
+    page.get_by_role("button", name="Download CSV").wait_for()
+    wait_idle(page)
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = csv_rows(Path(dl.value.path()))
+    assert sorted(r["image"].rsplit("/", 1)[-1] for r in rows) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert all(r["caption"] and not r["error"] for r in rows)

@@ -1,0 +1,89 @@
+"""Loaded models, shared by every session of the server, and their warm-up in a background thread.
+
+The first page drawn starts a thread that imports torch, looks at the compute device and loads the active
+model, so that neither the Home page (which never imports torch) nor the first caption waits for it. No
+Streamlit here: the thread has no page to draw on.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+_lock = threading.Lock()
+_loading: dict[tuple, threading.Lock] = {}
+_captioners: dict[tuple, object] = {}
+_device: dict = {}
+_started = threading.Event()
+MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
+
+
+def weights_version(bundle_path: Path) -> float:
+    """The weights file's mtime: a bundle retrained in place is loaded afresh."""
+    weights = Path(bundle_path) / "model.safetensors"
+    return weights.stat().st_mtime if weights.exists() else 0.0
+
+
+def captioner(bundle_path: Path | str, device: str = "auto"):
+    """The Captioner of a bundle, loaded once per (bundle, device, weights version); waits for a load in progress."""
+    key = (str(Path(bundle_path).resolve()), device, weights_version(Path(bundle_path)))
+    with _lock:
+        if key in _captioners:
+            return _captioners[key]
+        one = _loading.setdefault(key, threading.Lock())
+    with one:  # a second caller (the warm-up, another session) waits for the first load instead of repeating it
+        if key not in _captioners:
+            from core.caption import Captioner
+
+            loaded = Captioner(bundle_path, device=device)
+            with _lock:
+                while len(_captioners) >= MAX_MODELS:
+                    _captioners.pop(next(iter(_captioners)))
+                _captioners[key] = loaded
+        return _captioners[key]
+
+
+def device_info() -> dict | None:
+    """core.device's DeviceReport as a dict once the warm-up has looked (it imports torch to do so), else None;
+    {"error": message} if looking failed."""
+    return dict(_device) if _device else None
+
+
+def _warm() -> None:
+    from dataclasses import asdict
+
+    from core.bundle import get_active
+    from core.device import device_report
+    from core.paths import models_dir
+
+    _device.update(asdict(device_report()))
+    active = get_active(models_dir())
+    if (active / "model.safetensors").exists():
+        # one tiny caption too: the first forward pass of a model sets up its kernels, which costs time once
+        captioner(active, "auto").caption([("warm-up", _tiny_jpeg())], beam=1, max_len=2)
+
+
+def _tiny_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _run() -> None:
+    try:
+        _warm()
+    except Exception as e:  # a broken model is reported by the page that uses it, in plain words
+        if not _device:  # the device could not even be looked at
+            _device["error"] = str(e)
+
+
+def start() -> None:
+    """Start the warm-up once per server process; returns at once."""
+    with _lock:
+        if _started.is_set():
+            return
+        _started.set()
+    threading.Thread(target=_run, name="caption-warm-up", daemon=True).start()
