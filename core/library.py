@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 from . import imagemeta
+from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from .data import IMAGE_EXTENSIONS
 from .files import atomic_write_bytes, atomic_write_json
+from .tags import format_tags
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-CSV_COLUMNS = ["image", "caption", "score", "alternatives", "error"]
+CSV_COLUMNS = ["image", "caption", "score", "alternatives", "error", "tags", "confidence", "check"]
+_OLD_COLUMNS = 5  # CSVs written before tags/confidence/check: still read when a run resumes
 EXISTING = ("skip", "overwrite", "append")
 BOM = "\ufeff"  # spreadsheets on Windows read a CSV as UTF-8 only when it starts with one
 
@@ -47,8 +50,9 @@ class LibraryConfig:
     num_captions: int = 1
     top_p: float | None = None  # sample the K captions (nucleus) instead of taking the K best beams
     min_len: int = 1
-    beam: int = 3
-    max_len: int = 20
+    beam: int = DEFAULT_BEAM
+    max_len: int = DEFAULT_MAX_LEN
+    object_words: bool = True  # name a confidently recognised object in the caption (core.tags)
     batch_size: int = 32  # beam search's per-step overhead is shared by more images than at 16 (~20% faster)
 
     def __post_init__(self):
@@ -56,7 +60,7 @@ class LibraryConfig:
             raise ValueError(f"existing must be one of {', '.join(EXISTING)}, not {self.existing!r}")
         if self.sidecar_ext and not self.sidecar_ext.startswith("."):
             self.sidecar_ext = "." + self.sidecar_ext
-        if self.sidecar_ext and self.sidecar_ext.lower() in IMAGE_SUFFIXES:
+        if self.sidecar_ext and self.sidecar_ext.lower() in IMAGE_EXTENSIONS:
             raise ValueError(f"the sidecar extension {self.sidecar_ext} would overwrite images")
         if not (self.csv or self.sidecar_ext or self.jsonl or self.coco_results or self.metadata):
             raise ValueError("choose at least one output: CSV, sidecar text files, metadata.jsonl, COCO JSON or metadata")
@@ -86,7 +90,7 @@ def find_images(root: Path | str, recursive: bool = True, include=(), exclude=()
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         for name in files:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             path = Path(folder) / name
             rel = path.relative_to(root).as_posix()
@@ -124,13 +128,21 @@ def csv_line(row: list) -> str:
     return buf.getvalue()
 
 
+def quality_cells(result) -> list[str]:
+    """The tags, confidence and check columns of a CaptionResult."""
+    if result.error:
+        return ["", "", ""]
+    conf = "" if result.confidence is None else f"{result.confidence:.2f}"
+    return [format_tags(result.tags), conf, "check this one" if result.check else ""]
+
+
 def csv_rows(results) -> list[list[str]]:
     """CaptionResults (of core.caption) as CSV rows, header first; formula-like cells neutralised."""
     rows = [CSV_COLUMNS]
     for r in results:
         alts = " | ".join(c for c, _ in r.alternatives)
         score = "" if r.score is None else f"{r.score:.4f}"
-        rows.append([r.image, r.caption, score, alts, r.error or ""])
+        rows.append([r.image, r.caption, score, alts, r.error or ""] + quality_cells(r))
     return rows
 
 
@@ -183,7 +195,7 @@ class _Journal:
 
 def _read_csv(path: Path) -> list[list[str]]:
     rows = list(csv.reader(io.StringIO(_complete_lines(path))))
-    return [r for r in rows[1:] if len(r) == len(CSV_COLUMNS)]
+    return [r for r in rows[1:] if len(r) in (_OLD_COLUMNS, len(CSV_COLUMNS))]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -296,16 +308,18 @@ class Library:
             if captions:
                 scores = [result.score] + [s for _, s in result.alternatives]
                 alts = " | ".join(f"{cfg.prefix}{c}{cfg.suffix}" for c, _ in result.alternatives) if cfg.num_captions == 1 else ""
-                self.csv.append([csv_line([name, c, f"{s:.4f}", alts, ""]) for c, s in zip(captions, scores)])
+                quality = quality_cells(result)
+                self.csv.append([csv_line([name, c, f"{s:.4f}", alts, ""] + quality) for c, s in zip(captions, scores)])
             else:
-                self.csv.append([csv_line([name, "", "", "", error])])
+                self.csv.append([csv_line([name, "", "", "", error, "", "", ""])])
         if captions:
             try:
                 self._write_files(path, name, outputs, captions)
             except (OSError, imagemeta.MetadataError) as e:
                 error = f"the caption could not be written ({e})"
         return {"image": name, "path": str(path), "caption": captions[0] if captions else "",
-                "score": result.score, "error": error}
+                "score": result.score, "error": error, "tags": format_tags(result.tags),
+                "confidence": result.confidence, "check": result.check}
 
     def _write_files(self, path: Path, name: str, outputs: set[str], captions: list[str]) -> None:
         cfg, append = self.cfg, self.cfg.existing == "append"
@@ -349,7 +363,7 @@ def caption_library(cfg: LibraryConfig, captioner, on_progress: Callable[[Progre
     try:
         batches = captioner.iter_captions([(str(p), p) for p, _ in plan], beam=cfg.beam, max_len=cfg.max_len,
                                           batch_size=cfg.batch_size, num_captions=cfg.num_captions,
-                                          min_len=cfg.min_len, top_p=cfg.top_p)
+                                          min_len=cfg.min_len, top_p=cfg.top_p, object_words=cfg.object_words)
         for results in batches:
             start = progress.done
             progress.latest = [lib.write(plan[start + i][0], plan[start + i][1], r) for i, r in enumerate(results)]

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from core.bundle import headline_metrics
+from core.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
 from core.data import FORMAT_NAMES
 from core.jobs import models_dir
 from ui.inputs import UPLOAD_TYPES, read_uploads, sample_images
@@ -12,7 +13,7 @@ from ui.review import caption_uploads, detail_ui, review_ui
 
 
 def options_ui():
-    """Model, beam width and maximum length from the sidebar; the model is None when there is none."""
+    """Model, beam width, maximum length and object words from the sidebar; the model is None when there is none."""
     bundles, active = bundle_choices(models_dir())
     with st.sidebar:
         name = st.selectbox("Model", [b.name for b in bundles], index=active, key="model")
@@ -24,9 +25,11 @@ def options_ui():
             _, figures = headline_metrics(bundle.metrics)
             decoder = {"show_tell": "Show-and-Tell", "attention": "attention"}.get(bundle.config.get("decoder"), "?")
             st.caption(f"{decoder} decoder · " + " · ".join(f"{k} {v:.1f}" for k, v in figures.items()))
-        beam = st.slider("Beam width", 1, 10, 3, help="1 = greedy; wider searches more sentences, slower")
-        max_len = st.slider("Maximum length (words)", 5, 50, 20)
-    return bundle, beam, max_len
+        beam = st.slider("Beam width", 1, 10, DEFAULT_BEAM, help="1 = greedy; wider searches more sentences, slower")
+        max_len = st.slider("Maximum length (words)", 5, 50, DEFAULT_MAX_LEN)
+        object_words = st.toggle("Object words", True, help="Name the object the image classifier is sure of "
+                                 "(e.g. cat 0.96) in the caption. The tags column shows what it sees either way.")
+    return bundle, beam, max_len, object_words
 
 
 def inputs_ui(can_caption: bool):
@@ -53,7 +56,7 @@ def main() -> None:
     st.title("Caption images")
     st.markdown("Upload photos (or zips, or a folder) and caption them all at once, or caption a whole photo library "
                 "on this computer.  \nReview and edit the captions, then download them, or write them beside the photos.")
-    bundle, beam, max_len = options_ui()
+    bundle, beam, max_len, object_words = options_ui()
     if bundle is None and not st.session_state.get("model"):
         st.warning("No model found in the models folder. Train one on the Train page first.")
     source = st.segmented_control("Images from", ["Uploads", "A folder on this computer"], default="Uploads",
@@ -61,12 +64,12 @@ def main() -> None:
     if source == "Uploads":
         items = inputs_ui(bundle is not None)
         if items:
-            caption_uploads(bundle, items, beam, max_len)
+            caption_uploads(bundle, items, beam, max_len, object_words)
         if "batch" in st.session_state:
             review_ui(st.session_state.batch)
             detail_ui(st.session_state.batch)
     else:
-        folder_flow(bundle, beam, max_len)
+        folder_flow(bundle, beam, max_len, object_words)
 
 
 main()

@@ -47,8 +47,8 @@ def test_csv_neutralises_formulas_but_keeps_numbers():
     data = csv_bytes(rows)
     assert data.startswith(b"\xef\xbb\xbf")  # UTF-8 byte-order mark: Excel on Windows reads the file as UTF-8
     parsed = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-    assert parsed[0] == ["image", "caption", "score", "alternatives", "error"]
-    assert parsed[1] == ["'=cmd|' /C calc'!A0", "'+a caption", "-0.5000", "'@b", ""]
+    assert parsed[0] == ["image", "caption", "score", "alternatives", "error", "tags", "confidence", "check"]
+    assert parsed[1] == ["'=cmd|' /C calc'!A0", "'+a caption", "-0.5000", "'@b", "", "", "", ""]
     assert parsed[2][4] == "'-not an image"
 
 
@@ -67,7 +67,7 @@ def test_command_line_writes_a_csv(tiny_bundle, tmp_path):
 
 def test_accented_names_survive_the_csv():
     data = csv_bytes([CaptionResult("café_été.jpg", "un chien", -0.4)])
-    assert data.decode("utf-8-sig").splitlines()[1] == "café_été.jpg,un chien,-0.4000,,"
+    assert data.decode("utf-8-sig").splitlines()[1] == "café_été.jpg,un chien,-0.4000,,,,,"
 
 
 def test_k_captions_are_the_top_beams_and_min_len_is_kept(tiny_bundle, tmp_path):
@@ -90,3 +90,10 @@ def test_sampled_captions_with_top_p(tiny_bundle, tmp_path):
     assert r.caption and 1 + len(r.alternatives) <= 5  # identical samples are kept once
     narrow = cap.caption([("red", tmp_path / "r.png")], num_captions=5, top_p=1e-6)[0]
     assert narrow.caption == "a red square" and not narrow.alternatives  # a nucleus of one word is greedy
+
+
+def test_csv_has_tags_confidence_and_the_check_flag():
+    r = CaptionResult("cat.jpg", "a cat", -1.2, [], None, tags=[("cat", 0.96), ("bed", 0.12)], confidence=0.31,
+                      check=True)
+    parsed = list(csv.reader(io.StringIO(csv_bytes([r]).decode("utf-8-sig"))))
+    assert parsed[1][5:] == ["cat 0.96; bed 0.12", "0.31", "check this one"]

@@ -302,10 +302,14 @@ def test_subprocess_failure_is_a_plain_report(monkeypatch, tmp_path):
 @pytest.fixture
 def fresh_report_cache():
     from ui import device as ui_device
+    from ui import warm
 
     ui_device._report.clear()
+    warm.reset()
     yield
     ui_device._report.clear()  # later page tests must not see the faked GPU
+    warm.wait_for_device(180)
+    warm.reset()
 
 
 def test_home_and_train_pages_explain_the_unused_gpu(gpu_path, stub_torch, monkeypatch, tmp_path, fresh_report_cache):
@@ -313,6 +317,11 @@ def test_home_and_train_pages_explain_the_unused_gpu(gpu_path, stub_torch, monke
     monkeypatch.setenv("PYTHONPATH", str(stub_torch))
     monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "no-models"))
     monkeypatch.setenv("CAPTION_RUNS_DIR", str(tmp_path / "runs"))
+    from ui import warm
+
+    first = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()  # starts the background report
+    assert not first.exception
+    assert warm.wait_for_device(180)
     for page in ("app.py", "pages/2_Train.py"):
         at = AppTest.from_file(str(ROOT / page), default_timeout=120).run()
         assert not at.exception, page

@@ -66,9 +66,9 @@ def folder_form(can_caption: bool) -> LibraryConfig | None:
                          num_captions=int(k))
 
 
-def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int) -> None:
+def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int, object_words: bool = True) -> None:
     """Caption the folder with progress; Cancel (or leaving the page) stops after the current batch, all kept."""
-    cfg.beam, cfg.max_len, cfg.batch_size = beam, max_len, PAGE_BATCH
+    cfg.beam, cfg.max_len, cfg.batch_size, cfg.object_words = beam, max_len, PAGE_BATCH, object_words
     captioner = load_captioner(bundle)
     if captioner is None:
         return
@@ -103,7 +103,8 @@ _COLUMNS = {"thumbnail": st.column_config.ImageColumn("", width="small"),
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["thumbnail", "image", "caption", "error"])
+    rows = [dict(r, check="check this one" if r.get("check") else "") for r in rows]
+    return pd.DataFrame(rows, columns=["thumbnail", "image", "caption", "check", "confidence", "tags", "error"])
 
 
 def library_summary(state: dict) -> None:
@@ -128,10 +129,10 @@ def library_summary(state: dict) -> None:
                            on_click="ignore", type="primary")
 
 
-def folder_flow(bundle, beam: int, max_len: int) -> None:
+def folder_flow(bundle, beam: int, max_len: int, object_words: bool = True) -> None:
     st.caption("Captions are written as they come, so an interrupted run continues where it stopped.")
     cfg = folder_form(bundle is not None)
     if cfg is not None:
-        run_library(cfg, bundle, beam, max_len)
+        run_library(cfg, bundle, beam, max_len, object_words)
     if "library" in st.session_state:
         library_summary(st.session_state.library)

@@ -11,13 +11,21 @@ import re
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["thumbnail", "image", "caption", "score", "error"]
+from core.tags import format_tags
+
+COLUMNS = ["thumbnail", "image", "caption", "check", "confidence", "tags", "score", "error"]
 SHOW = ("all", "flagged", "edited")
-FLAG_QUANTILE = 20  # "flagged": unreadable, or a score among the lowest 20% of the batch
+FLAG_QUANTILE = 20  # without a calibrated confidence: "flagged" = a score among the lowest 20% of the batch
 
 
 def flagged_names(results) -> set[str]:
-    """Images that need a look: unreadable ones, and the least confident captions of the batch."""
+    """Images that need a look: unreadable ones, and the captions to check.
+
+    With a model whose confidence is calibrated (core.confidence) that is each caption marked "check"; for
+    other models, the lowest-scoring fifth of the batch.
+    """
+    if any(r.confidence is not None for r in results):
+        return {r.image for r in results if r.error or r.check}
     scores = [r.score for r in results if r.score is not None and not r.error]
     low = np.percentile(scores, FLAG_QUANTILE) if scores else None
     return {r.image for r in results if r.error or (low is not None and r.score is not None and r.score <= low)}
@@ -37,6 +45,9 @@ def results_frame(results, thumbnails: dict[str, str | None], captions: dict[str
             "thumbnail": thumbnails.get(r.image),
             "image": r.image,
             "caption": captions.get(r.image, r.caption),
+            "check": "check this one" if r.check else "",
+            "confidence": r.confidence,
+            "tags": format_tags(r.tags),
             "score": None if r.score is None else round(float(r.score), 3),
             "error": r.error or "",
         }

@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.bundle import BundleError
 from core.library import csv_bytes
+from core.tags import format_tags
 from ui import warm
 from ui.images import attention_overlay, open_image, preview_bytes, thumbnail_data_url
 from ui.results import SHOW, find_replace, merge_edits, results_frame, with_captions
@@ -66,7 +67,7 @@ def load_captioner(bundle):
         return None
 
 
-def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: int) -> None:
+def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: int, object_words: bool = True) -> None:
     """Caption the items batch by batch into st.session_state.batch; Cancel keeps the rows done so far."""
     captioner = load_captioner(bundle)
     if captioner is None:
@@ -82,7 +83,7 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
         cancel_button(batch, "cancel-upload")
     started = time.perf_counter()
     with running(batch):
-        for results in captioner.iter_captions(items, beam=beam, max_len=max_len):
+        for results in captioner.iter_captions(items, beam=beam, max_len=max_len, object_words=object_words):
             for r in results:
                 if len(batch["thumbs"]) < MAX_PICTURES:
                     batch["images"][r.image] = preview_bytes(originals[r.image])
@@ -109,14 +110,18 @@ def review_ui(batch: dict) -> None:
         batch["captions"], n = find_replace(batch["results"], batch["captions"], find, replace)
         batch["version"] = batch.get("version", 0) + 1  # a fresh table, built from the new captions
         st.toast(f"Replaced in {n} caption{'s' if n != 1 else ''}.")
-    st.caption("Click a caption to edit it; the CSV holds your edits. Flagged: unreadable, or among the least "
-               "confident fifth of the batch.")
+    st.caption("Click a caption to edit it; the CSV holds your edits. Flagged: unreadable, or \"check this one\": "
+               "a calibrated confidence among the lowest quarter of the model's captions of unseen photos.")
     frame = results_frame(batch["results"], batch["thumbs"], batch["captions"], show)
     edited = st.data_editor(
         frame, key=f"editor-{batch['id']}-{show}-{batch.get('version', 0)}", hide_index=True, placeholder="",
-        disabled=["thumbnail", "image", "score", "error"],
+        disabled=["thumbnail", "image", "check", "confidence", "tags", "score", "error"],
         column_config={"thumbnail": st.column_config.ImageColumn("", width="small"),
                        "caption": st.column_config.TextColumn("caption", width="large"),
+                       "confidence": st.column_config.ProgressColumn(
+                           "confidence", min_value=0.0, max_value=1.0, format="%.2f",
+                           help="the chance that the caption is acceptable, calibrated on photos the model never saw"),
+                       "tags": st.column_config.TextColumn("tags", help="objects the image classifier sees"),
                        "score": st.column_config.NumberColumn("score", help="mean log-probability per word")})
     batch["captions"] = merge_edits(batch["captions"], edited, batch["results"])
     st.download_button("Download CSV", csv_bytes(with_captions(batch["results"], batch["captions"])),
@@ -137,6 +142,11 @@ def detail_ui(batch: dict) -> None:
         right.error(f"{r.image}: {r.error}")
         return
     right.markdown(f"**{batch['captions'].get(r.image, r.caption)}**")
+    facts = [f"objects seen: {format_tags(r.tags)}" if r.tags else "",
+             f"the caption was made to name: *{r.guided}*" if r.guided else "",
+             f"confidence {r.confidence:.2f}" + (" — check this one" if r.check else "") if r.confidence is not None else ""]
+    if any(facts):
+        right.caption(" · ".join(f for f in facts if f))
     right.dataframe([{"alternative": c, "score": round(s, 3)} for c, s in r.alternatives], hide_index=True)
     if r.attention is not None and img is not None:
         st.markdown("Where the model looked for each word:")

@@ -14,6 +14,7 @@ _loading: dict[tuple, threading.Lock] = {}
 _captioners: dict[tuple, object] = {}
 _device: dict = {}
 _started = threading.Event()
+_device_done = threading.Event()
 MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
 
 
@@ -43,19 +44,32 @@ def captioner(bundle_path: Path | str, device: str = "auto"):
 
 
 def device_info() -> dict | None:
-    """core.device's DeviceReport as a dict once the warm-up has looked (it imports torch to do so), else None;
-    {"error": message} if looking failed."""
+    """core.device's DeviceReport as a dict once the warm-up has made it, else None; {"error": message} if that failed."""
     return dict(_device) if _device else None
 
 
-def _warm() -> None:
+def wait_for_device(timeout: float) -> bool:
+    return _device_done.wait(timeout)
+
+
+def _look_at_device() -> None:
+    # in a subprocess, as the Train page does (core.device imports torch and may initialise CUDA to look)
     from dataclasses import asdict
 
+    from core.device import device_report_subprocess
+
+    try:
+        _device.update(asdict(device_report_subprocess()))
+    except Exception as e:
+        _device["error"] = str(e)
+    finally:
+        _device_done.set()
+
+
+def _warm() -> None:
     from core.bundle import get_active
-    from core.device import device_report
     from core.paths import models_dir
 
-    _device.update(asdict(device_report()))
     active = get_active(models_dir())
     if (active / "model.safetensors").exists():
         # one tiny caption too: the first forward pass of a model sets up its kernels, which costs time once
@@ -75,9 +89,8 @@ def _tiny_jpeg() -> bytes:
 def _run() -> None:
     try:
         _warm()
-    except Exception as e:  # a broken model is reported by the page that uses it, in plain words
-        if not _device:  # the device could not even be looked at
-            _device["error"] = str(e)
+    except Exception:  # a broken model is reported, in plain words, by the page that uses it
+        pass
 
 
 def start() -> None:
@@ -86,4 +99,13 @@ def start() -> None:
         if _started.is_set():
             return
         _started.set()
+    threading.Thread(target=_look_at_device, name="caption-device-report", daemon=True).start()
     threading.Thread(target=_run, name="caption-warm-up", daemon=True).start()
+
+
+def reset() -> None:
+    """Forget the device report and start afresh on the next page (tests; a server restart does this too)."""
+    with _lock:
+        _device.clear()
+        _device_done.clear()
+        _started.clear()
