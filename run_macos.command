@@ -137,7 +137,8 @@ fi
 # 5. Start the app. Arguments given to this launcher go on to Streamlit, after these.
 # The safety settings of .streamlit/config.toml once more: they hold even where that file is not read.
 streamlit_args=(--server.address 127.0.0.1 --server.enableXsrfProtection true --server.maxUploadSize 200
-  --browser.gatherUsageStats false --server.showEmailPrompt false --client.toolbarMode minimal)
+  --browser.gatherUsageStats false --server.showEmailPrompt false --client.toolbarMode minimal
+  --client.showSidebarNavigation false)
 if [ "${CAPTION_NO_BROWSER:-}" = "1" ]; then
   streamlit_args+=(--server.headless true)
 fi

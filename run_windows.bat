@@ -75,7 +75,7 @@ if errorlevel 1 goto :fail_check
 
 rem 5. Start the app. Arguments given to this launcher go on to Streamlit, after these.
 rem    The safety settings of .streamlit\config.toml once more: they hold even where that file is not read.
-set "SAFE=--server.address 127.0.0.1 --server.enableXsrfProtection true --server.maxUploadSize 200 --browser.gatherUsageStats false --server.showEmailPrompt false --client.toolbarMode minimal"
+set "SAFE=--server.address 127.0.0.1 --server.enableXsrfProtection true --server.maxUploadSize 200 --browser.gatherUsageStats false --server.showEmailPrompt false --client.toolbarMode minimal --client.showSidebarNavigation false"
 set "HEADLESS="
 if "%CAPTION_NO_BROWSER%"=="1" set "HEADLESS=--server.headless true"
 echo.

@@ -40,7 +40,8 @@ BASH = shutil.which("bash")
 
 # The safety settings of .streamlit/config.toml that the launchers pass on the command line as well.
 SAFE_ARGS = ["--server.address", "127.0.0.1", "--server.enableXsrfProtection", "true", "--server.maxUploadSize", "200",
-             "--browser.gatherUsageStats", "false", "--server.showEmailPrompt", "false", "--client.toolbarMode", "minimal"]
+             "--browser.gatherUsageStats", "false", "--server.showEmailPrompt", "false", "--client.toolbarMode", "minimal",
+             "--client.showSidebarNavigation", "false"]
 
 needs_bash = pytest.mark.skipif(BASH is None or os.name == "nt", reason="needs bash on a POSIX system")
 
