@@ -48,10 +48,11 @@ class Captioner:
         self.can_tag = self.model.encoder is not None and self.model.encoder.can_classify
         self.calibration = Calibration.from_dict(self.bundle.metrics.get("confidence"))
 
-    def caption(self, items: list[tuple[str, Path | bytes]], beam: int = 3, max_len: int = 20, batch_size: int = 16,
+    def caption(self, items: list[tuple[str, Path | bytes]], beam: int = DEFAULT_BEAM, max_len: int = DEFAULT_MAX_LEN,
+                batch_size: int = 16,
                 on_progress: Callable[[int, int], None] | None = None, **options) -> list[CaptionResult]:
         """items: (name, path or bytes). One result per item, in order; a bad item gets `error`, not an exception.
-        `options`: num_captions, min_len, top_p, as in iter_captions."""
+        `options`: num_captions, min_len, top_p, object_words, as in iter_captions."""
         results, done = [], 0
         for batch in self.iter_captions(items, beam=beam, max_len=max_len, batch_size=batch_size, **options):
             results += batch
@@ -61,7 +62,8 @@ class Captioner:
         return results
 
     @torch.no_grad()
-    def iter_captions(self, items: list[tuple[str, Path | bytes]], beam: int = 3, max_len: int = 20,
+    def iter_captions(self, items: list[tuple[str, Path | bytes]], beam: int = DEFAULT_BEAM,
+                      max_len: int = DEFAULT_MAX_LEN,
                       batch_size: int = 16, num_captions: int = 1, min_len: int = 1, top_p: float | None = None,
                       object_words: bool = True):
         """Yield the results of consecutive batches of `items`, in order, while the next batch is being read.

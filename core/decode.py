@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
 from .vocabulary import END, PAD, START, UNK
 
 _BANNED = [PAD, START, UNK]
@@ -32,7 +33,7 @@ def _next_logprobs(decoder, tokens, state, first: bool):
 
 
 @torch.no_grad()
-def greedy_decode(decoder, feats: torch.Tensor, max_len: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_decode(decoder, feats: torch.Tensor, max_len: int = DEFAULT_MAX_LEN) -> tuple[torch.Tensor, torch.Tensor]:
     """feats (B, P, C) -> tokens (B, T) ending in <end> then <pad>, summed log-probs (B,)."""
     B = feats.size(0)
     state = decoder.init_state(feats)
@@ -64,7 +65,7 @@ def _banned_ngram_words(history: list[int], n: int) -> list[int]:
 
 
 @torch.no_grad()
-def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = 20,
+def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max_len: int = DEFAULT_MAX_LEN,
                 length_penalty: float = 0.7, no_repeat_ngram: int = 3, min_len: int = 1,
                 constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
     """feats (B, P, C) -> for each image, `beam_size` hypotheses, best first.
@@ -177,7 +178,8 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int =
     return results
 
 
-def sample_captions(decoder, feats: torch.Tensor, max_len: int = 20, repeats: int = 1, temperature: float = 1.0,
+def sample_captions(decoder, feats: torch.Tensor, max_len: int = DEFAULT_MAX_LEN, repeats: int = 1,
+                    temperature: float = 1.0,
                     top_p: float = 1.0, min_len: int = 1):
     """Sample `repeats` captions per row of feats (B, P, C), keeping the graph for policy gradients.
 
