@@ -10,7 +10,7 @@ from core.config import (BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, NAME_
 from core.data import COCO_HELP, inspect_dataset
 from core.jobs import JobError, current_job, enforce_stop, resume_job, start_job, stop_job
 from core.paths import models_dir, runs_dir
-from core.runs import Job, list_runs
+from core.runs import Job, list_runs, run_status
 from ui import warm
 from ui.device import device_report_ui
 from ui.monitor import draw_run
@@ -94,9 +94,16 @@ def start(values: dict) -> bool:
     st.rerun()
 
 
+def live_job() -> Job | None:
+    """The job to watch. One that has written its last word (done, error) is over for the page while its process
+    exits: the page then shows it in the runs list, where "Use this model" must apply to it, not to an older run."""
+    job = current_job(runs_dir())
+    return job if job is not None and run_status(job.run_dir) not in ("done", "error") else None
+
+
 @st.fragment(run_every=2)
 def monitor(run_dir: str) -> None:
-    live = current_job(runs_dir())
+    live = live_job()
     if live is None or live.run_dir != Path(run_dir):
         st.rerun()  # the run is over: redraw the whole page (form and runs list)
     if not enforce_stop(live, STOP_GRACE_S) and live.stop_requested_at and not live.alive():
@@ -116,7 +123,9 @@ def runs_ui(live: Job | None) -> None:
                                 **{("best epoch" if k == "epoch" else k): round(v, 3) for k, v in r.metrics.items()
                                    if isinstance(v, (int, float))}}
                                for r in runs]), hide_index=True)
-    run = {r.name: r for r in runs}[st.selectbox("Run", [r.name for r in runs])]
+    # keyed by the newest run: when a run ends (or a new one appears) the choice moves to it, instead of Streamlit
+    # keeping an older choice, after which "Use this model" would have applied to the older run's model
+    run = {r.name: r for r in runs}[st.selectbox("Run", [r.name for r in runs], key=f"run-{runs[0].name}")]
     buttons = st.container(horizontal=True)
     if run.resumable and buttons.button("Resume", type="primary", help="Continue from the last checkpoint"):
         try:
@@ -141,7 +150,7 @@ def main() -> None:
     st.title("Train a model")
     st.markdown("Train a captioning model on COCO-2017 or a Flickr-style folder, in the background.  \n"
                 "The run goes on when you close this tab; come back to watch it, stop it or resume it.")
-    job = current_job(runs_dir())
+    job = live_job()
     if job is not None:
         monitor(str(job.run_dir))
     runs_ui(job)

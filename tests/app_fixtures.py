@@ -55,7 +55,7 @@ def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "
 
 # A stand-in for `python -m core.train`: same CLI, same progress events (names from core.runs), the job lock,
 # STOP file and SIGTERM handling. Mode (--fake-mode): "loop" (steps until stopped; 3 steps when resumed, then
-# done), "ignore_stop", "error", "crash".
+# done), "ignore_stop", "error", "crash", "linger" (done with models/tiny-attention at once, then 8 s to exit).
 FAKE_TRAINER = textwrap.dedent(
     """
     import argparse, json, signal, sys, time
@@ -84,6 +84,12 @@ FAKE_TRAINER = textwrap.dedent(
     if mode == "error":
         emit(runs.ERROR, message="The dataset folder is empty.", traceback="")
         sys.exit(1)
+    if mode == "linger":  # done at once, then slow to exit (a real trainer's interpreter takes a moment too)
+        import os
+
+        emit(runs.DONE, bundle=str(Path(os.environ["CAPTION_MODELS_DIR"]) / "tiny-attention"), metrics={})
+        time.sleep(8)
+        sys.exit(0)
     if mode == "ignore_stop":
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     emit(runs.PHASE, phase="training")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 import io
@@ -14,6 +15,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import fake_trainer_command, jpeg_bytes, make_flickr_dataset, make_tiny_bundle
+from core.bundle import get_active
 from core import jobs
 from core.runs import read_progress, run_info, summarize
 
@@ -291,3 +293,34 @@ def test_a_large_upload_keeps_pictures_of_the_first_rows_only(models, monkeypatc
     last = batch["results"][-1].image
     next(s for s in at.selectbox if s.label == "Image").select(last).run()
     assert not at.exception and batch["results"][-1].caption in texts(at)
+
+
+def _finished_run(runs_root: Path, name: str, bundle: Path, started: float) -> None:
+    run = runs_root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model_name": name}), encoding="utf-8")
+    (run / "progress.jsonl").write_text(
+        json.dumps({"event": "start", "time": started, "config": {}, "pid": 0, "resumed": False}) + "\n"
+        + json.dumps({"event": "done", "time": started + 1, "bundle": str(bundle), "metrics": {}}) + "\n",
+        encoding="utf-8")
+
+
+def test_use_this_model_applies_to_the_run_that_just_finished(models, runs, tmp_path):
+    """Regression (seen in the browser test): a run that had written "done" but whose process was still exiting
+    was drawn as the live run, so the runs list below it held only the older run, and "Use this model" made the
+    older run's model the active one."""
+    _finished_run(runs, "20260101-000000-older", models / "tiny-showtell", 1000.0)
+    job = jobs.start_job({"model_name": "newer"}, runs, command=fake_trainer_command(tmp_path, "linger"))
+    deadline = time.time() + 30
+    while not any(e.get("event") == "done" for e in read_progress(job.run_dir)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert job.alive()  # done, and still exiting
+    at = open_page(TRAIN).run()
+    assert not at.exception
+    assert next(s for s in at.selectbox if s.label == "Run").value == job.run_dir.name
+    try:
+        next(b for b in at.button if b.label == "Use this model for captioning").click().run()
+        assert get_active(models).name == "tiny-attention"
+    finally:
+        (models / "active.json").unlink(missing_ok=True)  # the models folder is shared by this module's tests
+        assert jobs.wait_for_exit(job, 30)
