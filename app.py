@@ -7,13 +7,11 @@ import streamlit as st
 
 from core.bundle import headline_metrics
 from core.data import inspect_dataset
-from core.jobs import REPO_ROOT, models_dir
+from core.paths import COCO_DIR, models_dir
 from ui import warm
 from ui.device import device_report_ui
 from ui.loader import bundle_choices
 from ui.nav import sidebar_menu
-
-COCO_DIR = REPO_ROOT / "cocoapi"
 
 
 @st.cache_data(ttl=600, show_spinner="Looking for a dataset in cocoapi/...")

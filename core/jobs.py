@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 from . import process
 from .config import ConfigError, TrainConfig, slug
 from .files import atomic_write_json, atomic_write_text
-from .paths import JOB_LOCK_ENV, REPO_ROOT, cache_dir, models_dir, runs_dir  # noqa: F401 (the app imports these here)
+from .paths import JOB_LOCK_ENV, REPO_ROOT, runs_dir
 from .runs import CONFIG, LOG, STOP, Job, run_status
 
 TRAIN_COMMAND = (sys.executable, "-m", "core.train")

@@ -4,7 +4,7 @@ import streamlit as st
 from core.bundle import headline_metrics
 from core.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
 from core.data import FORMAT_NAMES
-from core.jobs import models_dir
+from core.paths import models_dir
 from ui.inputs import UPLOAD_TYPES, read_uploads, sample_images
 from ui.library_view import folder_flow
 from ui.loader import bundle_choices

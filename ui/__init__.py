@@ -1,4 +1,5 @@
-"""Helpers for the Streamlit pages: inputs, pictures, result tables and the cached model loader.
+"""Helpers for the Streamlit pages: inputs, pictures, result tables, the model list and the background warm-up.
 
-Only `ui.loader` imports Streamlit; the rest are plain functions, unit-tested in tests/test_ui.py.
+`ui.device`, `ui.library_view`, `ui.monitor`, `ui.nav` and `ui.review` draw widgets; the others (`inputs`,
+`images`, `results`, `loader`, `warm`) are plain functions, unit-tested without a page.
 """

@@ -1,22 +1,5 @@
-"""Cached loaders: the model is loaded once per (bundle, device), not on every rerun."""
+"""The model list for the pages (loaded models themselves are kept by ui.warm, once per server)."""
 from __future__ import annotations
-
-import streamlit as st
-
-
-@st.cache_resource(show_spinner="Loading the model...", max_entries=2)
-def get_captioner(bundle_path: str, device: str = "auto", version: float = 0.0):
-    """`version` (the weights file's mtime) makes a bundle retrained in place load afresh."""
-    from core.caption import Captioner  # torch is imported here, not when the Home page imports this module
-
-    return Captioner(bundle_path, device=device)
-
-
-@st.cache_resource
-def device_info() -> dict:
-    from core.device import describe_device
-
-    return describe_device()
 
 
 def bundle_choices(models_dir) -> tuple[list, int]:
