@@ -435,10 +435,11 @@ def caption_library(cfg: LibraryConfig, captioner, on_progress: Callable[[Progre
     `on_progress` is called after each batch; an exception raised there (Ctrl+C, the page's Cancel) or
     `should_stop()` returning True ends the run after that batch with everything written so far kept.
     `team`: this process is one rank of several (torchrun); it captions its share and reports on that share."""
-    lib = Library(cfg)
-    images = find_images(lib.root, cfg.recursive, cfg.include, cfg.exclude)
-    order = {lib.name(p): i for i, p in enumerate(images)}
-    if team is None or team.rank == 0:
+    lead = team is None or team.rank == 0
+    if lead:  # the other ranks neither walk the folder nor read the outputs: rank 0 tells them their share
+        lib = Library(cfg)
+        images = find_images(lib.root, cfg.recursive, cfg.include, cfg.exclude)
+        order = {lib.name(p): i for i, p in enumerate(images)}
         lib.merge_parts(order, recovering=True)  # what the ranks of a killed torchrun run had written
         plan = lib.plan(images)
     if team is None:
@@ -446,16 +447,16 @@ def caption_library(cfg: LibraryConfig, captioner, on_progress: Callable[[Progre
             return _caption_plan(lib, plan, len(images) - len(plan), captioner, on_progress, should_stop)
         finally:
             lib.close()
-    planned = team.broadcast([[lib.name(p), sorted(outs)] for p, outs in plan] if team.rank == 0 else None)
-    plan = [(lib.root / name, set(outs)) for name, outs in planned]
     share = Library(cfg, part=team.rank)
+    told = team.broadcast({"skipped": len(images) - len(plan), "plan": [[lib.name(p), sorted(o)] for p, o in plan]}
+                          if lead else None)
+    mine = [(share.root / name, set(outs)) for name, outs in told["plan"][team.rank::team.world]]
     try:
-        progress = _caption_plan(share, plan[team.rank::team.world], len(images) - len(plan), captioner,
-                                 on_progress, should_stop)
+        progress = _caption_plan(share, mine, told["skipped"], captioner, on_progress, should_stop)
     finally:
         share.close()
     team.barrier()  # every rank's parts are complete
-    if team.rank == 0:
+    if lead:
         lib.merge_parts(order)
         lib.close()
     return progress

@@ -132,3 +132,16 @@ def test_leftover_parts_are_merged_once_in_input_order(tmp_path):
     assert lib.merge_parts(order, recovering=True) == 2
     assert [r["image"] for r in read_csv(out)] == list(order)
     assert not list(tmp_path.glob(f"*{PART}*"))
+
+
+def test_a_run_without_torchrun_takes_over_what_a_killed_torchrun_run_left(bundle, tmp_path):
+    from core.caption import Captioner
+    from core.library import caption_library
+
+    root, out = tmp_path / "lib", tmp_path / "out.csv"
+    names = make_library(root, 4)
+    for rank, name in enumerate(names[:2]):  # each rank had captioned one image when the group was killed
+        Path(f"{out}{PART}{rank}").write_text("image\n" + csv_line([name, "a thing", "-1.0000", "", "", "", "", ""]))
+    pr = caption_library(LibraryConfig(str(root), csv=str(out)), Captioner(bundle, device="cpu"))
+    assert (pr.skipped, pr.done) == (2, 3)
+    assert [r["image"] for r in read_csv(out)] == names and not list(tmp_path.glob(f"*{PART}*"))
