@@ -1,4 +1,5 @@
 """Train page: start a training run in the background, watch it live, stop and resume it, pick the model."""
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ def device_choice(where) -> tuple[str, int]:
     device = where.selectbox("Device", DEVICES, help="auto: CUDA, then Apple MPS, then the CPU")
     dev = warm.device_info()  # the server's warm-up made one already, unless this is its very first page
     report = device_report_ui(where, report=dev if dev and "error" not in dev else None)
-    if report.gpus < 2:
+    if report.gpus < 2 or os.name == "nt":  # PyTorch's Windows builds have no NCCL, which several GPUs train over
         return device, 1
     processes = where.selectbox("GPUs", (1, report.gpus),
                                 format_func=lambda n: "one GPU" if n == 1 else f"all {n} GPUs",
