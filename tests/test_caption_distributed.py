@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from app_fixtures import COLORS, jpeg_bytes, make_tiny_bundle
+from core import imagemeta
 from core.library import PART, LibraryConfig, Library, csv_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ def make_library(root: Path, n: int) -> list[str]:
 
 def caption_command(bundle, root, out, *extra):
     return ["-m", "core.caption", str(root), "--model", str(bundle), "--out", str(out), "--sidecar-ext", ".txt",
-            "--jsonl", "--coco-results", str(out.with_suffix(".json")), "--device", "cpu", *extra]
+            "--jsonl", "--coco-results", str(out.with_suffix(".json")), "--metadata", "--device", "cpu", *extra]
 
 
 def read_csv(path):
@@ -52,6 +53,7 @@ def outputs(root: Path, out: Path) -> dict:
             "jsonl": [json.loads(x) for x in (root / "metadata.jsonl").read_text(encoding="utf-8").splitlines()],
             "coco": json.loads(out.with_suffix(".json").read_text(encoding="utf-8")),
             "sidecars": {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in root.rglob("*.txt")},
+            "embedded": {p.relative_to(root).as_posix(): imagemeta.read_caption(p) for p in root.rglob("0*.jpg")},
             "parts": sorted(p.name for p in [*root.rglob(f"*{PART}*"), *out.parent.glob(f"*{PART}*")])}
 
 
@@ -71,7 +73,7 @@ def test_two_processes_write_what_one_writes(bundle, tmp_path):
     assert got == want  # the same captions, scores and files as one process
     assert [o["file_name"] for o in got["jsonl"]] == [n for n in names if n != "broken.jpg"]
     assert sorted(e["image_id"] for e in got["coco"]) == list(range(1, 12))
-    assert len(got["sidecars"]) == 11 and got["parts"] == []
+    assert len(got["sidecars"]) == 11 and all(got["embedded"].values()) and got["parts"] == []
 
 
 def test_several_files_under_torchrun_come_back_in_input_order(bundle, tmp_path):
@@ -114,7 +116,8 @@ def test_killed_torchrun_run_resumes_and_captions_each_file_once(bundle, tmp_pat
     assert [r["image"] for r in got["csv"]] == names  # each exactly once, in input order
     assert [o["file_name"] for o in got["jsonl"]] == [x for x in names if x != "broken.jpg"]
     assert sorted(e["image_id"] for e in got["coco"]) == list(range(1, n + 1))
-    assert len(got["sidecars"]) == n and got["parts"] == []
+    assert len(got["sidecars"]) == n and len(got["embedded"]) == n and all(got["embedded"].values())
+    assert got["parts"] == []
 
 
 def test_leftover_parts_are_merged_once_in_input_order(tmp_path):
