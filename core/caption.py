@@ -156,19 +156,26 @@ class TorchrunTeam:
                                 timeout=datetime.timedelta(days=7))
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
+    @staticmethod
+    def _pack(obj) -> torch.Tensor:
+        return torch.frombuffer(bytearray(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)  # (n,)
+
+    @staticmethod
+    def _unpack(data: torch.Tensor):
+        return json.loads(data.numpy().tobytes().decode("utf-8"))
+
     def broadcast(self, obj):
-        data = torch.frombuffer(bytearray(json.dumps(obj).encode("utf-8")), dtype=torch.uint8) if self.rank == 0 \
-            else torch.empty(0, dtype=torch.uint8)
+        data = self._pack(obj) if self.rank == 0 else torch.empty(0, dtype=torch.uint8)
         size = torch.tensor([data.numel()], dtype=torch.int64)
         self.dist.broadcast(size, src=0)
         if self.rank != 0:
             data = torch.empty(int(size), dtype=torch.uint8)
         self.dist.broadcast(data, src=0)
-        return json.loads(data.numpy().tobytes().decode("utf-8"))
+        return self._unpack(data)
 
     def gather(self, obj) -> list | None:
         """Every rank's obj, by rank, on rank 0 (None elsewhere)."""
-        data = torch.frombuffer(bytearray(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)  # (n,)
+        data = self._pack(obj)
         sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
         self.dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64))
         longest = int(max(sizes))
@@ -178,7 +185,7 @@ class TorchrunTeam:
         self.dist.all_gather(got, padded)
         if self.rank != 0:
             return None
-        return [json.loads(t[: int(n)].numpy().tobytes().decode("utf-8")) for t, n in zip(got, sizes)]
+        return [self._unpack(t[: int(n)]) for t, n in zip(got, sizes)]
 
     def barrier(self) -> None:
         self.dist.all_reduce(torch.zeros(1))  # a CPU tensor: through Gloo whatever the device
