@@ -1,8 +1,16 @@
-"""Captioning images with a model bundle, and `python -m core.caption PATH... --out captions.csv`."""
+"""Captioning images with a model bundle, and `python -m core.caption PATH... --out captions.csv`.
+
+`torchrun --nproc-per-node N -m core.caption FOLDER ...` splits the work across N processes (one per GPU, or CPU
+processes): see core.library for who writes what.
+"""
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +24,9 @@ from .confidence import Calibration
 from .data import collect_images, iter_image_batches
 from .decode import Hypothesis, beam_search, sample_captions
 from .device import encoder_autocast, pick_device
-from .library import EXISTING, LibraryConfig, caption_library, csv_bytes, csv_rows, write_csv  # noqa: F401 (API)
+from .files import atomic_write_bytes
+from .library import (CSV_COLUMNS, EXISTING, LibraryConfig, caption_library, csv_bytes, csv_rows,  # noqa: F401 (API)
+                      csv_table, write_csv)
 from .tags import guide_words, image_tags
 from .vocabulary import END, PAD
 
@@ -126,6 +136,68 @@ class Captioner:
             result.attention = best.alphas.view(-1, side, side).numpy()  # (words, h, w)
 
 
+# ----------------------------------------------------------------------------- several processes (torchrun)
+
+class TorchrunTeam:
+    """This process as one rank of a torchrun launch (core.library.Team): Gloo for the CPU-side exchanges (the plan,
+    the barrier, results), plus NCCL on CUDA. Objects travel as JSON in uint8 tensors: torch's *_object
+    collectives would pickle them."""
+
+    def __init__(self, device: str = "auto"):
+        import torch.distributed as dist
+
+        self.dist, self.local_rank = dist, int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = pick_device(device)
+        if self.device.type == "cuda":  # one GPU per process on this machine
+            self.device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(self.device)
+        # ranks wait at the barrier for the slowest share of a large folder: far longer than the 30-minute default
+        dist.init_process_group("cpu:gloo,cuda:nccl" if self.device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(days=7))
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    @staticmethod
+    def _pack(obj) -> torch.Tensor:
+        return torch.frombuffer(bytearray(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)  # (n,)
+
+    @staticmethod
+    def _unpack(data: torch.Tensor):
+        return json.loads(data.numpy().tobytes().decode("utf-8"))
+
+    def broadcast(self, obj):
+        data = self._pack(obj) if self.rank == 0 else torch.empty(0, dtype=torch.uint8)
+        size = torch.tensor([data.numel()], dtype=torch.int64)
+        self.dist.broadcast(size, src=0)
+        if self.rank != 0:
+            data = torch.empty(int(size), dtype=torch.uint8)
+        self.dist.broadcast(data, src=0)
+        return self._unpack(data)
+
+    def gather(self, obj) -> list | None:
+        """Every rank's obj, by rank, on rank 0 (None elsewhere)."""
+        data = self._pack(obj)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        self.dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64))
+        longest = int(max(sizes))
+        padded = torch.zeros(longest, dtype=torch.uint8)  # all_gather wants equal sizes
+        padded[: data.numel()] = data
+        got = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)]
+        self.dist.all_gather(got, padded)
+        if self.rank != 0:
+            return None
+        return [self._unpack(t[: int(n)]) for t, n in zip(got, sizes)]
+
+    def barrier(self) -> None:
+        self.dist.all_reduce(torch.zeros(1))  # a CPU tensor: through Gloo whatever the device
+
+    def close(self) -> None:
+        self.dist.destroy_process_group()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 # ----------------------------------------------------------------------------- the command line
 # (csv_rows, csv_bytes and write_csv live in core.library, which the pages import without torch)
 
@@ -159,9 +231,19 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = p.parse_args(argv)
+    team = TorchrunTeam(args.device) if launched_by_torchrun() else None
+    try:
+        return _main(args, team)
+    finally:
+        if team:
+            team.close()
+
+
+def _main(args, team: TorchrunTeam | None) -> int:
     folders = [Path(x) for x in args.paths if Path(x).is_dir()]
+    device = str(team.device) if team else args.device
     if len(args.paths) > 1 or not folders:
-        return _caption_files(args)
+        return _caption_files(args, device, team)
     try:
         cfg = LibraryConfig(str(folders[0]), recursive=args.recursive, include=args.include, exclude=args.exclude,
                             csv=args.out or None, sidecar_ext=args.sidecar_ext, jsonl=args.jsonl,
@@ -172,42 +254,58 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    captioner = Captioner(args.model, device=args.device)
+    captioner = Captioner(args.model, device=device)
+    who, shown = (f"rank {team.rank}/{team.world}: " if team else ""), [0.0]
 
     def report(pr) -> None:
         eta = f", about {pr.eta_s:.0f} s left" if pr.eta_s else ""
-        print(f"\rcaptioned {pr.done}/{pr.total} ({pr.images_per_s:.1f} images/s{eta})   ", end="", file=sys.stderr)
+        line = f"{who}captioned {pr.done}/{pr.total} ({pr.images_per_s:.1f} images/s{eta})"
+        if not team:
+            print(f"\r{line}   ", end="", file=sys.stderr)
+        elif time.monotonic() - shown[0] > 10 or pr.done == pr.total:  # ranks share the terminal: whole lines
+            shown[0] = time.monotonic()
+            print(line, file=sys.stderr, flush=True)
 
     try:
-        pr = caption_library(cfg, captioner, on_progress=report)
+        pr = caption_library(cfg, captioner, on_progress=report, team=team)
     except KeyboardInterrupt:
         print("\nstopped; everything captioned so far is written. Run the same command again to continue.",
               file=sys.stderr)
         return 130
-    print(file=sys.stderr)
-    print(f"captioned {pr.done} images ({pr.skipped} already done)"
+    if not team:
+        print(file=sys.stderr)
+    print(f"{who}captioned {pr.done} images ({pr.skipped} already done)"
           + (f", {pr.failed} could not be read or written" if pr.failed else ""), file=sys.stderr)
     return 0
 
 
-def _caption_files(args) -> int:
-    """Several paths, or single files: one pass, one CSV."""
+def _caption_files(args, device: str, team: TorchrunTeam | None) -> int:
+    """Several paths, or single files: one pass, one CSV (under torchrun: each rank a share, rank 0 writes)."""
     files = collect_images(args.paths)
     if not files:
         print("no images found in " + " ".join(args.paths), file=sys.stderr)
         return 1
-    captioner = Captioner(args.model, device=args.device)
-    results = captioner.caption([(str(f), f) for f in files], beam=args.beam, max_len=args.max_len,
+    mine = files[team.rank::team.world] if team else files
+    captioner = Captioner(args.model, device=device)
+    results = captioner.caption([(str(f), f) for f in mine], beam=args.beam, max_len=args.max_len,
                                 batch_size=args.batch_size, num_captions=args.num_captions, min_len=args.min_len,
                                 top_p=args.top_p, object_words=args.object_words == "on",
-                                on_progress=lambda d, n: print(f"\rcaptioned {d}/{n}", end="", file=sys.stderr))
-    print(file=sys.stderr)
+                                on_progress=None if team else
+                                lambda d, n: print(f"\rcaptioned {d}/{n}", end="", file=sys.stderr))
+    if not team:
+        print(file=sys.stderr)
     for r in results:
         if r.caption:
             r.caption = f"{args.prefix}{r.caption}{args.suffix}"
-    write_csv(results, Path(args.out or "captions.csv"))
-    bad = sum(1 for r in results if r.error)
-    print(f"wrote {len(results)} rows to {args.out}" + (f" ({bad} could not be read)" if bad else ""), file=sys.stderr)
+    rows = csv_rows(results)[1:]
+    if team:
+        shares = team.gather(rows)  # rank r captioned files r, r + world, ...: deal them back into input order
+        if shares is None:
+            return 0
+        rows = [shares[i % team.world][i // team.world] for i in range(len(files))]
+    atomic_write_bytes(Path(args.out or "captions.csv"), csv_table([CSV_COLUMNS, *rows]))
+    bad = sum(1 for r in rows if r[4])
+    print(f"wrote {len(rows)} rows to {args.out}" + (f" ({bad} could not be read)" if bad else ""), file=sys.stderr)
     return 0
 
 

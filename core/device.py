@@ -255,6 +255,7 @@ class DeviceReport:
     problem: str | None = None  # why a GPU that is there goes unused, in plain words
     fix: str | None = None  # what to do about it
     command: str | None = None  # the command that does it, when one does
+    gpus: int = 0  # CUDA GPUs PyTorch can use (torch.cuda.device_count()): the Train page offers all of them
 
     def label(self) -> str:
         """"CUDA (NVIDIA GeForce RTX 4070, 12.0 GB)", "CPU (8 cores)"."""
@@ -328,7 +329,8 @@ def device_report(nvidia: NvidiaInfo | None | str = "query") -> DeviceReport:
     else:
         build = "CPU-only build"
     info = describe_device()
-    report = DeviceReport(info["device"], info["name"], f"{torch.__version__} ({build})", seen)
+    report = DeviceReport(info["device"], info["name"], f"{torch.__version__} ({build})", seen,
+                          gpus=torch.cuda.device_count() if info["device"] == "cuda" else 0)
     if forced_cpu():
         report.name += f"; {FORCE_CPU_ENV}=1 is set, so no GPU is used"
     elif nvidia and info["device"] != "cuda":

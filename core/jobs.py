@@ -6,6 +6,9 @@ trainer holds an OS-level lock on RUNS_DIR/train.lock for its whole life, so the
 no job runs, however the last one ended (SIGKILL and power cuts included); nothing judges staleness from a
 file's contents. Starters take RUNS_DIR/.start.lock while they launch a trainer and wait for it to take the
 job lock, so two starts at once give one job.
+
+Several processes (one per GPU) run under torchrun on this machine: the job's process is then torchrun, its
+workers are its children (stopping reaches them: core.process), and rank 0 alone holds the job lock.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from .paths import JOB_LOCK_ENV, REPO_ROOT, runs_dir
 from .runs import CONFIG, LOG, STOP, Job, run_status
 
 TRAIN_COMMAND = (sys.executable, "-m", "core.train")
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")  # one machine, a free port of its own
+NPROC_FLAG = "--nproc-per-node"
 LOCK_NAME = "train.lock"  # held by the running trainer
 START_LOCK_NAME = ".start.lock"  # held by a starter from its check to the trainer's taking LOCK_NAME
 CURRENT_NAME = "current.json"  # which run folder the lock's holder works on
@@ -59,7 +64,7 @@ def hold_job_lock(timeout: float = 60.0) -> None:
     Without the variable (a run from a terminal) there is nothing to take.
     """
     path = os.environ.pop(JOB_LOCK_ENV, None)
-    if not path:
+    if not path or os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 holds it for the whole job
         return
     lock = FileLock(path)
     try:
@@ -130,8 +135,26 @@ class _Starting:
         self.lock.release()
 
 
-def _launch(run_dir: Path, root: Path, command, resume: bool) -> Job:
-    cmd = [*(command or TRAIN_COMMAND), "--config", str(run_dir / CONFIG), "--run-dir", str(run_dir)]
+def train_command(processes: int = 1, command=None) -> list[str]:
+    """`python -m core.train` (or `command`); with `processes` > 1 the same under torchrun, one process per GPU."""
+    command = list(command or TRAIN_COMMAND)
+    if processes <= 1:
+        return command
+    return [*TORCHRUN, NPROC_FLAG, str(processes), *command[1:]]  # torchrun takes the interpreter's place
+
+
+def processes_of(command) -> int:
+    """How many processes a recorded command line starts (1 unless it is a torchrun one)."""
+    command = [str(c) for c in command or []]
+    for i, arg in enumerate(command):
+        value = command[i + 1] if arg == NPROC_FLAG and i + 1 < len(command) else arg.partition(f"{NPROC_FLAG}=")[2]
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def _launch(run_dir: Path, root: Path, command, resume: bool, processes: int) -> Job:
+    cmd = [*train_command(processes, command), "--config", str(run_dir / CONFIG), "--run-dir", str(run_dir)]
     if resume:
         cmd.append("--resume")
     (run_dir / STOP).unlink(missing_ok=True)  # a stop of an earlier attempt is spent
@@ -147,25 +170,32 @@ def _launch(run_dir: Path, root: Path, command, resume: bool) -> Job:
     return job
 
 
-def start_job(config: dict, root: Path | str | None = None, command=None) -> Job:
+def _valid_processes(processes) -> int:
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise JobError(f"The number of processes must be a whole number of at least 1, not {processes!r}.")
+    return processes
+
+
+def start_job(config: dict, root: Path | str | None = None, command=None, processes: int = 1) -> Job:
     """Validate the settings, write config.json (folders absolute) into a new run folder, start the trainer.
 
     `command` replaces `python -m core.train` (tests pass a fake trainer); `--config`, `--run-dir` and
-    `--resume` are appended to it.
+    `--resume` are appended to it. `processes` > 1: that many under torchrun (one per GPU: train_command).
     """
-    cfg = _valid_config(config)
+    cfg, processes = _valid_config(config), _valid_processes(processes)
     root = Path(root) if root is not None else runs_dir()
     with _Starting(root):
         run_dir = new_run_dir(root, cfg.model_name)
         try:
             atomic_write_json(run_dir / CONFIG, cfg.to_dict())
-            return _launch(run_dir, root, command, resume=False)
+            return _launch(run_dir, root, command, resume=False, processes=processes)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
 
-def resume_job(run_dir: Path | str, root: Path | str | None = None, command=None) -> Job:
+def resume_job(run_dir: Path | str, root: Path | str | None = None, command=None, processes: int | None = None) -> Job:
+    """Continue a run from its checkpoint; `processes` None: as many processes as its last start had."""
     run_dir = Path(run_dir)
     root = Path(root) if root is not None else run_dir.parent
     if not (run_dir / CONFIG).is_file():
@@ -180,7 +210,10 @@ def resume_job(run_dir: Path | str, root: Path | str | None = None, command=None
             raise JobError(f"{run_dir.name} is still running.")
         if status == "done":
             raise JobError(f"{run_dir.name} has finished; start a new run instead.")
-        return _launch(run_dir, root, command, resume=True)
+        if processes is None:
+            last = Job.load(run_dir)
+            processes = processes_of(last.command) if last else 1
+        return _launch(run_dir, root, command, resume=True, processes=_valid_processes(processes))
 
 
 def stop_job(job: Job) -> None:

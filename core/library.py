@@ -7,11 +7,18 @@ folder (`{"file_name", "text"}`, Hugging Face's `imagefolder` layout), a COCO re
 its path relative to the library folder, which is also how a rerun recognises what is already done:
 `existing="skip"` (the default) captions only the images some output still lacks, so an interrupted run
 (crash, Ctrl+C, Cancel on the page) continues where it stopped.
+
+Under torchrun (`caption_library(..., team=...)`, see core.caption) rank 0 plans, every rank captions its share
+(every world-th image of the plan) and writes its images' own files (sidecars, embedded metadata) directly and
+its rows of the shared files (CSV, metadata.jsonl, COCO JSON) to parts beside them (`captions.csv.part-1`); after a
+barrier rank 0 merges the parts into the shared files in input order, atomically, then deletes them. Parts left by
+a killed run are merged first by the next run, so a resume skips what they hold.
 """
 from __future__ import annotations
 
 import csv
 import fnmatch
+import glob
 import io
 import json
 import os
@@ -19,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from . import imagemeta
 from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
@@ -31,6 +38,7 @@ CSV_COLUMNS = ["image", "caption", "score", "alternatives", "error", "tags", "co
 _OLD_COLUMNS = 5  # CSVs written before tags/confidence/check: still read when a run resumes
 EXISTING = ("skip", "overwrite", "append")
 BOM = "\ufeff"  # spreadsheets on Windows read a CSV as UTF-8 only when it starts with one
+PART = ".part-"  # <shared output>.part-<rank>: one rank's rows of a shared output under torchrun
 
 
 @dataclass
@@ -148,7 +156,12 @@ def csv_rows(results) -> list[list[str]]:
 
 def csv_bytes(results) -> bytes:
     """The CSV as UTF-8 with a byte-order mark, so that Excel on Windows shows accented names correctly."""
-    return (BOM + "".join(csv_line(row) for row in csv_rows(results))).encode("utf-8")
+    return csv_table(csv_rows(results))
+
+
+def csv_table(rows: list[list[str]]) -> bytes:
+    """Rows (header first) as csv_bytes writes them."""
+    return (BOM + "".join(csv_line(row) for row in rows)).encode("utf-8")
 
 
 def write_csv(results, path: Path) -> None:
@@ -210,6 +223,25 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def _read_coco(path: Path) -> list[dict]:
+    try:
+        return [e for e in json.loads(path.read_text(encoding="utf-8")) if isinstance(e, dict)]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def _parts(path: Path) -> list[Path]:
+    """The ranks' parts of a shared output, by rank."""
+    found = [p for p in path.parent.glob(f"{glob.escape(path.name)}{PART}*") if p.name.rsplit("-", 1)[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+
+
+def _remove(parts: list[Path]) -> int:
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return len(parts)
+
+
 def coco_image_ids(root: Path) -> dict[str, int]:
     """file name -> COCO image id, from the annotation files of the COCO dataset the folder belongs to."""
     ids = {}
@@ -231,13 +263,16 @@ def coco_image_ids(root: Path) -> dict[str, int]:
 class Library:
     """One library folder and its outputs: what is done, and writing new captions into every output."""
 
-    def __init__(self, cfg: LibraryConfig):
+    def __init__(self, cfg: LibraryConfig, part: int | None = None):
+        """part: this rank's number under torchrun; the shared outputs are then its parts (`<output>.part-<rank>`)."""
         self.cfg = cfg
         self.root = Path(os.path.abspath(Path(cfg.root).expanduser()))  # not resolve(): links inside stay inside
-        self.csv = _Journal(Path(cfg.csv), BOM + csv_line(CSV_COLUMNS)) if cfg.csv else None
-        self.jsonl = _Journal(self.root / "metadata.jsonl") if cfg.jsonl else None
-        self.coco_path = Path(cfg.coco_results) if cfg.coco_results else None
+        tail = "" if part is None else f"{PART}{part}"
+        self.csv = _Journal(Path(f"{cfg.csv}{tail}"), BOM + csv_line(CSV_COLUMNS)) if cfg.csv else None
+        self.jsonl = _Journal(self.root / f"metadata.jsonl{tail}") if cfg.jsonl else None
+        self.coco_path = Path(f"{cfg.coco_results}{tail}") if cfg.coco_results else None
         self.coco: list[dict] = []
+        self._coco_loaded = False
         self.coco_ids = coco_image_ids(self.root) if cfg.coco_results else {}
         self._coco_saved = 0.0
 
@@ -251,11 +286,7 @@ class Library:
         in_csv = {r[0] for r in csv_rows}
         failed = {r[0] for r in csv_rows if r[4]}  # unreadable last time: recorded, not retried on every run
         in_jsonl = {o["file_name"] for o in _read_jsonl(self.jsonl.path)} if self.jsonl else set()
-        if self.coco_path and self.coco_path.exists():
-            try:
-                self.coco = [e for e in json.loads(self.coco_path.read_text(encoding="utf-8")) if isinstance(e, dict)]
-            except (OSError, ValueError, TypeError):
-                self.coco = []
+        self._load_coco()
         if cfg.existing == "overwrite":  # rows of the images about to be captioned again go; the others stay
             if self.csv and in_csv & names:
                 self.csv.rewrite([csv_line(r) for r in _read_csv(self.csv.path) if r[0] not in names])
@@ -291,6 +322,43 @@ class Library:
             if want:
                 plan.append((p, want))
         return plan
+
+    def _load_coco(self) -> None:
+        self.coco, self._coco_loaded = _read_coco(self.coco_path) if self.coco_path else [], True
+
+    def merge_parts(self, order: dict[str, int], recovering: bool = False) -> int:
+        """Merge the ranks' parts of the shared outputs into them, rows in input order (`order`: name -> position;
+        others last, as they were), atomically; then delete the parts. Returns how many parts there were.
+
+        recovering: parts a killed run left; rows the shared output already holds are not added twice (a run
+        killed between writing the merged file and deleting its parts)."""
+        merged = 0
+        if self.csv and (parts := _parts(self.csv.path)):
+            rows = _read_csv(self.csv.path)
+            have = {tuple(r) for r in rows} if recovering else set()
+            rows += [r for part in parts for r in _read_csv(part) if tuple(r) not in have]
+            rows.sort(key=lambda r: order.get(r[0], len(order)))  # stable: an image's K rows keep their order
+            self.csv.close()
+            self.csv.rewrite([csv_line(r) for r in rows])
+            merged += _remove(parts)
+        if self.jsonl and (parts := _parts(self.jsonl.path)):
+            objs = _read_jsonl(self.jsonl.path)
+            have = {json.dumps(o, sort_keys=True) for o in objs} if recovering else set()
+            objs += [o for part in parts for o in _read_jsonl(part) if json.dumps(o, sort_keys=True) not in have]
+            objs.sort(key=lambda o: order.get(o["file_name"], len(order)))
+            self.jsonl.close()
+            self.jsonl.rewrite([json.dumps(o, ensure_ascii=False) + "\n" for o in objs])
+            merged += _remove(parts)
+        if self.coco_path and (parts := _parts(self.coco_path)):
+            if not self._coco_loaded:  # else plan() has loaded it, less what "overwrite" captions again
+                self._load_coco()
+            entries = {(e.get("image_id"), e.get("caption")): e for e in self.coco}
+            for part in parts:
+                entries.update({(e.get("image_id"), e.get("caption")): e for e in _read_coco(part)})
+            self.coco = list(entries.values())
+            self.save_coco(force=True)
+            merged += _remove(parts)
+        return merged
 
     def coco_id(self, path: Path) -> int | None:
         if path.name in self.coco_ids:
@@ -349,35 +417,71 @@ class Library:
         self.save_coco(force=True)
 
 
+class Team(Protocol):
+    """The processes of one torchrun launch, as caption_library needs them (core.caption implements it)."""
+
+    rank: int
+    world: int
+
+    def broadcast(self, obj): ...  # rank 0's JSON-able obj, on every rank
+
+    def barrier(self) -> None: ...
+
+
 def caption_library(cfg: LibraryConfig, captioner, on_progress: Callable[[Progress], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> Progress:
+                    should_stop: Callable[[], bool] | None = None, team: Team | None = None) -> Progress:
     """Caption every image of the library that is not done yet, writing as it goes.
 
     `on_progress` is called after each batch; an exception raised there (Ctrl+C, the page's Cancel) or
-    `should_stop()` returning True ends the run after that batch with everything written so far kept."""
-    lib = Library(cfg)
-    images = find_images(lib.root, cfg.recursive, cfg.include, cfg.exclude)
-    plan = lib.plan(images)
-    progress = Progress(0, len(plan), len(images) - len(plan), 0, 0.0, None, [])
-    t0 = time.perf_counter()
+    `should_stop()` returning True ends the run after that batch with everything written so far kept.
+    `team`: this process is one rank of several (torchrun); it captions its share and reports on that share."""
+    lead = team is None or team.rank == 0
+    if lead:  # the other ranks neither walk the folder nor read the outputs: rank 0 tells them their share
+        lib = Library(cfg)
+        images = find_images(lib.root, cfg.recursive, cfg.include, cfg.exclude)
+        order = {lib.name(p): i for i, p in enumerate(images)}
+        lib.merge_parts(order, recovering=True)  # what the ranks of a killed torchrun run had written
+        plan = lib.plan(images)
+    if team is None:
+        try:
+            return _caption_plan(lib, plan, len(images) - len(plan), captioner, on_progress, should_stop)
+        finally:
+            lib.close()
+    share = Library(cfg, part=team.rank)
+    told = team.broadcast({"skipped": len(images) - len(plan), "plan": [[lib.name(p), sorted(o)] for p, o in plan]}
+                          if lead else None)
+    mine = [(share.root / name, set(outs)) for name, outs in told["plan"][team.rank::team.world]]
     try:
-        batches = captioner.iter_captions([(str(p), p) for p, _ in plan], beam=cfg.beam, max_len=cfg.max_len,
-                                          batch_size=cfg.batch_size, num_captions=cfg.num_captions,
-                                          min_len=cfg.min_len, top_p=cfg.top_p, object_words=cfg.object_words)
-        for results in batches:
-            start = progress.done
-            progress.latest = [lib.write(plan[start + i][0], plan[start + i][1], r) for i, r in enumerate(results)]
-            progress.done += len(results)
-            progress.failed += sum(1 for row in progress.latest if row["error"])
-            elapsed = time.perf_counter() - t0
-            progress.images_per_s = progress.done / max(elapsed, 1e-9)
-            progress.eta_s = (progress.total - progress.done) / progress.images_per_s if progress.images_per_s else None
-            lib.save_coco()
-            if on_progress:
-                on_progress(progress)
-            if should_stop and should_stop():
-                batches.close()
-                break
+        progress = _caption_plan(share, mine, told["skipped"], captioner, on_progress, should_stop)
     finally:
+        share.close()
+    team.barrier()  # every rank's parts are complete
+    if lead:
+        lib.merge_parts(order)
         lib.close()
+    return progress
+
+
+def _caption_plan(lib: Library, plan: list[tuple[Path, set[str]]], skipped: int, captioner, on_progress,
+                  should_stop) -> Progress:
+    cfg = lib.cfg
+    progress = Progress(0, len(plan), skipped, 0, 0.0, None, [])
+    t0 = time.perf_counter()
+    batches = captioner.iter_captions([(str(p), p) for p, _ in plan], beam=cfg.beam, max_len=cfg.max_len,
+                                      batch_size=cfg.batch_size, num_captions=cfg.num_captions,
+                                      min_len=cfg.min_len, top_p=cfg.top_p, object_words=cfg.object_words)
+    for results in batches:
+        start = progress.done
+        progress.latest = [lib.write(plan[start + i][0], plan[start + i][1], r) for i, r in enumerate(results)]
+        progress.done += len(results)
+        progress.failed += sum(1 for row in progress.latest if row["error"])
+        elapsed = time.perf_counter() - t0
+        progress.images_per_s = progress.done / max(elapsed, 1e-9)
+        progress.eta_s = (progress.total - progress.done) / progress.images_per_s if progress.images_per_s else None
+        lib.save_coco()
+        if on_progress:
+            on_progress(progress)
+        if should_stop and should_stop():
+            batches.close()
+            break
     return progress

@@ -1,4 +1,5 @@
 """Train page: start a training run in the background, watch it live, stop and resume it, pick the model."""
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +9,7 @@ from core.bundle import BundleError, set_active
 from core.config import (BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, NAME_RULE, ConfigError, ModelConfig,
                          TrainConfig, name_problem)
 from core.data import COCO_HELP, inspect_dataset
-from core.jobs import JobError, current_job, enforce_stop, resume_job, start_job, stop_job
+from core.jobs import JobError, current_job, enforce_stop, processes_of, resume_job, start_job, stop_job
 from core.paths import models_dir, runs_dir
 from core.runs import Job, list_runs, run_status
 from ui import warm
@@ -19,12 +20,19 @@ from ui.nav import sidebar_menu
 STOP_GRACE_S = 120  # after a Stop, how long the trainer may take to checkpoint before it gets SIGTERM
 
 
-def device_choice(where) -> str:
-    """The compute device for the run, with what was found on this computer beside it."""
+def device_choice(where) -> tuple[str, int]:
+    """The compute device for the run, with what was found on this computer beside it; and how many processes:
+    with several CUDA GPUs, one or all of them (one process each, through torchrun)."""
     device = where.selectbox("Device", DEVICES, help="auto: CUDA, then Apple MPS, then the CPU")
     dev = warm.device_info()  # the server's warm-up made one already, unless this is its very first page
-    device_report_ui(where, report=dev if dev and "error" not in dev else None)
-    return device
+    report = device_report_ui(where, report=dev if dev and "error" not in dev else None)
+    if report.gpus < 2 or os.name == "nt":  # PyTorch's Windows builds have no NCCL, which several GPUs train over
+        return device, 1
+    processes = where.selectbox("GPUs", (1, report.gpus),
+                                format_func=lambda n: "one GPU" if n == 1 else f"all {n} GPUs",
+                                help="All: one training process per GPU (torchrun, DistributedDataParallel); "
+                                "the batch size is the total over all of them")
+    return device, processes
 
 
 def train_form() -> dict | None:
@@ -35,7 +43,7 @@ def train_form() -> dict | None:
         c = st.columns(3)
         backbone = c[0].selectbox("Backbone", BACKBONE_NAMES, index=BACKBONE_NAMES.index(m.backbone))
         decoder = c[1].selectbox("Decoder", DECODERS, index=DECODERS.index(m.decoder), format_func=DECODER_NAMES.get)
-        device = device_choice(c[2])
+        device, processes = device_choice(c[2])
         c = st.columns(4)
         embed_dim = c[0].number_input("Embedding size", 8, 2048, m.embed_dim, step=8)
         hidden_dim = c[1].number_input("Hidden size", 8, 4096, m.hidden_dim, step=8)
@@ -60,7 +68,8 @@ def train_form() -> dict | None:
             dropout = c[3].number_input("Dropout", 0.0, 0.9, m.dropout, step=0.05)
         if not st.form_submit_button("Start training", type="primary"):
             return None
-    return dict(data=data, backbone=backbone, decoder=decoder, device=device, embed_dim=int(embed_dim),
+    return dict(data=data, backbone=backbone, decoder=decoder, device=device, processes=int(processes),
+                embed_dim=int(embed_dim),
                 hidden_dim=int(hidden_dim), min_word_count=int(min_word_count), epochs=int(epochs),
                 batch_size=int(batch_size), lr=float(lr), subset=float(subset), label_smoothing=float(label_smoothing),
                 scst_epochs=int(scst_epochs), val_images=int(val_images), fine_tune=bool(fine_tune),
@@ -71,6 +80,10 @@ def train_form() -> dict | None:
 
 def start(values: dict) -> bool:
     """Validate, then start the run (and redraw); False when the dataset is the problem."""
+    processes = values.pop("processes", 1)
+    if processes > 1 and values["device"] not in ("auto", "cuda"):
+        st.error(f"All {processes} GPUs need the device auto or cuda, not {values['device']}.")
+        return True
     if name_problem(values["model_name"]):
         st.error(name_problem(values["model_name"]))
         return True
@@ -87,7 +100,7 @@ def start(values: dict) -> bool:
         st.error("This dataset cannot be used yet:\n" + "\n".join(f"- {p}" for p in info.problems))
         return False
     try:
-        start_job(config.to_dict(), runs_dir())
+        start_job(config.to_dict(), runs_dir(), processes=processes)
     except JobError as e:
         st.error(str(e))
         return True
@@ -109,6 +122,8 @@ def monitor(run_dir: str) -> None:
     if not enforce_stop(live, STOP_GRACE_S) and live.stop_requested_at and not live.alive():
         st.warning(f"The training process (pid {live.pid}) could not be identified for sure, so it is not "
                    "signalled; it stops at its next step, or end it yourself.")
+    if processes_of(live.command) > 1:
+        st.caption(f"On {processes_of(live.command)} GPUs: one process each (torchrun)")
     st.button("Stop", on_click=stop_job, args=(live,), disabled=live.stop_requested_at is not None,
               help="The trainer saves a checkpoint and exits; Resume continues from there")
     draw_run(Path(run_dir))
@@ -127,7 +142,8 @@ def runs_ui(live: Job | None) -> None:
     # keeping an older choice, after which "Use this model" would have applied to the older run's model
     run = {r.name: r for r in runs}[st.selectbox("Run", [r.name for r in runs], key=f"run-{runs[0].name}")]
     buttons = st.container(horizontal=True)
-    if run.resumable and buttons.button("Resume", type="primary", help="Continue from the last checkpoint"):
+    if run.resumable and buttons.button("Resume", type="primary", help="Continue from the last checkpoint, "
+                                        "with as many processes (GPUs) as it had"):
         try:
             resume_job(run.path, runs_dir())
             st.rerun()

@@ -56,9 +56,11 @@ def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "
 # A stand-in for `python -m core.train`: same CLI, same progress events (names from core.runs), the job lock,
 # STOP file and SIGTERM handling. Mode (--fake-mode): "loop" (steps until stopped; 3 steps when resumed, then
 # done), "ignore_stop", "error", "crash", "linger" (done with models/tiny-attention at once, then 8 s to exit).
+# Under torchrun (RANK set) rank 0 does all that; the other ranks report nothing and end with rank 0's last word,
+# the STOP file or SIGTERM (or never, in "ignore_stop": only a signal that reaches them ends them).
 FAKE_TRAINER = textwrap.dedent(
     """
-    import argparse, json, signal, sys, time
+    import argparse, json, os, signal, sys, time
     from pathlib import Path
 
     from core import runs
@@ -77,6 +79,17 @@ FAKE_TRAINER = textwrap.dedent(
     emit = runs.Reporter(run)
     stop = run / runs.STOP
 
+    if os.environ.get("RANK", "0") != "0":
+        if mode == "ignore_stop":
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        import psutil
+
+        began = psutil.Process(os.getppid()).create_time()  # the launcher's start: this attempt's events come after
+        while not term and not (stop.exists() and mode != "ignore_stop") and not any(
+                e.get("event") in runs.FINAL_EVENTS and e.get("time", 0) >= began for e in runs.read_progress(run)):
+            time.sleep(0.05)
+        print(f"fake rank {os.environ['RANK']} ends", flush=True)
+        sys.exit(0)
     emit(runs.START, config=cfg, pid=0, resumed=a.resume)
     print("fake trainer up", flush=True)
     if mode == "crash":
@@ -85,8 +98,6 @@ FAKE_TRAINER = textwrap.dedent(
         emit(runs.ERROR, message="The dataset folder is empty.", traceback="")
         sys.exit(1)
     if mode == "linger":  # done at once, then slow to exit (a real trainer's interpreter takes a moment too)
-        import os
-
         emit(runs.DONE, bundle=str(Path(os.environ["CAPTION_MODELS_DIR"]) / "tiny-attention"), metrics={})
         time.sleep(8)
         sys.exit(0)
@@ -113,3 +124,29 @@ def fake_trainer_command(folder: Path, mode: str = "loop") -> list[str]:
     script = Path(folder) / "fake_trainer.py"
     script.write_text(FAKE_TRAINER, encoding="utf-8")
     return [sys.executable, str(script), "--fake-mode", mode]
+
+
+# A stand-in for `python -m torch.distributed.run --standalone --nproc-per-node N ...`: N children with RANK,
+# LOCAL_RANK and WORLD_SIZE set, each in a session of its own (as torchrun starts them). SIGTERM ends it without
+# passing the signal on, so a stop reaches the workers only if the stopper signals them itself.
+FAKE_TORCHRUN = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys
+
+    args = sys.argv[1:]
+    assert args[:2] == ["--standalone", "--nproc-per-node"], args
+    n, command = int(args[2]), args[3:]
+    workers = [subprocess.Popen([sys.executable, *command], start_new_session=True,
+                                env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n)})
+               for r in range(n)]
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    sys.exit(max(w.wait() for w in workers))
+    """
+)
+
+
+def fake_torchrun_command(folder: Path) -> tuple[str, ...]:
+    """What replaces core.jobs.TORCHRUN in tests: the stand-in above, with the flag torchrun gets first."""
+    script = Path(folder) / "fake_torchrun.py"
+    script.write_text(FAKE_TORCHRUN, encoding="utf-8")
+    return (sys.executable, str(script), "--standalone")

@@ -14,7 +14,8 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from app_fixtures import fake_trainer_command, jpeg_bytes, make_flickr_dataset, make_tiny_bundle
+from app_fixtures import (fake_torchrun_command, fake_trainer_command, jpeg_bytes, make_flickr_dataset,
+                          make_tiny_bundle)
 from core.bundle import get_active
 from core import jobs
 from core.runs import read_progress, run_info, summarize
@@ -206,6 +207,55 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
     assert run_info(job.run_dir).status == "done"
     assert any(b.label == "Use this model for captioning" for b in at.button)
     assert list(at.dataframe[0].value["status"]) == ["done"]
+
+
+def fake_gpus(monkeypatch, n: int) -> None:
+    """The page sees n CUDA GPUs (the device report that the server's warm-up makes in a subprocess)."""
+    from ui import warm
+
+    report = {"device": "cuda", "name": "NVIDIA Test GPU, 80.0 GB", "torch": "2.14.1 (CUDA 13.0)", "gpus": n}
+    monkeypatch.setattr(warm, "device_info", lambda: dict(report))
+
+
+def test_train_page_runs_on_all_gpus_through_torchrun(models, runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "TRAIN_COMMAND", tuple(fake_trainer_command(tmp_path)))
+    monkeypatch.setattr(jobs, "TORCHRUN", fake_torchrun_command(tmp_path))  # a stand-in launcher: N children
+    fake_gpus(monkeypatch, 1)
+    at = open_page(TRAIN).run()
+    assert not at.exception and "GPUs" not in [s.label for s in at.selectbox]  # one GPU: nothing to choose
+    fake_gpus(monkeypatch, 2)
+    at.run()
+    gpus = next(s for s in at.selectbox if s.label == "GPUs")
+    assert gpus.options == ["one GPU", "all 2 GPUs"] and gpus.value == 1  # today's one process unless asked
+    at.text_input[0].set_value(str(make_flickr_dataset(tmp_path / "data")))
+    at.text_input[1].set_value("two-gpus")
+    gpus.select(2)
+    next(s for s in at.selectbox if s.label == "Device").select("cpu")
+    at.button[0].click().run()
+    assert "All 2 GPUs need the device auto or cuda" in at.error[0].value and jobs.current_job(runs) is None
+    next(s for s in at.selectbox if s.label == "Device").select("auto")
+    at.button[0].click().run()
+    assert not at.exception
+    job = jobs.current_job(runs)
+    assert job is not None and jobs.processes_of(job.command) == 2 and job.command[1].endswith("fake_torchrun.py")
+
+    deadline = time.time() + 30
+    while not summarize(read_progress(job.run_dir)).losses and time.time() < deadline:
+        time.sleep(0.1)
+    at.run()  # the live monitor follows rank 0's events
+    assert not at.exception and at.get("progress") and "On 2 GPUs" in texts(at)
+    next(b for b in at.button if b.label == "Stop").click().run()
+    assert jobs.wait_for_exit(job, 30)  # both ranks obeyed the STOP file, then the launcher ended
+    at.run()
+    assert not at.exception and run_info(job.run_dir).status == "stopped"
+    next(b for b in at.button if b.label == "Resume").click().run()
+    from core.runs import Job
+
+    again = jobs.current_job(runs) or Job.load(job.run_dir)
+    assert again.resumed and jobs.processes_of(again.command) == 2  # resumed on as many GPUs
+    assert jobs.wait_for_exit(again, 30)
+    at.run()
+    assert not at.exception and run_info(job.run_dir).status == "done"
 
 
 def test_train_page_explains_a_failed_run(models, runs, tmp_path):

@@ -10,9 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
-from app_fixtures import fake_trainer_command
+from app_fixtures import fake_torchrun_command, fake_trainer_command
 from core import jobs, process, runs
 
 
@@ -249,3 +250,97 @@ def test_two_starting_processes_give_one_job(runs_root, fake):
     finally:
         if job is not None:
             kill(job)
+
+
+# --- several processes (torchrun) ---------------------------------------------------------------------------
+
+
+def test_the_torchrun_command_line():
+    assert jobs.train_command(1) == [sys.executable, "-m", "core.train"]
+    four = jobs.train_command(4)
+    assert four == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                    "-m", "core.train"]
+    assert [jobs.processes_of(c) for c in (four, jobs.train_command(1), ["torchrun", "--nproc-per-node=3"], None)] \
+        == [4, 1, 3, 1]
+    # a trainer given as a script (the tests' stand-in) runs under torchrun as that script
+    assert jobs.train_command(2, ["python", "trainer.py", "--x"])[-4:] == ["--nproc-per-node", "2", "trainer.py", "--x"]
+    with pytest.raises(jobs.JobError, match="at least 1"):
+        jobs.start_job({}, command=["true"], processes=0)
+
+
+def workers(job) -> list[psutil.Process]:
+    try:
+        return psutil.Process(job.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_family(job, family):
+    for p in [*family, *workers(job)]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    if job.alive():
+        kill(job)
+
+
+@pytest.fixture
+def launcher(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "TORCHRUN", fake_torchrun_command(tmp_path))
+
+
+def test_several_processes_stop_and_resume_with_as_many(runs_root, fake, launcher):
+    job = jobs.start_job({}, runs_root, command=fake, processes=2)
+    family = []
+    try:
+        assert job.command[1].endswith("fake_torchrun.py") and jobs.processes_of(job.command) == 2
+        assert wait_until(lambda: len(workers(job)) == 2 and runs.run_status(job.run_dir) == "running")
+        family = workers(job)
+        assert sorted(p.environ()["RANK"] for p in family) == ["0", "1"]
+        assert jobs.current_job(runs_root).pid == job.pid  # the launcher is the job; rank 0 holds the lock
+        jobs.stop_job(job)
+        assert jobs.wait_for_exit(job, 20) and not any(p.is_running() for p in family)
+        assert runs.run_status(job.run_dir) == "stopped" and jobs.current_job(runs_root) is None
+        assert "fake rank 1 ends" in "\n".join(runs.tail_log(job.run_dir))
+
+        again = jobs.resume_job(job.run_dir, command=fake)
+        assert again.resumed and jobs.processes_of(again.command) == 2  # as many as before
+        assert jobs.wait_for_exit(again, 20)
+        assert runs.run_status(job.run_dir) == "done"
+    finally:
+        kill_family(job, family)
+
+
+def test_enforce_stop_reaches_the_workers_of_the_launcher(runs_root, tmp_path, launcher):
+    job = jobs.start_job({}, runs_root, command=fake_trainer_command(tmp_path, "ignore_stop"), processes=2)
+    family = []
+    try:
+        assert wait_until(lambda: len(workers(job)) == 2 and runs.run_status(job.run_dir) == "running")
+        family = workers(job)
+        jobs.stop_job(job)
+        time.sleep(0.5)
+        assert all(p.is_running() for p in family)  # they ignore the STOP file
+        assert jobs.enforce_stop(job, grace_s=0.1)
+        # the stand-in launcher dies of SIGTERM without passing it on: the workers end because they were signalled
+        assert jobs.wait_for_exit(job, 10)
+        gone, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive
+    finally:
+        kill_family(job, family)
+
+
+def test_real_torchrun_runs_the_job(runs_root, fake):
+    """torch.distributed.run itself: rank 0 alone takes the job lock, a Stop ends both ranks and torchrun."""
+    job = jobs.start_job({}, runs_root, command=fake, processes=2)
+    family = []
+    try:
+        assert "torch.distributed.run" in job.command
+        assert wait_until(lambda: runs.run_status(job.run_dir) == "running", timeout=120)
+        family = workers(job)
+        jobs.stop_job(job)
+        assert jobs.wait_for_exit(job, 60)
+        assert runs.run_status(job.run_dir) == "stopped"
+        assert "fake rank 1 ends" in "\n".join(runs.tail_log(job.run_dir, 50))
+    finally:
+        kill_family(job, family)
