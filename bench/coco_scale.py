@@ -136,14 +136,16 @@ def build_dataset(root: Path, source: Path, n_train: int = COCO_TRAIN_IMAGES, n_
 # ---------------------------------------------------------------------------------------------- trainer runs
 
 def _disk_bytes(folder: Path) -> int:
-    total = 0
+    """Bytes allocated under `folder`, each file once however many hard links it has (like du)."""
+    seen = {}
     for dirpath, _, files in os.walk(folder):
         for f in files:
             try:
-                total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
+                st = os.stat(os.path.join(dirpath, f))
             except OSError:
-                pass
-    return total
+                continue
+            seen[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return sum(seen.values())
 
 
 class Trainer:
@@ -156,6 +158,8 @@ class Trainer:
         self.t0 = time.monotonic()
         self.events: list[tuple[float, dict]] = []
         self.rss: list[tuple[float, int]] = []
+        self.cpu: list[tuple[float, float]] = []  # CPU seconds (user + system, children included): shared cores
+        # make wall times depend on the other jobs; CPU time is the work itself
         self.cache, self.cache_bytes = cache, []
         self.log = open(log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "core.train", *args], cwd=REPO, stdout=subprocess.PIPE,
@@ -175,7 +179,9 @@ class Trainer:
 
         try:
             procs = [self.ps, *self.ps.children(recursive=True)]
-            self.rss.append((time.monotonic() - self.t0, sum(p.memory_info().rss for p in procs)))
+            now = time.monotonic() - self.t0
+            self.rss.append((now, sum(p.memory_info().rss for p in procs)))
+            self.cpu.append((now, sum(sum(p.cpu_times()[:4]) for p in procs)))
         except psutil.Error:
             pass
 
@@ -210,6 +216,11 @@ class Trainer:
     def peak_rss(self, t0: float, t1: float) -> int:
         return max((r for t, r in self.rss if t0 <= t <= t1), default=0)
 
+    def cpu_between(self, t0: float, t1: float) -> float | None:
+        inside = [c for t, c in self.cpu if t0 <= t <= t1]
+        before = [c for t, c in self.cpu if t < t0]
+        return inside[-1] - (before[-1] if before else 0.0) if inside else None
+
     def cache_at(self, t: float) -> int:
         return min(self.cache_bytes, key=lambda x: abs(x[0] - t))[1] if self.cache_bytes else 0
 
@@ -226,9 +237,10 @@ def stages(tr: Trainer, marks: list[tuple[str, float | None, float | None]]) -> 
     rows = []
     for name, a, b in marks:
         if a is None or b is None:
-            rows.append({"stage": name, "seconds": None, "peak_rss": None, "cache": None})
+            rows.append({"stage": name, "seconds": None, "cpu": None, "peak_rss": None, "cache": None})
             continue
-        rows.append({"stage": name, "seconds": b - a, "peak_rss": tr.peak_rss(a, b), "cache": tr.cache_at(b)})
+        rows.append({"stage": name, "seconds": b - a, "cpu": tr.cpu_between(a, b), "peak_rss": tr.peak_rss(a, b),
+                     "cache": tr.cache_at(b)})
     return rows
 
 
@@ -300,7 +312,9 @@ def full_size_run(a, data: Path, work: Path) -> tuple[list[dict], dict]:
     steps = [(t, e) for t, e in f.events if e.get("event") == runs.STEP and 10 <= e["step"] <= K]
     step_s = (steps[-1][0] - steps[0][0]) / (steps[-1][1]["step"] - steps[0][1]["step"])
     lines = [e for _, e in f.events if e.get("event") == runs.LOG_EVENT]
-    facts = {"step_s": step_s, "val_s": (t_epoch - t_val) if t_val and t_epoch else None,
+    facts = {"step_s": step_s, "step_cpu": f.cpu_between(steps[0][0], steps[-1][0]) / (steps[-1][1]["step"]
+                                                                                   - steps[0][1]["step"]),
+             "val_cpu": f.cpu_between(t_val, t_epoch) if t_val and t_epoch else None, "val_s": (t_epoch - t_val) if t_val and t_epoch else None,
              "load_vocab_s": t_enc - t_start, "resume_batch": next((e.get("batch") for _, e in res.events
                                                                    if e.get("event") == runs.RESUMED), None),
              "resume_start_s": r_start, "peak_rss_all": max(f.peak_rss(0, 1e9), res.peak_rss(0, 1e9)),
@@ -326,7 +340,7 @@ def fraction_run(a, data: Path, work: Path, fraction: float) -> dict:
     n = next(e for _, e in tr.events if e.get("event") == runs.LOG_EVENT and "training and" in e.get("message", ""))
     counts = [int(x.replace(",", "")) for x in re.findall(r"[\d,]+", n["message"])[:2]]
     return {"fraction": fraction, "images": last["done"], "listed": sum(counts), "encode_s": pure_s,
-            "encode_phase_s": t_train - t_enc,
+            "encode_phase_s": t_train - t_enc, "encode_cpu_s": tr.cpu_between(t_enc, t_train),
             "load_vocab_s": t_enc - tr.at(event(runs.START)), "peak_rss": tr.peak_rss(0, 1e9),
             "cache_bytes": _disk_bytes(cache)}
 
@@ -342,9 +356,11 @@ def _fmt_b(b):
 
 
 def print_table(rows):
-    print("\n| stage | wall time | peak RSS of the trainer | feature cache on disk |\n|---|---|---|---|")
+    print(f"\n(load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores)"
+          "\n| stage | wall time | CPU time | peak RSS of the trainer | feature cache on disk |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['stage']} | {_fmt_s(r['seconds'])} | {_fmt_b(r['peak_rss'])} | {_fmt_b(r['cache'])} |")
+        print(f"| {r['stage']} | {_fmt_s(r['seconds'])} | {_fmt_s(r.get('cpu'))} | {_fmt_b(r['peak_rss'])} "
+              f"| {_fmt_b(r['cache'])} |")
 
 
 def main(argv=None) -> int:
@@ -386,18 +402,19 @@ def main(argv=None) -> int:
 
     rows, facts = full_size_run(a, data, work)
     fr = [fraction_run(a, data, work, f) for f in a.fractions]
-    print_table([{"stage": "build the dataset (bench, not the trainer)", "seconds": build_s, "peak_rss": None,
-                  "cache": None}] + rows)
+    print_table([{"stage": "build the dataset (bench, not the trainer)", "seconds": build_s, "cpu": None,
+                  "peak_rss": None, "cache": None}] + rows)
     print(f"\nexact peak RSS of the trainer (ru_maxrss, largest process): "
           f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20:,.2f} GiB; "
           f"sampled peak with children: {_fmt_b(facts['peak_rss_all'])}")
     print(f"trainer's log: {facts['log']}")
     print(f"validation after the short first epoch: {facts['val_metrics']}")
 
-    print("\n| fraction | images encoded | encoding (encoder loaded) | whole encoding phase | images/s "
-          "| load + vocabulary | cache on disk | peak RSS |\n|---|---|---|---|---|---|---|---|")
+    print("\n| fraction | images encoded | encoding (encoder loaded) | whole encoding phase | its CPU time | images/s "
+          "| load + vocabulary | cache on disk | peak RSS |\n|---|---|---|---|---|---|---|---|---|")
     for r in fr:
         print(f"| {r['fraction']:g} | {r['images']:,} | {_fmt_s(r['encode_s'])} | {_fmt_s(r['encode_phase_s'])} "
+              f"| {_fmt_s(r['encode_cpu_s'])} "
               f"| {r['images'] / r['encode_s']:.1f} | "
               f"{_fmt_s(r['load_vocab_s'])} | {_fmt_b(r['cache_bytes'])} | {_fmt_b(r['peak_rss'])} |")
     if len(fr) >= 2:
@@ -413,18 +430,25 @@ def main(argv=None) -> int:
     print(f"\ncache for all {n_images:,} images: pooled (Show-and-Tell) {_fmt_b(n_images * spec.feature_dim * 2)}, "
           f"{int(grid ** .5)}x{int(grid ** .5)} grid (attention) {_fmt_b(n_images * grid * spec.feature_dim * 2)}")
     cpu = {"encode": n_images / ips if ips else None, "epoch": steps_epoch * facts["step_s"], "val": facts["val_s"]}
+    cores = os.cpu_count() or 1
+    cpu_work = sum(r["encode_cpu_s"] for r in fr) / sum(r["images"] for r in fr) if fr else None
+    quiet = {"encode": n_images * cpu_work / cores if cpu_work else None,
+             "epoch": steps_epoch * facts["step_cpu"] / cores,
+             "val": facts["val_cpu"] / cores if facts["val_cpu"] else None}
     gpu = {"encode": n_images / a.gpu_encode_ips, "epoch": steps_epoch * a.gpu_step_ms / 1000,
            "val": COCO_VAL_IMAGES / a.gpu_val_ips}
     print(f"\nprojection of a full run: {n_images:,} images encoded once, {a.epochs} epochs of {steps_epoch:,} steps "
           f"(batch {a.batch_size}), validation on 5,000 images after each\n"
           "| | encoding | one epoch | validation | full run |\n|---|---|---|---|---|")
-    for name, d in (("this CPU (measured rates)", cpu), (f"one GPU (ASSUMED: {a.gpu_encode_ips:g} images/s encoding, "
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    for name, d in ((f"this CPU, measured wall times (shared: load average {load})", cpu),
+                    (f"this CPU, alone (CPU time / {cores} cores)", quiet), (f"one GPU (ASSUMED: {a.gpu_encode_ips:g} images/s encoding, "
                                                         f"{a.gpu_step_ms:g} ms/step, {a.gpu_val_ips:g} images/s "
                                                         "validation)", gpu)):
         total = None if None in d.values() else d["encode"] + a.epochs * (d["epoch"] + d["val"])
         print(f"| {name} | {_fmt_s(d['encode'])} | {_fmt_s(d['epoch'])} | {_fmt_s(d['val'])} | {_fmt_s(total)} |")
-    print(f"\ntraining step (batch {a.batch_size}, {a.decoder}) on this CPU: {facts['step_s'] * 1000:.0f} ms "
-          f"({a.batch_size / facts['step_s']:.0f} captions/s)")
+    print(f"\ntraining step (batch {a.batch_size}, {a.decoder}) on this CPU: {facts['step_s'] * 1000:.0f} ms wall "
+          f"({a.batch_size / facts['step_s']:.0f} captions/s), {facts['step_cpu'] * 1000:.0f} ms CPU")
     return 0
 
 

@@ -18,7 +18,10 @@ class DiskSpaceError(OSError):
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:,.1f} GB"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,.0f} bytes"
 
 
 def cache_bytes_needed(rows_to_write: int, row_bytes: int) -> int:
