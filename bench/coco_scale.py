@@ -69,7 +69,8 @@ def _small_jpegs(folder: Path, n: int, seed: int) -> list[Path]:
         noise = rng.integers(-40, 40, (96, 128, 3))
         arr = np.clip(base + noise, 0, 255).astype(np.uint8)  # (H, W, 3): a coloured texture, ~4 KB as JPEG
         path = folder / f"pool_{k:02d}.jpg"
-        Image.fromarray(arr).save(path, "JPEG", quality=80)
+        if not path.exists():  # rewriting it would change every hard link's mtime, so every cache identity
+            Image.fromarray(arr).save(path, "JPEG", quality=80)
         out.append(path)
     return out
 
