@@ -51,6 +51,13 @@ def test_the_builder_makes_a_coco_shaped_dataset(tmp_path):
     assert len({a["id"] for a in ann["annotations"]}) == 152
 
 
+def test_the_tokenizer_figures_run_on_a_built_dataset(tmp_path, capsys):
+    root = tmp_path / "coco"
+    coco_scale.build_dataset(root, _source(tmp_path / "src.json"), n_train=10, n_captions=50, n_val=2)
+    coco_scale.tokenizer_figures(root, n=40)
+    assert "40 of the 50 captions" in capsys.readouterr().out
+
+
 def test_the_bench_refuses_to_write_into_the_repository():
     with pytest.raises(SystemExit, match="inside the repository"):
         coco_scale.main(["--source-captions", "x.json", "--root", str(ROOT / "tmp_coco")])
