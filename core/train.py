@@ -42,8 +42,8 @@ from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import ConfigError, ModelConfig, TrainConfig, flag_fields  # noqa: E402,F401 (TrainConfig: re-export)
 from .data import (iter_image_batches, load_split, missing_report, overlap_note, shared_images,  # noqa: E402
                    split_label)
-from .diskspace import check_cache_fits  # noqa: E402
 from .decode import greedy_decode, sample_captions  # noqa: E402
+from .diskspace import check_cache_fits  # noqa: E402
 from .device import bf16_native, pick_device  # noqa: E402
 from .features import FeatureCache, encode_to_cache  # noqa: E402
 from .files import atomic_write_json  # noqa: E402
@@ -234,9 +234,11 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     usable_set = set(usable)
     train_ids = [i for i in range(len(train_items)) if i in usable_set]
     val_ids = [i for i in range(len(train_items), len(items)) if i in usable_set]
-    image = np.repeat(np.asarray(train_ids, dtype=np.int32), np.diff(first_caption)[train_ids])  # (N,)
-    captions = np.concatenate([np.arange(first_caption[i], first_caption[i + 1]) for i in train_ids] or [[]])
-    samples = Samples(image, vocab.encode_all(tokenized, captions.astype(np.int64), mcfg.max_len))
+    caption_image = np.repeat(np.arange(len(train_items), dtype=np.int32), np.diff(first_caption))  # (all captions,)
+    usable_train = np.zeros(len(train_items), dtype=bool)
+    usable_train[train_ids] = True
+    keep = np.flatnonzero(usable_train[caption_image])  # (N,) the captions of images that have features
+    samples = Samples(caption_image[keep], vocab.encode_all(tokenized, keep, mcfg.max_len))
     del tokenized
 
     xe_steps = cfg.epochs * _xe_batches(cfg, len(samples))
