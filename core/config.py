@@ -96,6 +96,8 @@ class TrainConfig:
     log_every: int = 10  # steps
     seed: int = 0
     encode_batch_size: int = 32
+    allow_missing: bool = False  # train on the images found even when more than 1% of a split's are missing
+    max_steps_per_epoch: int = 0  # 0: whole epochs; else each epoch stops after this many steps (rehearsals)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,6 +148,8 @@ class TrainConfig:
             out.append(f"The quick-run fraction must be above 0 and at most 1 (it is {self.subset}).")
         if not 0 <= m.dropout < 1 or not 0 <= self.label_smoothing < 1:
             out.append("Dropout and label smoothing must be at least 0 and below 1.")
+        if self.max_steps_per_epoch < 0:
+            out.append(f"Max steps per epoch cannot be negative (it is {self.max_steps_per_epoch}; 0: no limit).")
         if self.epochs < 0 or self.scst_epochs < 0:
             out.append("Epochs cannot be negative.")
         if self.model_name and name_problem(self.model_name):

@@ -264,6 +264,47 @@ def load_split(root: Path | str, split: str) -> tuple[list[ImageCaptions], int]:
     return present, len(items) - len(present)
 
 
+MISSING_TOLERANCE = 0.01  # a split with more of its listed images missing is refused unless allow_missing
+
+
+def split_label(root: Path | str, split: str) -> str:
+    """The split's name as the user knows it: "train2017" for COCO's captions_train2017.json, else `split`."""
+    coco = _coco_files(Path(root), split)
+    return coco[0].stem[len("captions_"):] if coco else split
+
+
+def missing_report(label: str, found: int, missing: int, allow_missing: bool = False) -> tuple[list[str], list[str]]:
+    """(problems, notes) about a split's listed images that are not on disk: more than MISSING_TOLERANCE of them
+    is a problem (a half-unzipped COCO would otherwise train on what happened to be unpacked), unless allowed."""
+    if not missing:
+        return [], []
+    listed = found + missing
+    if missing <= MISSING_TOLERANCE * listed:
+        return [], [f"{label}: {found:,} of {listed:,} images found; the {missing:,} missing are left out"]
+    message = f"{label}: {found:,} of {listed:,} images found (is the unzip complete?)"
+    if allow_missing:
+        return [], [message + "; training on the images found (allow missing)"]
+    return [message + f"; more than {MISSING_TOLERANCE:.0%} missing: finish the unzip, or allow missing images "
+                      "(--allow-missing) to train on those found"], []
+
+
+def _same_image_key(path: Path) -> tuple[str, int]:
+    return path.name, path.stat().st_size
+
+
+def shared_images(train: list[ImageCaptions], val: list[ImageCaptions]) -> list[Path]:
+    """Validation images that are also training images: the same file, or a copy (same name and size)."""
+    train_keys = {_same_image_key(it.path) for it in train}
+    return [it.path for it in val if _same_image_key(it.path) in train_keys]
+
+
+def overlap_note(train_label: str, val_label: str, shared: list[Path], n_val: int) -> list[str]:
+    if not shared:
+        return []
+    return [f"{len(shared):,} of the {n_val:,} {val_label} images are also in {train_label} (e.g. {shared[0].name}): "
+            "validation scores on them measure memory, not captioning"]
+
+
 @dataclass
 class DatasetInfo:
     path: Path
@@ -271,14 +312,15 @@ class DatasetInfo:
     splits: dict[str, int] = field(default_factory=dict)  # split -> images present
     n_captions: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not in the way: few missing images, overlap
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def inspect_dataset(path: Path | str, splits=("train", "val")) -> DatasetInfo:
-    """Check a dataset folder before training; problems are plain-words messages."""
+def inspect_dataset(path: Path | str, splits=("train", "val"), allow_missing: bool = False) -> DatasetInfo:
+    """Check a dataset folder before training; problems (which stop a run) and notes are plain-words messages."""
     root = Path(path).expanduser()
     info = DatasetInfo(root)
     if not root.is_dir():
@@ -293,6 +335,7 @@ def inspect_dataset(path: Path | str, splits=("train", "val")) -> DatasetInfo:
             f"{root} holds neither `annotations/captions_<split>2017.json` (COCO layout) "
             "nor `captions.txt` (Flickr layout)")
         return info
+    loaded = {}
     for split in splits:
         if info.format == "coco" and _coco_files(root, split) is None:
             info.problems.append(f"missing annotations/captions_{split}2017.json")
@@ -304,9 +347,18 @@ def inspect_dataset(path: Path | str, splits=("train", "val")) -> DatasetInfo:
             continue
         info.splits[split] = len(items)
         info.n_captions += sum(len(it.captions) for it in items)
+        loaded[split] = items
         if not items:
             where = _coco_files(root, split)[1] if info.format == "coco" else "the images folder"
             info.problems.append(f"the {split} split has no images present (looked in {where}; {missing} missing)")
+            continue
+        problems, notes = missing_report(split_label(root, split), len(items), missing, allow_missing)
+        info.problems += problems
+        info.notes += notes
+    if len(loaded) >= 2:
+        (train, train_items), (val, val_items) = list(loaded.items())[:2]
+        info.notes += overlap_note(split_label(root, train), split_label(root, val),
+                                   shared_images(train_items, val_items), len(val_items))
     return info
 
 

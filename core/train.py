@@ -40,15 +40,17 @@ from .backbones import get_spec  # noqa: E402
 from .bundle import publish_bundle, save_bundle  # noqa: E402
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import ConfigError, ModelConfig, TrainConfig, flag_fields  # noqa: E402,F401 (TrainConfig: re-export)
-from .data import iter_image_batches, load_split  # noqa: E402
+from .data import (iter_image_batches, load_split, missing_report, overlap_note, shared_images,  # noqa: E402
+                   split_label)
 from .decode import greedy_decode, sample_captions  # noqa: E402
+from .diskspace import check_cache_fits  # noqa: E402
 from .device import bf16_native, pick_device  # noqa: E402
 from .features import FeatureCache, encode_to_cache  # noqa: E402
 from .files import atomic_write_json  # noqa: E402
 from .metrics import CorpusCider, score_captions  # noqa: E402
 from .model import CaptionModel, Encoder  # noqa: E402
 from .paths import runs_dir  # noqa: E402
-from .vocabulary import PAD, Vocabulary  # noqa: E402
+from .vocabulary import PAD, TokenizedCaptions, Vocabulary  # noqa: E402
 
 read_progress = runs.read_progress  # the one reader of progress.jsonl lives in core.runs
 
@@ -78,6 +80,24 @@ def pad_captions(seqs: list[list[int]]) -> torch.Tensor:
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s)
     return out  # (B, L)
+
+
+@dataclass
+class Samples:
+    """The cross-entropy samples as two arrays, not 591,000 Python lists: sample k is caption tokens[k]
+    (PAD-padded, [START, ..., END]) of image index image[k]."""
+
+    image: np.ndarray  # (N,) int32
+    tokens: np.ndarray  # (N, max_len + 2) int32
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def batch(self, positions) -> tuple[list[int], torch.Tensor]:
+        """-> (image indices, captions (B, L) trimmed to the batch's longest) of the samples at `positions`."""
+        tokens = self.tokens[positions]  # (B, max_len + 2)
+        length = int((tokens != PAD).sum(1).max())
+        return self.image[positions].tolist(), torch.from_numpy(tokens[:, :length].astype(np.int64))  # (B, L)
 
 
 def _stable_subset(items, fraction):
@@ -122,7 +142,7 @@ class Session:
     items: list  # training images, then validation images
     train_ids: list[int]
     val_ids: list[int]
-    samples: list[tuple[int, list[int]]]  # (image index, caption tokens) for cross-entropy
+    samples: Samples  # (image index, caption tokens) for cross-entropy
     optimizer: torch.optim.Optimizer
     params: list
     total_steps: int
@@ -152,6 +172,15 @@ class Session:
 def _load_data(cfg: TrainConfig, emit) -> tuple[list, list]:
     train_items, missing_train = load_split(cfg.data, cfg.train_split)
     val_items, missing_val = load_split(cfg.data, cfg.val_split)
+    labels = split_label(cfg.data, cfg.train_split), split_label(cfg.data, cfg.val_split)
+    problems, notes = [], overlap_note(*labels, shared_images(train_items, val_items), len(val_items))
+    for label, items, missing in ((labels[0], train_items, missing_train), (labels[1], val_items, missing_val)):
+        p, n = missing_report(label, len(items), missing, cfg.allow_missing)
+        problems, notes = problems + p, notes + n
+    if problems:
+        raise ValueError("; ".join(problems))
+    for note in notes:
+        emit(runs.LOG_EVENT, message=note)
     train_items, val_items = _stable_subset(train_items, cfg.subset), _stable_subset(val_items, cfg.subset)
     val_items = val_items[: cfg.val_images]
     if not train_items or not val_items:
@@ -170,6 +199,7 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tupl
     grid = (spec.image_size // 32, spec.image_size // 32)
     layout = "grid" if cfg.model.decoder == "attention" else "pooled"
     cache = FeatureCache(Path(cfg.cache_dir), cfg.model.backbone, layout, grid)
+    check_cache_fits(cache, paths)  # before hours of encoding, not when the disk fills up
     encoder = Encoder(cfg.model.backbone, pretrained=True).to(device)
     rows = encode_to_cache(encoder, cfg.model.backbone, paths, cache, device, cfg.encode_batch_size,
                            on_progress=lambda p: emit(runs.ENCODE, **p), should_stop=should_stop)
@@ -185,10 +215,12 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     torch.manual_seed(cfg.seed)
     emit(runs.PHASE, phase="loading")
     train_items, val_items = _load_data(cfg, emit)
+    tokenized = TokenizedCaptions.of(c for it in train_items for c in it.captions)  # once, for vocabulary and samples
+    first_caption = np.cumsum([0] + [len(it.captions) for it in train_items])  # (n train + 1,)
     if resume:
         vocab = Vocabulary.load(run_dir / runs.VOCAB)
     else:
-        vocab = Vocabulary.build((c for it in train_items for c in it.captions), cfg.min_word_count)
+        vocab = Vocabulary.build(tokenized, cfg.min_word_count)
         vocab.save(run_dir / runs.VOCAB)
     mcfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": len(vocab)})
     model = CaptionModel(mcfg, with_encoder=mcfg.fine_tune, pretrained=True).to(device)
@@ -202,9 +234,14 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     usable_set = set(usable)
     train_ids = [i for i in range(len(train_items)) if i in usable_set]
     val_ids = [i for i in range(len(train_items), len(items)) if i in usable_set]
-    samples = [(i, vocab.encode(c, mcfg.max_len)) for i in train_ids for c in items[i].captions]
+    caption_image = np.repeat(np.arange(len(train_items), dtype=np.int32), np.diff(first_caption))  # (all captions,)
+    usable_train = np.zeros(len(train_items), dtype=bool)
+    usable_train[train_ids] = True
+    keep = np.flatnonzero(usable_train[caption_image])  # (N,) the captions of images that have features
+    samples = Samples(caption_image[keep], vocab.encode_all(tokenized, keep, mcfg.max_len))
+    del tokenized
 
-    xe_steps = cfg.epochs * math.ceil(len(samples) / cfg.batch_size)
+    xe_steps = cfg.epochs * _xe_batches(cfg, len(samples))
     total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -220,6 +257,11 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
         s.state.update({k: meta[k] for k in s.state})
         emit(runs.RESUMED, epoch=s.state["epoch"] + 1, batch=s.state["batch"], step=s.state["global_step"])
     return s
+
+
+def _xe_batches(cfg: TrainConfig, n_samples: int) -> int:
+    n = math.ceil(n_samples / cfg.batch_size)
+    return min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
 
 
 def _step(s: Session, loss: torch.Tensor, lr: float) -> None:
@@ -264,14 +306,13 @@ def _order(s: Session, n_items: int, epoch: int) -> list[int]:
 def train_epoch(s: Session, epoch: int) -> list[float] | None:
     """One cross-entropy epoch from the saved batch on; -> its losses, or None when stopped."""
     cfg, per = s.cfg, s.cfg.batch_size
-    perm, n_batches, losses = _order(s, len(s.samples), epoch), math.ceil(len(s.samples) / per), []
+    perm, n_batches, losses = _order(s, len(s.samples), epoch), _xe_batches(cfg, len(s.samples)), []
     alpha_c = cfg.alpha_c if cfg.model.decoder == "attention" else 0.0
     for b in range(s.state["batch"], n_batches):
-        chunk = [s.samples[k] for k in perm[b * per:(b + 1) * per]]
+        image_ids, caps = s.samples.batch(perm[b * per:(b + 1) * per])  # caps: (B, L)
         lr = lr_at(s.state["global_step"], s.xe_steps, cfg.lr, cfg.warmup_steps)
         with s.autocast():
-            caps = pad_captions([tokens for _, tokens in chunk]).to(s.device)  # (B, L)
-            loss = caption_loss(s.model, s.source([i for i, _ in chunk], s.device), caps, cfg.label_smoothing,
+            loss = caption_loss(s.model, s.source(image_ids, s.device), caps.to(s.device), cfg.label_smoothing,
                                 alpha_c)
         _step(s, loss, lr)
         losses.append(loss.item())
@@ -448,10 +489,10 @@ def main(argv=None) -> int:
     if args.dry_run:
         from .data import inspect_dataset
 
-        info = inspect_dataset(cfg.data, (cfg.train_split, cfg.val_split))
+        info = inspect_dataset(cfg.data, (cfg.train_split, cfg.val_split), cfg.allow_missing)
         print(json.dumps({"config": cfg.to_dict(), "run_dir": str(run_dir.resolve()), "dataset": {
-            "format": info.format, "splits": info.splits, "captions": info.n_captions, "problems": info.problems}},
-            indent=2))
+            "format": info.format, "splits": info.splits, "captions": info.n_captions, "problems": info.problems,
+            "notes": info.notes}}, indent=2))
         return 0 if info.ok else 1
     finished = [e for e in runs.read_progress(run_dir) if e.get("event") == runs.DONE]
     if args.resume and finished:  # resuming would publish the same model a second time

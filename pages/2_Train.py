@@ -66,6 +66,8 @@ def train_form() -> dict | None:
             checkpoint_minutes = c[1].number_input("... or every (minutes)", 0.5, 1440.0, d.checkpoint_minutes)
             attention_dim = c[2].number_input("Attention size", 8, 2048, m.attention_dim, step=8)
             dropout = c[3].number_input("Dropout", 0.0, 0.9, m.dropout, step=0.05)
+            allow_missing = st.checkbox("Train even when more than 1% of a split's images are missing",
+                                        d.allow_missing, help="e.g. on a COCO folder whose unzip is not finished")
         if not st.form_submit_button("Start training", type="primary"):
             return None
     return dict(data=data, backbone=backbone, decoder=decoder, device=device, processes=int(processes),
@@ -74,7 +76,7 @@ def train_form() -> dict | None:
                 batch_size=int(batch_size), lr=float(lr), subset=float(subset), label_smoothing=float(label_smoothing),
                 scst_epochs=int(scst_epochs), val_images=int(val_images), fine_tune=bool(fine_tune),
                 checkpoint_every=int(checkpoint_every), checkpoint_minutes=float(checkpoint_minutes),
-                attention_dim=int(attention_dim), dropout=float(dropout),
+                attention_dim=int(attention_dim), dropout=float(dropout), allow_missing=bool(allow_missing),
                 model_name=model_name.strip() or f"{decoder}-{backbone}-{pd.Timestamp.now():%Y%m%d-%H%M}")
 
 
@@ -95,10 +97,11 @@ def start(values: dict) -> bool:
     if config.problems():
         st.error("These settings cannot start a run:\n" + "\n".join(f"- {p}" for p in config.problems()))
         return True
-    info = inspect_dataset(config.data)
+    info = inspect_dataset(config.data, (config.train_split, config.val_split), config.allow_missing)
     if not info.ok:
         st.error("This dataset cannot be used yet:\n" + "\n".join(f"- {p}" for p in info.problems))
         return False
+    st.session_state["dataset_notes"] = info.notes  # a few missing images, train/val overlap: shown above the monitor
     try:
         start_job(config.to_dict(), runs_dir(), processes=processes)
     except JobError as e:
@@ -168,6 +171,8 @@ def main() -> None:
                 "The run goes on when you close this tab; come back to watch it, stop it or resume it.")
     job = live_job()
     if job is not None:
+        for note in st.session_state.get("dataset_notes", []):
+            st.warning(f"Dataset: {note}")
         monitor(str(job.run_dir))
     runs_ui(job)
     if job is None:

@@ -163,3 +163,68 @@ def test_iter_image_batches_reports_bad_items_alone(tmp_path):
     (idx1, x1, err1), (idx2, x2, err2) = batches
     assert idx1 == [0] and list(err1) == [1] and x1.shape == (1, 3, 32, 32)
     assert idx2 == [2] and not err2
+
+
+# ------------------------------------------------------------------ a partly unzipped COCO, train/val overlap
+
+def _coco_split(root, split, listed, present, first_id=0):
+    """captions_<split>2017.json listing `listed` images, of which the first `present` are on disk."""
+    images, anns = [], []
+    for k in range(listed):
+        name = f"{first_id + k:012d}.jpg"
+        if k < present:
+            make_image(root / "images" / f"{split}2017" / name, "red", "square", seed=first_id + k)
+        images.append({"id": first_id + k, "file_name": name, "width": 48, "height": 48})
+        anns.append({"id": first_id + k, "image_id": first_id + k, "caption": "a red square"})
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"captions_{split}2017.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "info": {}, "licenses": []}))
+    return root
+
+
+def test_a_partly_unzipped_coco_is_a_problem_unless_missing_images_are_allowed(tmp_path):
+    root = _coco_split(tmp_path / "coco", "train", 5000, 11)
+    _coco_split(root, "val", 40, 40, first_id=10_000)
+    info = inspect_dataset(root)
+    assert not info.ok and info.splits == {"train": 11, "val": 40}
+    assert info.problems[0].startswith("train2017: 11 of 5,000 images found (is the unzip complete?)")
+    assert "--allow-missing" in info.problems[0]
+    allowed = inspect_dataset(root, allow_missing=True)
+    assert allowed.ok and allowed.notes[0].startswith("train2017: 11 of 5,000 images found (is the unzip complete?)")
+
+
+def test_up_to_one_percent_missing_is_a_note_not_a_problem(tmp_path):
+    root = _coco_split(tmp_path / "coco", "train", 100, 99)
+    _coco_split(root, "val", 10, 10, first_id=1000)
+    info = inspect_dataset(root)
+    assert info.ok and info.notes == ["train2017: 99 of 100 images found; the 1 missing are left out"]
+    root2 = _coco_split(tmp_path / "coco2", "train", 100, 98)
+    _coco_split(root2, "val", 10, 10, first_id=1000)
+    assert "98 of 100 images found (is the unzip complete?)" in inspect_dataset(root2).problems[0]
+
+
+def test_missing_report_threshold():
+    assert data.missing_report("x", 100, 0) == ([], [])
+    assert data.missing_report("x", 99, 1)[0] == []  # exactly 1%
+    assert data.missing_report("x", 98, 2)[0] != []
+    assert data.missing_report("x", 98, 2, allow_missing=True)[0] == []
+
+
+def test_train_and_val_sharing_images_is_reported(tmp_path):
+    root = _coco_split(tmp_path / "coco", "train", 6, 6)
+    _coco_split(root, "val", 4, 4, first_id=100)
+    assert inspect_dataset(root).notes == []  # distinct images: nothing to say
+    # a val split that lists two of the training images (copied into val2017: same name, same bytes)
+    shared = json.loads((root / "annotations" / "captions_val2017.json").read_text())
+    for k in (2, 3):
+        name = f"{k:012d}.jpg"
+        (root / "images" / "val2017" / name).write_bytes((root / "images" / "train2017" / name).read_bytes())
+        shared["images"].append({"id": k, "file_name": name, "width": 48, "height": 48})
+        shared["annotations"].append({"id": 500 + k, "image_id": k, "caption": "a red square"})
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps(shared))
+    info = inspect_dataset(root)
+    assert info.ok and len(info.notes) == 1
+    assert info.notes[0].startswith("2 of the 6 val2017 images are also in train2017 (e.g. 000000000002.jpg)")
+    train, _ = load_split(root, "train")
+    val, _ = load_split(root, "val")
+    assert [p.name for p in data.shared_images(train, val)] == ["000000000002.jpg", "000000000003.jpg"]

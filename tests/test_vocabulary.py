@@ -62,3 +62,72 @@ def test_json_round_trip(tmp_path):
 def test_rejects_vocab_without_special_tokens():
     with pytest.raises(ValueError, match="special tokens"):
         Vocabulary.from_json({"tokens": ["a", "b"]})
+
+
+# ------------------------------------------------------------------ tokenised once, fast path, numpy samples
+
+def _varied_captions(n=4000, seed=0):
+    """Plain captions and every kind the fast path must hand back to nltk: punctuation, quotes, contractions,
+    mid-sentence periods, numbers with commas, non-ASCII, tabs and newlines, nltk's split words (cannot, gonna)."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["a", "A", "dog", "Dog's", "cannot", "gonna", "wanna", "gimme", "lemme", "gotta", "cannotx", "t-shirt",
+             "3.5", "1,000", "U.S.", "café", "(big)", '"red"', "'beach'", "don't", "...", "--", "x", "2", "&", "?",
+             "!", ";", ":", "I'm", "they'll", "it's", "kids'", "Tab\there", "new\nline", "d'ye", "more'n", "'tis",
+             "red,", "red,white", ",", ",,", "a,1", "-", "--", "close-up", "-x", "x-", "\n", "1,"]
+    out = list(TRICKY) + ["", ".", " . ", "a dog.", "a dog .", "a dog..", "A dog. A cat", "A DOG RUNS.  ",
+                          "wanna go", "I cannot.", "two  spaces\t.", "A red, white, and blue plane.", "a,", ",a", "a ,.",
+                          "a, , b", "a,,b", "a - b", "a -- b", "a\n", "x,2", "a-.", "a,-b."]
+    near = ["a", "Dog", "red,", ",", "close-up", "-", "x-", "2", "1,", "\n", "gonna", "a,b", ",2", "--", "."]
+    for vocabulary in (words, near):  # anything, and captions at the edge of the fast path
+        for _ in range(n // 2):
+            caption = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 12)))
+            out.append(caption + rng.choice(["", ".", " .", "!", "  ", ","]))
+    return out
+
+
+def test_fast_tokenize_gives_exactly_the_scorer_tokens():
+    from core.vocabulary import fast_tokenize
+
+    captions = _varied_captions()
+    assert [fast_tokenize(c) for c in captions] == [tokenize(c) for c in captions]
+
+
+def test_tokenized_once_gives_the_same_vocabulary_and_encodings_as_caption_by_caption():
+    import numpy as np
+    from collections import Counter
+
+    from core.vocabulary import TokenizedCaptions
+
+    captions = _varied_captions(800, seed=1)
+    tokenized = TokenizedCaptions.of(captions)
+    assert len(tokenized) == len(captions)
+    counts = Counter(w for c in captions for w in tokenize(c))
+    assert tokenized.counts() == dict(counts)
+    vocab = Vocabulary.build(tokenized, min_count=3)
+    expected = sorted((w for w, n in counts.items() if n >= 3), key=lambda w: (-counts[w], w))
+    assert vocab.itos == list(SPECIALS) + expected
+    assert Vocabulary.build(captions, min_count=3).itos == vocab.itos  # strings or tokens: one vocabulary
+    chosen = np.array([5, 0, 17, 3, len(captions) - 1, 1])
+    for max_words in (4, 20):
+        rows = vocab.encode_all(tokenized, chosen, max_words)
+        assert rows.shape == (len(chosen), max_words + 2) and rows.dtype == np.int32
+        for row, k in zip(rows.tolist(), chosen):
+            ids = vocab.encode(captions[k], max_words)
+            assert row == ids + [PAD] * (max_words + 2 - len(ids))
+
+
+def test_training_samples_batch_like_pad_captions():
+    import numpy as np
+
+    from core.train import Samples, pad_captions
+    from core.vocabulary import TokenizedCaptions
+
+    captions = ["a dog runs", "a cat", "a big red dog runs on the grass", "dog"]
+    tokenized = TokenizedCaptions.of(captions)
+    vocab = Vocabulary.build(tokenized, min_count=1)
+    samples = Samples(np.array([7, 7, 9, 4], np.int32), vocab.encode_all(tokenized, np.arange(4), 6))
+    images, caps = samples.batch([3, 1, 0])
+    assert images == [4, 7, 7]
+    assert caps.tolist() == pad_captions([vocab.encode(captions[k], 6) for k in (3, 1, 0)]).tolist()
