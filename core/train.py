@@ -266,7 +266,9 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
         emit(runs.RESUMED, epoch=s.state["epoch"] + 1, batch=s.state["batch"], step=s.state["global_step"],
              processes=dist.world(), processes_before=meta.get("world_size", 1))
     s.net = model
-    if dist.active():  # averages the gradients of every cross-entropy step over the ranks, in buckets
+    # DDP averages the gradients of every cross-entropy step over the ranks, in buckets during backward. Not
+    # when fine-tuning: the encoder runs in FeatureSource, outside DDP's forward; _step averages by hand then.
+    if dist.active() and not mcfg.fine_tune:
         s.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return s
 
@@ -332,7 +334,7 @@ def train_epoch(s: Session, epoch: int) -> list[float] | None:
             caps = pad_captions([tokens for _, tokens in chunk]).to(s.device)  # (B/N, L)
             loss = caption_loss(s.net, s.source([i for i, _ in chunk], s.device), caps, cfg.label_smoothing,
                                 alpha_c)
-        _step(s, loss, lr)
+        _step(s, loss, lr, sync=not isinstance(s.net, DistributedDataParallel))
         if _after_step(s, epoch, b, n_batches, per, losses, loss.item(), lr, scst=False):
             return None
     return losses
