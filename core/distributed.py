@@ -34,12 +34,13 @@ def setup(device: torch.device) -> torch.device:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise RuntimeError(f"distributed training runs on CUDA (NCCL) or the CPU (Gloo), not on {device.type}")
-    if dist.is_initialized():
-        return device
-    # a dead peer breaks Gloo's sockets at once; the timeout only bounds a peer that hangs
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
-    _state.update(device=device, owned=True)
+        raise RuntimeError(f"torchrun trains on CUDA (NCCL) or the CPU (Gloo), not on {device.type}; "
+                           "add --device cpu, or run without torchrun")
+    _state["device"] = device
+    if not dist.is_initialized():
+        # a dead peer breaks Gloo's sockets at once; the timeout only bounds a peer that hangs
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+        _state["owned"] = True
     return device
 
 

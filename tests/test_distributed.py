@@ -161,3 +161,17 @@ def test_a_failing_rank_ends_the_run_with_its_error(setup):
     progress = runs.summarize(events)
     assert progress.phase == "error" and "rank 1" in progress.error and "failure injected" in progress.error
     assert runs.run_status(run_dir) == "error"
+
+
+def test_shards_cover_every_item_once_and_fill_gives_every_rank_work():
+    from core.distributed import shard
+
+    for n in range(0, 9):
+        items = list(range(100, 100 + n))
+        for world in (1, 2, 3, 4):
+            parts = [shard(items, r, world) for r in range(world)]
+            assert sorted(x for p in parts for x in p) == items
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+            filled = [shard(items, r, world, fill=True) for r in range(world)]
+            assert all(filled) if items else not any(filled)
+            assert all(f == p for f, p in zip(filled, parts) if p)  # only empty shares change
