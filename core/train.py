@@ -262,6 +262,10 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
                 optimizer, params, total_steps, xe_steps, autocast, scaler, cider)
     if resume:  # the optimizer's hyperparameters (SCST's included) come back with its state
         meta = load_checkpoint(ckpt_path, model, s.optimizer, rank=dist.rank() if dist.active() else None)
+        before = meta.get("config", {}).get("batch_size", cfg.batch_size)
+        if before != cfg.batch_size:  # the saved position counts batches of the earlier size
+            raise ValueError(f"this run trained with batch size {before}; resume it with that batch size, "
+                             f"not {cfg.batch_size}")
         s.state.update({k: meta[k] for k in s.state})
         emit(runs.RESUMED, epoch=s.state["epoch"] + 1, batch=s.state["batch"], step=s.state["global_step"],
              processes=dist.world(), processes_before=meta.get("world_size", 1))
@@ -496,7 +500,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: runs.
     target = publish_bundle(
         run_dir / runs.BEST, cfg.model_name or run_dir.name, Path(cfg.models_dir),
         metrics={"training": {"history": s.state["history"], "seconds_this_session": round(seconds, 1)}},
-        card=model_card(cfg, s.state, len(s.train_ids), len(s.val_ids), seconds))
+        card=model_card(cfg, s.state, len(s.train_ids), len(s.val_ids), seconds, dist.world()))
     best_metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8")).get("val_greedy", {})
     emit(runs.DONE, bundle=str(target), metrics=best_metrics)
     return target
@@ -521,14 +525,15 @@ def _changed_flags(cfg: TrainConfig) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flat.items() if k in defaults and v != defaults[k])
 
 
-def model_card(cfg: TrainConfig, state: dict, n_train: int, n_val: int, seconds: float) -> str:
+def model_card(cfg: TrainConfig, state: dict, n_train: int, n_val: int, seconds: float, processes: int = 1) -> str:
     rows = "\n".join(f"| {h['epoch']} | {'SCST' if h.get('scst') else 'XE'} | "
                      f"{h['train_loss'] if h['train_loss'] is None else round(h['train_loss'], 3)} | "
                      f"{h['BLEU-4']} | {h['CIDEr']} |" for h in state["history"])
+    launcher = f" under torchrun, {processes} processes (the batch size is the global batch)" if processes > 1 else ""
     return f"""# Caption model: {cfg.model.decoder} decoder on {cfg.model.backbone}
 
 - Data: `{cfg.data}` ({n_train} training images, {n_val} validation images, split {cfg.train_split}/{cfg.val_split})
-- Command: `python -m core.train {_changed_flags(cfg)}`
+- Command: `python -m core.train {_changed_flags(cfg)}`{launcher}
 - Trained: {time.strftime('%Y-%m-%d %H:%M', time.localtime())}, {seconds / 60:.1f} minutes (last session)
 - Best validation CIDEr (greedy, Python tokenizer): {state['best_cider']}
 

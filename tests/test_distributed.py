@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, make_flickr, tiny_train_config
 from core import runs
+from core.config import TrainConfig
 from core.runs import read_progress
 from core.train import FAIL_AT_ENV, run
 
@@ -107,6 +109,8 @@ def test_two_processes_follow_the_one_process_loss_curve(setup, two_processes):
     assert [e["step"] for e in two if e["event"] == "step" and e["scst"]] == [13, 14]
     # rank 0 alone writes: one event of each step, one model
     assert len([e for e in two if e["event"] == "step"]) == 14
+    card = (Path(two[-1]["bundle"]) / "card.md").read_text(encoding="utf-8")
+    assert "under torchrun, 2 processes" in card
 
 
 def test_killed_torchrun_resumes_with_every_step_done_once(setup, two_processes):
@@ -141,6 +145,8 @@ def test_stop_file_stops_both_ranks_and_one_process_resumes(setup, two_processes
     assert [e["event"] for e in events[-2:]] == ["checkpoint", "stopped"] and events[-1]["reason"] == "stop file"
     assert not (run_dir / "STOP").exists()
     saved = events[-2]["step"]
+    with pytest.raises(ValueError, match="batch size 8"):  # the saved position counts batches of 8
+        run(TrainConfig.from_dict({**cfg.to_dict(), "batch_size": 4}), run_dir, resume=True)
 
     assert run(cfg, run_dir, resume=True) is not None  # the same run, resumed by one process
     resumed = _attempt(read_progress(run_dir))
