@@ -442,12 +442,14 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, listeners=()) -> 
     should_stop = runs.Stopper(run_dir, owner=rank == 0)
     emit = runs.Reporter(run_dir, listeners) if rank == 0 else _silent
     try:
-        return _run(cfg, run_dir, resume, emit, should_stop)
+        result = _run(cfg, run_dir, resume, emit, should_stop)
     except Exception as e:
         _report_error(run_dir, rank, emit, f"{type(e).__name__}: {e}", traceback.format_exc())
-        raise
-    finally:
-        dist.teardown()
+        raise  # no teardown: the group may be broken, and the process ends anyway
+    # the ranks leave together (rank 0 may still be writing): a group torn down under a peer aborts it
+    dist.barrier()
+    dist.teardown()
+    return result
 
 
 def _silent(event: str, **fields) -> None:
