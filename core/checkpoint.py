@@ -26,23 +26,33 @@ def clean_state_dict(state: dict) -> dict:
     return out
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict,
+                    rng: dict[str, torch.Tensor] | None = None) -> None:
+    """rng: the random states to keep (default: this process's); under torchrun every rank's, gathered by
+    the trainer as rng/torch (rank 0's) + rng/rank/<r>/torch and rng/rank/<r>/cuda."""
     tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in clean_state_dict(model.state_dict()).items()}
     opt = optimizer.state_dict()
     for pid, state in opt["state"].items():
         for name, value in state.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim/{pid}/{name}"] = t.detach().contiguous().cpu()
-    tensors["rng/torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda/{i}"] = s
+    if rng is not None:
+        tensors.update({k: v.contiguous().cpu() for k, v in rng.items()})
+    else:
+        tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng/cuda/{i}"] = s
     meta = {**meta, "version": VERSION, "param_groups": opt["param_groups"]}
     atomic_write_bytes(Path(path), save(tensors, metadata={"meta": json.dumps(meta)}))
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    """Restore model, optimizer and RNG in place; -> the metadata dict."""
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    rank: int | None = None) -> dict:
+    """Restore model, optimizer and RNG in place; -> the metadata dict.
+
+    rank: a torchrun rank takes its own saved random state, or rank 0's when the checkpoint has none for it
+    (a resume with more processes than the run had)."""
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["meta"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -56,6 +66,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                 _, pid, name = k.split("/", 2)
                 state.setdefault(int(pid), {})[name] = v
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if rank is not None:
+        torch.set_rng_state(tensors.get(f"rng/rank/{rank}/torch", tensors["rng/torch"]))
+        if f"rng/rank/{rank}/cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors[f"rng/rank/{rank}/cuda"])  # this rank's own (current) GPU
+        return meta
     torch.set_rng_state(tensors["rng/torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda/")]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():

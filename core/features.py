@@ -83,6 +83,15 @@ class FeatureCache:
     def lookup(self, identity: str) -> dict | None:
         return self.index.get(identity)
 
+    def refresh(self) -> None:
+        """Read what other processes added since (e.g. the other torchrun ranks' shares of the images)."""
+        with self.lock:
+            self._catch_up()
+
+    def rows(self, paths: list[Path]) -> list[int | None]:
+        """The cache row of every path (None: not cached, or unreadable when it was tried)."""
+        return [(self.lookup(file_identity(p)) or {}).get("row") for p in paths]
+
     def append(self, identities: list[str], feats: np.ndarray, failures: dict[str, str]) -> None:
         """feats (n, *row_shape) for identities, in order; failures: identity -> error message."""
         feats = np.ascontiguousarray(feats, dtype=np.float16)

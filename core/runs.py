@@ -38,7 +38,11 @@ LIVE = ("running", "starting", "stopping")
 
 
 class Reporter:
-    """Appends events to progress.jsonl and passes them to any other listeners (minGPT-style callbacks)."""
+    """Appends events to progress.jsonl and passes them to any other listeners (minGPT-style callbacks).
+
+    Under torchrun rank 0 writes every event; another rank writes one, its error (with "rank"), and exits.
+    Each event is one write() to a file opened for appending, so lines of two processes do not interleave.
+    """
 
     def __init__(self, run_dir: Path, listeners: list[Callable[[dict], None]] = ()):
         self.path = Path(run_dir) / PROGRESS
@@ -46,8 +50,8 @@ class Reporter:
 
     def __call__(self, event: str, **fields) -> None:
         record = {"event": event, "time": round(time.time(), 3), **fields}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(self.path, "ab", buffering=0) as f:  # unbuffered: the line goes out in one write()
+            f.write((json.dumps(record) + "\n").encode("utf-8"))
         for listen in self.listeners:
             listen(record)
 
@@ -57,12 +61,15 @@ class Stopper:
 
     Create it before the first event of an attempt. A STOP older than the folder's last event was left by an
     earlier attempt and is removed; any other STOP, even one given before this process got here, is honoured.
+    Under torchrun only rank 0's Stopper owns the file (removes a stale one, consumes it); the other ranks'
+    only watch, since they may start after rank 0's first event and would take a fresh STOP for a stale one.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, owner: bool = True):
         self.file = Path(run_dir) / STOP
         self.reason = None
-        last = last_event_time(run_dir)
+        self.owner = owner
+        last = last_event_time(run_dir) if owner else None
         try:
             if last is not None and self.file.stat().st_mtime <= last:
                 self.file.unlink(missing_ok=True)
@@ -84,7 +91,8 @@ class Stopper:
 
     def consume(self) -> None:
         """The stop was carried out: the request is spent (a later resume must not stop on it)."""
-        self.file.unlink(missing_ok=True)
+        if self.owner:
+            self.file.unlink(missing_ok=True)
 
 
 def clean_partial_writes(run_dir: Path) -> list[Path]:
@@ -155,6 +163,13 @@ def read_progress(run_dir: Path | str) -> list[dict]:
         if isinstance(event, dict):
             events.append(event)
     return events
+
+
+def attempt_errors(run_dir: Path | str) -> list[dict]:
+    """The error events of the latest attempt; under torchrun those of ranks above 0 carry their "rank"."""
+    events = read_progress(run_dir)
+    starts = [i for i, e in enumerate(events) if e.get("event") == START]
+    return [e for e in events[starts[-1] + 1 if starts else 0:] if e.get("event") == ERROR]
 
 
 def last_event_time(run_dir: Path | str) -> float | None:

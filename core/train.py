@@ -6,16 +6,25 @@ train the decoder alone. Cross-entropy epochs come first, then optional self-cri
 then `train_epoch` / `scst_epoch` and `validate` per epoch, then publishes the best epoch's bundle.
 Progress is one JSON event per line in <run>/progress.jsonl (core.runs; schema: docs/core_api.md). A STOP
 file in the run folder or SIGTERM checkpoints and exits; --resume continues exactly where it left off.
+Under `torchrun --nproc-per-node N -m core.train ...` the same code runs as N ranks (core.distributed):
+each encodes its share of the images and trains on its share of every batch through DistributedDataParallel;
+rank 0 alone writes events, checkpoints and the model.
 """
 from __future__ import annotations
 
 import sys
 
 if __name__ == "__main__":  # a job's trainer takes the job lock before the slow imports: its starter waits on it
+    import os
+
     from core.jobs import JobError, hold_job_lock
+    from core.paths import JOB_LOCK_ENV
 
     try:
-        hold_job_lock()
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds it for the whole run
+            hold_job_lock()
+        else:
+            os.environ.pop(JOB_LOCK_ENV, None)
     except JobError as e:
         sys.exit(f"training not started: {e}")
 
@@ -34,7 +43,9 @@ from typing import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+from . import distributed as dist  # noqa: E402
 from . import runs  # noqa: E402
 from .backbones import get_spec  # noqa: E402
 from .bundle import publish_bundle, save_bundle  # noqa: E402
@@ -53,6 +64,8 @@ from .paths import runs_dir  # noqa: E402
 from .vocabulary import PAD, TokenizedCaptions, Vocabulary  # noqa: E402
 
 read_progress = runs.read_progress  # the one reader of progress.jsonl lives in core.runs
+STOP_REASONS = ("stop file", "SIGTERM")  # runs.Stopper's
+FAIL_AT_ENV = "CAPTION_TEST_FAIL_AT"  # tests only: "RANK:STEP" makes that rank raise at that step
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -150,6 +163,7 @@ class Session:
     autocast: Callable
     scaler: torch.amp.GradScaler
     cider: CorpusCider | None
+    net: torch.nn.Module | None = None  # what cross-entropy steps call: the model, or its DDP wrapper
     state: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0, "global_step": 0, "best_cider": -1.0,
                                                  "history": []})
     t_session: float = field(default_factory=time.time)
@@ -157,8 +171,12 @@ class Session:
     last_checkpoint: float = field(default_factory=time.monotonic)
 
     def checkpoint(self) -> None:
+        """Every rank calls this at the same step (their random states are gathered); rank 0 writes."""
         path = self.run_dir / runs.CHECKPOINT
-        save_checkpoint(path, self.model, self.optimizer, {**self.state, "config": self.cfg.to_dict()})
+        rng = _gathered_rng(self.device) if dist.active() else None
+        if dist.is_main():
+            save_checkpoint(path, self.model, self.optimizer,
+                            {**self.state, "config": self.cfg.to_dict(), "world_size": dist.world()}, rng)
         self.last_checkpoint = time.monotonic()
         self.emit(runs.SAVED, path=str(path), epoch=self.state["epoch"] + 1, step=self.state["global_step"])
 
@@ -167,6 +185,26 @@ class Session:
             self.checkpoint()
         self.emit(runs.STOPPED, reason=self.should_stop.reason)
         self.should_stop.consume()
+
+
+def _gathered_rng(device) -> dict[str, torch.Tensor]:
+    """Every rank's random state (dropout, SCST sampling), so that each rank resumes with its own."""
+    out = {}
+    for r, state in enumerate(dist.all_gather_rows(torch.get_rng_state().unsqueeze(0))):  # (1, S) per rank
+        out[f"rng/rank/{r}/torch"] = state[0]
+    if device.type == "cuda":
+        for r, state in enumerate(dist.all_gather_rows(torch.cuda.get_rng_state(device).to(device).unsqueeze(0))):
+            out[f"rng/rank/{r}/cuda"] = state[0]
+    out["rng/torch"] = out["rng/rank/0/torch"].clone()  # what a one-process resume takes
+    return out
+
+
+def _agreed_stop(should_stop: runs.Stopper, values=()) -> tuple[bool, list[float]]:
+    """Whether any rank was asked to stop (then all stop here, with its reason), and `values` summed."""
+    should_stop()  # reads the STOP file
+    reason, summed = dist.agree_stop(should_stop.reason, STOP_REASONS, values)
+    should_stop.reason = should_stop.reason or reason
+    return reason is not None, summed
 
 
 def _load_data(cfg: TrainConfig, emit) -> tuple[list, list]:
@@ -201,17 +239,21 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tupl
     cache = FeatureCache(Path(cfg.cache_dir), cfg.model.backbone, layout, grid)
     check_cache_fits(cache, paths)  # before hours of encoding, not when the disk fills up
     encoder = Encoder(cfg.model.backbone, pretrained=True).to(device)
-    rows = encode_to_cache(encoder, cfg.model.backbone, paths, cache, device, cfg.encode_batch_size,
+    # each rank encodes its share (rank 0's progress stands for all); the agreement is the barrier after
+    rows = encode_to_cache(encoder, cfg.model.backbone, dist.shard(paths), cache, device, cfg.encode_batch_size,
                            on_progress=lambda p: emit(runs.ENCODE, **p), should_stop=should_stop)
-    if should_stop():
+    if _agreed_stop(should_stop)[0]:
         return None
+    if dist.active():  # the other ranks' rows are in the cache now
+        cache.refresh()
+        rows = cache.rows(paths)
     return FeatureSource(cache_array=cache.array(), rows=rows), [i for i, r in enumerate(rows) if r is not None]
 
 
 def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: runs.Stopper) -> Session | None:
     """Data, vocabulary, model, features, optimizer and (on resume) the checkpoint's state; None when stopped."""
     ckpt_path = run_dir / runs.CHECKPOINT
-    device = pick_device(cfg.device)
+    device = dist.setup(pick_device(cfg.device))  # under torchrun: joins the other ranks (cuda:LOCAL_RANK)
     torch.manual_seed(cfg.seed)
     emit(runs.PHASE, phase="loading")
     train_items, val_items = _load_data(cfg, emit)
@@ -221,10 +263,13 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
         vocab = Vocabulary.load(run_dir / runs.VOCAB)
     else:
         vocab = Vocabulary.build(tokenized, cfg.min_word_count)
-        vocab.save(run_dir / runs.VOCAB)
+        if dist.is_main():
+            vocab.save(run_dir / runs.VOCAB)
     mcfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": len(vocab)})
     model = CaptionModel(mcfg, with_encoder=mcfg.fine_tune, pretrained=True).to(device)
-    if should_stop():
+    if dist.rank():  # the same initial weights on every rank; different dropout and SCST samples
+        torch.manual_seed(cfg.seed + dist.rank())
+    if _agreed_stop(should_stop)[0]:
         return None
     items = train_items + val_items
     found = _features(cfg, model, items, device, emit, should_stop)
@@ -253,9 +298,19 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     s = Session(cfg, run_dir, emit, should_stop, device, vocab, model, source, items, train_ids, val_ids, samples,
                 optimizer, params, total_steps, xe_steps, autocast, scaler, cider)
     if resume:  # the optimizer's hyperparameters (SCST's included) come back with its state
-        meta = load_checkpoint(ckpt_path, model, s.optimizer)
+        meta = load_checkpoint(ckpt_path, model, s.optimizer, rank=dist.rank() if dist.active() else None)
+        before = meta.get("config", {}).get("batch_size", cfg.batch_size)
+        if before != cfg.batch_size:  # the saved position counts batches of the earlier size
+            raise ValueError(f"this run trained with batch size {before}; resume it with that batch size, "
+                             f"not {cfg.batch_size}")
         s.state.update({k: meta[k] for k in s.state})
-        emit(runs.RESUMED, epoch=s.state["epoch"] + 1, batch=s.state["batch"], step=s.state["global_step"])
+        emit(runs.RESUMED, epoch=s.state["epoch"] + 1, batch=s.state["batch"], step=s.state["global_step"],
+             processes=dist.world(), processes_before=meta.get("world_size", 1))
+    s.net = model
+    # DDP averages the gradients of every cross-entropy step over the ranks, in buckets during backward. Not
+    # when fine-tuning: the encoder runs in FeatureSource, outside DDP's forward; _step averages by hand then.
+    if dist.active() and not mcfg.fine_tune:
+        s.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return s
 
 
@@ -264,21 +319,32 @@ def _xe_batches(cfg: TrainConfig, n_samples: int) -> int:
     return min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
 
 
-def _step(s: Session, loss: torch.Tensor, lr: float) -> None:
+def _step(s: Session, loss: torch.Tensor, lr: float, sync: bool = False) -> None:
+    """sync: average the gradients over the ranks here (a backward pass that DDP's forward did not see)."""
     for g in s.optimizer.param_groups:
         g["lr"] = lr
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
+    if sync:
+        dist.average_gradients(s.params)
     s.scaler.unscale_(s.optimizer)
     torch.nn.utils.clip_grad_norm_(s.params, s.cfg.grad_clip)
     s.scaler.step(s.optimizer)
     s.scaler.update()
 
 
-def _after_step(s: Session, epoch: int, b: int, n_batches: int, per: int, losses: list, lr: float,
+def _after_step(s: Session, epoch: int, b: int, n_batches: int, per: int, losses: list, loss: float, lr: float,
                 scst: bool) -> bool:
-    """Count, report, and checkpoint (every `checkpoint_every` steps or `checkpoint_minutes`); True to stop."""
+    """Count, report, and checkpoint (every `checkpoint_every` steps or `checkpoint_minutes`); True to stop.
+
+    One collective per step: the loss averaged over the ranks, any rank's stop request, and rank 0's clock
+    deciding a timed checkpoint (the ranks' clocks differ; every rank must take part in a checkpoint)."""
     cfg, state = s.cfg, s.state
+    if os.environ.get(FAIL_AT_ENV) == f"{dist.rank()}:{state['global_step'] + 1}":
+        raise RuntimeError(f"failure injected by {FAIL_AT_ENV} at step {state['global_step'] + 1}")
+    timed = dist.is_main() and time.monotonic() - s.last_checkpoint >= cfg.checkpoint_minutes * 60
+    stop, (loss_sum, timed) = _agreed_stop(s.should_stop, [loss, timed])
+    losses.append(loss_sum / dist.world())
     state["global_step"] += 1
     state["batch"] = b + 1
     s.steps_session += 1
@@ -289,11 +355,10 @@ def _after_step(s: Session, epoch: int, b: int, n_batches: int, per: int, losses
                loss=round(float(np.mean(losses[-cfg.log_every:])), 4), lr=lr, scst=scst,
                images_per_s=round(s.steps_session * per / max(elapsed, 1e-6), 1),
                eta_s=round((s.total_steps - state["global_step"]) * elapsed / s.steps_session, 1))
-    if s.should_stop():
+    if stop:
         s.stop()
         return True
-    if (state["global_step"] % cfg.checkpoint_every == 0
-            or time.monotonic() - s.last_checkpoint >= cfg.checkpoint_minutes * 60):
+    if state["global_step"] % cfg.checkpoint_every == 0 or timed:
         s.checkpoint()
     return False
 
@@ -308,15 +373,14 @@ def train_epoch(s: Session, epoch: int) -> list[float] | None:
     cfg, per = s.cfg, s.cfg.batch_size
     perm, n_batches, losses = _order(s, len(s.samples), epoch), _xe_batches(cfg, len(s.samples)), []
     alpha_c = cfg.alpha_c if cfg.model.decoder == "attention" else 0.0
-    for b in range(s.state["batch"], n_batches):
-        image_ids, caps = s.samples.batch(perm[b * per:(b + 1) * per])  # caps: (B, L)
+    for b in range(s.state["batch"], n_batches):  # batch b: the same samples whatever the number of ranks
+        image_ids, caps = s.samples.batch(dist.shard(perm[b * per:(b + 1) * per], fill=True))  # caps: (B/N, L)
         lr = lr_at(s.state["global_step"], s.xe_steps, cfg.lr, cfg.warmup_steps)
         with s.autocast():
-            loss = caption_loss(s.model, s.source(image_ids, s.device), caps.to(s.device), cfg.label_smoothing,
+            loss = caption_loss(s.net, s.source(image_ids, s.device), caps.to(s.device), cfg.label_smoothing,
                                 alpha_c)
-        _step(s, loss, lr)
-        losses.append(loss.item())
-        if _after_step(s, epoch, b, n_batches, per, losses, lr, scst=False):
+        _step(s, loss, lr, sync=not isinstance(s.net, DistributedDataParallel))
+        if _after_step(s, epoch, b, n_batches, per, losses, loss.item(), lr, scst=False):
             return None
     return losses
 
@@ -343,13 +407,12 @@ def scst_epoch(s: Session, epoch: int) -> list[float] | None:
         s.emit(runs.PHASE, phase="scst")
     perm, n_batches, losses = _order(s, len(s.train_ids), epoch), math.ceil(len(s.train_ids) / per), []
     for b in range(s.state["batch"], n_batches):
-        ids = [s.train_ids[k] for k in perm[b * per:(b + 1) * per]]
+        ids = [s.train_ids[k] for k in dist.shard(perm[b * per:(b + 1) * per], fill=True)]
         with s.autocast():
             loss = _scst_loss(s.model, s.source(ids, s.device), [s.items[i].captions for i in ids], s.cider,
                               s.vocab, cfg)
-        _step(s, loss, cfg.scst_lr)
-        losses.append(loss.item())
-        if _after_step(s, epoch, b, n_batches, per, losses, cfg.scst_lr, scst=True):
+        _step(s, loss, cfg.scst_lr, sync=True)  # decoding calls the decoder, not DDP's forward: sync by hand
+        if _after_step(s, epoch, b, n_batches, per, losses, loss.item(), cfg.scst_lr, scst=True):
             return None
     return losses
 
@@ -368,12 +431,27 @@ def validate(model, source, val_ids, device, max_len, batch_size=100):
     return captions
 
 
+def _gather_captions(captions: dict[int, list[int]], width: int) -> dict[int, list[int]]:
+    """Every rank's validation captions {image index: tokens}, on every rank (the shares do not overlap)."""
+    if not dist.active():
+        return captions
+    rows = torch.full((len(captions), 1 + width), PAD, dtype=torch.long)  # (n, 1 + T): image index, tokens
+    for k, (i, seq) in enumerate(captions.items()):
+        rows[k, 0], rows[k, 1:1 + len(seq)] = i, torch.tensor(seq, dtype=torch.long)
+    return {row[0]: row[1:] for part in dist.all_gather_rows(rows) for row in part.tolist()}
+
+
 def end_epoch(s: Session, epoch: int, losses: list[float]) -> None:
-    """Validate, keep the best epoch's bundle, checkpoint at the epoch's end."""
+    """Validate (each rank its share of the images), keep the best epoch's bundle, checkpoint at the epoch's end."""
     cfg, state = s.cfg, s.state
     s.emit(runs.PHASE, phase="validating")
-    texts = {i: s.vocab.decode(seq)
-             for i, seq in validate(s.model, s.source, s.val_ids, s.device, cfg.model.max_len).items()}
+    mine = validate(s.model, s.source, dist.shard(s.val_ids), s.device, cfg.model.max_len)
+    captions = _gather_captions(mine, cfg.model.max_len + 1)  # greedy_decode: at most max_len words + <end>
+    if not dist.is_main():  # rank 0 scores, reports and saves; the others wait for the checkpoint
+        state["epoch"], state["batch"] = epoch + 1, 0
+        s.checkpoint()
+        return
+    texts = {i: s.vocab.decode(captions[i]) for i in s.val_ids}
     refs = {i: s.items[i].captions for i in texts}
     metrics = score_captions({str(i): refs[i] for i in texts}, {str(i): t for i, t in texts.items()}, fast=True)
     metrics = {k: metrics[k] for k in ("BLEU-4", "CIDEr")}
@@ -387,7 +465,8 @@ def end_epoch(s: Session, epoch: int, losses: list[float]) -> None:
     if best:
         state["best_cider"] = metrics["CIDEr"]
         save_bundle(s.run_dir / runs.BEST, s.model, s.vocab, metrics={"val_greedy": {**metrics, "epoch": epoch + 1}})
-    s.emit(runs.EPOCH, epoch=epoch + 1, train_loss=state["history"][-1]["train_loss"], metrics=metrics, best=best)
+    s.emit(runs.EPOCH, epoch=epoch + 1, train_loss=state["history"][-1]["train_loss"], metrics=metrics, best=best,
+           val_images=len(captions))
     state["epoch"], state["batch"] = epoch + 1, 0
     s.checkpoint()
     more_scst = cfg.epochs <= state["epoch"] < cfg.epochs + cfg.scst_epochs
@@ -399,21 +478,52 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, listeners=()) -> 
     cfg = cfg.resolved().check()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    should_stop = runs.Stopper(run_dir)  # before the first event: it tells a fresh STOP from an earlier one
-    emit = runs.Reporter(run_dir, listeners)
+    rank = dist.env_rank()  # under torchrun; the process group is joined in `prepare`
+    # before the first event: it tells a fresh STOP from an earlier one
+    should_stop = runs.Stopper(run_dir, owner=rank == 0)
+    emit = runs.Reporter(run_dir, listeners) if rank == 0 else _silent
     try:
-        return _run(cfg, run_dir, resume, emit, should_stop)
+        result = _run(cfg, run_dir, resume, emit, should_stop)
     except Exception as e:
-        emit(runs.ERROR, message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        raise
+        _report_error(run_dir, rank, emit, f"{type(e).__name__}: {e}", traceback.format_exc())
+        raise  # no teardown: the group may be broken, and the process ends anyway
+    # the ranks leave together (rank 0 may still be writing): a group torn down under a peer aborts it
+    dist.barrier()
+    dist.teardown()
+    return result
+
+
+def _silent(event: str, **fields) -> None:
+    """The event writer of ranks other than 0: rank 0 reports for all."""
+
+
+def _report_error(run_dir: Path, rank: int, emit, message: str, trace: str) -> None:
+    """Rank 0 writes the run's error event; a failing rank > 0 writes its own (with "rank") and exits, and
+    rank 0, whose next collective then fails, reports that rank's error as the run's rather than its own.
+    The other way round, a rank > 0 that fails because rank 0 failed first (and said so) adds nothing."""
+    if rank:
+        if not any(not e.get("rank") for e in runs.attempt_errors(run_dir)):
+            runs.Reporter(run_dir)(runs.ERROR, message=f"rank {rank}: {message}", rank=rank, traceback=trace)
+        return
+    peers = []
+    if dist.requested_world() > 1:
+        deadline = time.monotonic() + 3.0  # the failed rank writes its line before its process ends
+        while not peers and time.monotonic() < deadline:
+            time.sleep(0.1)
+            peers = [e for e in runs.attempt_errors(run_dir) if e.get("rank")]
+    if peers and not peers[0]["message"].endswith(message):  # not the same error on every rank
+        message, trace = f"{peers[0]['message']} (then on rank 0: {message})", peers[0].get("traceback", trace)
+    emit(runs.ERROR, message=message, traceback=trace)
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: runs.Stopper) -> Path | None:
     t_start = time.time()
-    left = runs.clean_partial_writes(run_dir)  # a kill between a temporary write and its rename
     resume = resume and (run_dir / runs.CHECKPOINT).exists()
-    atomic_write_json(run_dir / runs.CONFIG, cfg.to_dict())
-    emit(runs.START, config=cfg.to_dict(), pid=os.getpid(), resumed=resume)
+    left = []
+    if dist.env_rank() == 0:
+        left = runs.clean_partial_writes(run_dir)  # a kill between a temporary write and its rename
+        atomic_write_json(run_dir / runs.CONFIG, cfg.to_dict())
+    emit(runs.START, config=cfg.to_dict(), pid=os.getpid(), resumed=resume, processes=dist.requested_world())
     if left:
         emit(runs.LOG_EVENT, message=f"removed {len(left)} half-written file(s) of a killed run: "
                                      + ", ".join(p.name for p in left))
@@ -422,23 +532,34 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: runs.
         emit(runs.STOPPED, reason=should_stop.reason)
         should_stop.consume()
         return None
-    s.model.train()
-    emit(runs.PHASE, phase="training")
-    while s.state["epoch"] < cfg.epochs + cfg.scst_epochs:
-        epoch = s.state["epoch"]
-        losses = scst_epoch(s, epoch) if epoch >= cfg.epochs else train_epoch(s, epoch)
-        if losses is None:
-            return None
-        end_epoch(s, epoch, losses)
+    if not dist.is_main():
+        _train(s)
+        return None
+
+    if not _train(s):
+        return None
     emit(runs.PHASE, phase="saving")
     seconds = time.time() - t_start
     target = publish_bundle(
         run_dir / runs.BEST, cfg.model_name or run_dir.name, Path(cfg.models_dir),
         metrics={"training": {"history": s.state["history"], "seconds_this_session": round(seconds, 1)}},
-        card=model_card(cfg, s.state, len(s.train_ids), len(s.val_ids), seconds))
+        card=model_card(cfg, s.state, len(s.train_ids), len(s.val_ids), seconds, dist.world()))
     best_metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8")).get("val_greedy", {})
     emit(runs.DONE, bundle=str(target), metrics=best_metrics)
     return target
+
+
+def _train(s: Session) -> bool:
+    """The epochs from the saved position on; False when stopped."""
+    s.model.train()
+    s.emit(runs.PHASE, phase="training")
+    while s.state["epoch"] < s.cfg.epochs + s.cfg.scst_epochs:
+        epoch = s.state["epoch"]
+        losses = scst_epoch(s, epoch) if epoch >= s.cfg.epochs else train_epoch(s, epoch)
+        if losses is None:
+            return False
+        end_epoch(s, epoch, losses)
+    return True
 
 
 def _changed_flags(cfg: TrainConfig) -> str:
@@ -447,14 +568,15 @@ def _changed_flags(cfg: TrainConfig) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flat.items() if k in defaults and v != defaults[k])
 
 
-def model_card(cfg: TrainConfig, state: dict, n_train: int, n_val: int, seconds: float) -> str:
+def model_card(cfg: TrainConfig, state: dict, n_train: int, n_val: int, seconds: float, processes: int = 1) -> str:
     rows = "\n".join(f"| {h['epoch']} | {'SCST' if h.get('scst') else 'XE'} | "
                      f"{h['train_loss'] if h['train_loss'] is None else round(h['train_loss'], 3)} | "
                      f"{h['BLEU-4']} | {h['CIDEr']} |" for h in state["history"])
+    launcher = f" under torchrun, {processes} processes (the batch size is the global batch)" if processes > 1 else ""
     return f"""# Caption model: {cfg.model.decoder} decoder on {cfg.model.backbone}
 
 - Data: `{cfg.data}` ({n_train} training images, {n_val} validation images, split {cfg.train_split}/{cfg.val_split})
-- Command: `python -m core.train {_changed_flags(cfg)}`
+- Command: `python -m core.train {_changed_flags(cfg)}`{launcher}
 - Trained: {time.strftime('%Y-%m-%d %H:%M', time.localtime())}, {seconds / 60:.1f} minutes (last session)
 - Best validation CIDEr (greedy, Python tokenizer): {state['best_cider']}
 
@@ -503,6 +625,8 @@ def main(argv=None) -> int:
     except Exception as e:
         print(f"training failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    if dist.env_rank():  # rank 0 answers for the run
+        return 0
     return 0 if bundle or (run_dir / runs.CHECKPOINT).exists() else 1
 
 
