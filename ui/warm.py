@@ -1,7 +1,8 @@
 """Loaded models, shared by every session of the server, and their warm-up in a background thread.
 
-The first page drawn starts a thread that imports torch, looks at the compute device and loads the active
-model, so that neither the Home page (which never imports torch) nor the first caption waits for it. No
+`python -m ui.serve` (the launchers' start command) starts a thread that imports torch, looks at the compute device
+and loads the active model before any browser connects, so that neither the Home page (which never imports torch)
+nor the first caption waits for it; under a plain `streamlit run app.py` the first page drawn starts it. No
 Streamlit here: the thread has no page to draw on.
 """
 from __future__ import annotations
@@ -54,11 +55,11 @@ def wait_for_device(timeout: float) -> bool:
 
 def _look_at_device() -> None:
     # in a subprocess, as the Train page does (core.device imports torch and may initialise CUDA to look)
-    from dataclasses import asdict
-
-    from core.device import device_report_subprocess
-
     try:
+        from dataclasses import asdict
+
+        from core.device import device_report_subprocess
+
         _device.update(asdict(device_report_subprocess()))
     except Exception as e:
         _device["error"] = str(e)
