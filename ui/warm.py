@@ -17,6 +17,11 @@ _device: dict = {}
 _started = threading.Event()
 _device_done = threading.Event()
 MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
+# What the pages import (pandas, PIL and numpy among them: about a second on a small CPU), imported by the warm-up
+# before torch, so that the first visit of each page finds them loaded. Torch-free, as the pages are.
+PAGE_MODULES = ("core.bundle", "core.data", "core.paths", "core.library", "core.jobs", "core.runs", "ui.device",
+                "ui.loader", "ui.nav", "ui.inputs", "ui.images", "ui.results", "ui.review", "ui.library_view",
+                "ui.monitor")
 
 
 def weights_version(bundle_path: Path) -> float:
@@ -87,8 +92,19 @@ def _tiny_jpeg() -> bytes:
     return buf.getvalue()
 
 
+def _import_pages() -> None:
+    import importlib
+
+    for name in PAGE_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a page that cannot import says so itself, in its own words
+            pass
+
+
 def _run() -> None:
     try:
+        _import_pages()
         _warm()
     except Exception:  # a broken model is reported, in plain words, by the page that uses it
         pass
