@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,9 @@ class Captioner:
                 if top_p:
                     hyps = self._sample(feats, num_captions, max_len, top_p, min_len)
                 else:
-                    hyps = beam_search(self.model.decoder, feats, beam_size=max(beam, num_captions), max_len=max_len,
-                                       min_len=min_len, constraints=guide if any(guide) else None)
+                    with self._decoder_autocast():
+                        hyps = beam_search(self.model.decoder, feats, beam_size=max(beam, num_captions),
+                                           max_len=max_len, min_len=min_len, constraints=guide if any(guide) else None)
                 for j, (i, image_hyps) in enumerate(zip(idx, hyps)):
                     r = results[i - start]
                     self._fill(r, image_hyps)
@@ -99,6 +101,15 @@ class Captioner:
                         r.check = r.confidence < self.calibration.flag_below
             start += n
             yield results
+
+    def _decoder_autocast(self):
+        """bf16 beam search on a CPU with native bf16, for attention models (the default), with fp32 logits
+        (AttentionDecoder.step): beam search 2.5x faster on an AMD EPYC with avx512_bf16; on 480 Flickr8k dev
+        photos 8 captions of 480 changed, BLEU-4 20.88 -> 20.84, CIDEr 53.58 -> 53.54 (bench/bench_decode_bf16.py).
+        GPUs (decoding is cheap there), Show-and-Tell models (not measured) and CPUs without it decode in fp32."""
+        if self.has_attention and self.device.type == "cpu":
+            return encoder_autocast(self.device)  # bf16 autocast where native, else none
+        return contextlib.nullcontext()
 
     def _sample(self, feats: torch.Tensor, k: int, max_len: int, top_p: float, min_len: int) -> list[list[Hypothesis]]:
         """k nucleus-sampled captions per image, as hypotheses ranked by mean log-probability per word."""

@@ -121,7 +121,8 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max
         constant = {k: v for k, v in constant.items() if new_state.get(k) is v}
         state = new_state
         if alpha is not None:
-            alpha_hist = alpha.unsqueeze(1) if alpha_hist is None else torch.cat([alpha_hist, alpha.unsqueeze(1)], 1)
+            alpha = alpha.float().unsqueeze(1)  # (L*R, 1, P); fp32 also under bf16 autocast
+            alpha_hist = alpha if alpha_hist is None else torch.cat([alpha_hist, alpha], 1)
         if no_repeat_ngram and t + 1 >= no_repeat_ngram:  # before that no n-gram can repeat
             for row, h in enumerate(tokens[:, 1:].tolist()):
                 banned = _banned_ngram_words(h, no_repeat_ngram)

@@ -148,3 +148,19 @@ def test_images_finishing_early_or_with_other_constraints_do_not_change_the_othe
         if decoder == "attention":
             for a, b in zip(together[i], alone):
                 assert torch.allclose(a.alphas, b.alphas, atol=1e-5)
+
+
+def test_bf16_decoding_keeps_fp32_logits_and_attention():
+    """core.caption decodes attention models under CPU bf16 autocast; the output layer stays fp32 (bf16 logits
+    reorder close beams) and the attention maps come back as fp32 (numpy has no bf16)."""
+    m = tiny_model("attention", vocab_size=12)
+    torch.manual_seed(0)
+    feats = torch.randn(3, 49, 1280) * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state = m.decoder.init_state(feats)
+        logits, _, alpha = m.decoder.step(torch.full((3,), 1), state)
+        hyps = beam_search(m.decoder, feats, beam_size=2, max_len=6)
+    assert logits.dtype == torch.float32 and alpha.shape == (3, 49)
+    assert all(h.alphas.dtype == torch.float32 and h.alphas.shape == (len(h.tokens), 49) for hs in hyps for h in hs)
+    h = hyps[0][0]
+    h.alphas.numpy()  # what CaptionResult.attention does
