@@ -16,6 +16,7 @@ _captioners: dict[tuple, object] = {}
 _device: dict = {}
 _started = threading.Event()
 _device_done = threading.Event()
+_warmed = threading.Event()  # the warm-up has loaded the model (or given up)
 MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
 # What the pages import (pandas, PIL and numpy among them: about a second on a small CPU), imported by the warm-up
 # before torch, so that the first visit of each page finds them loaded. Torch-free, as the pages are.
@@ -59,7 +60,10 @@ def wait_for_device(timeout: float) -> bool:
 
 
 def _look_at_device() -> None:
-    # in a subprocess, as the Train page does (core.device imports torch and may initialise CUDA to look)
+    # in a subprocess, as the Train page does (core.device imports torch and may initialise CUDA to look), after
+    # the model is loaded: on two cores a second torch import would slow the first page and caption (the Home page
+    # shows "looking..." meanwhile)
+    _warmed.wait(60)
     try:
         from dataclasses import asdict
 
@@ -108,6 +112,8 @@ def _run() -> None:
         _warm()
     except Exception:  # a broken model is reported, in plain words, by the page that uses it
         pass
+    finally:
+        _warmed.set()
 
 
 def start() -> None:
@@ -125,4 +131,5 @@ def reset() -> None:
     with _lock:
         _device.clear()
         _device_done.clear()
+        _warmed.clear()
         _started.clear()
