@@ -132,8 +132,8 @@ class Captioner:
 
     def _decoder_autocast(self):
         """bf16 beam search on a CPU with native bf16, for attention models (the default), with fp32 logits
-        (AttentionDecoder.step): beam search 1.3-2.5x faster (runs on a busy 2-core AMD EPYC with avx512_bf16); on 480 Flickr8k dev
-        photos 8 captions of 480 changed, BLEU-4 20.88 -> 20.84, CIDEr 53.58 -> 53.54 (bench/bench_decode_bf16.py).
+        (AttentionDecoder.step): 1.3-2.5x faster in runs on a busy 2-core AMD EPYC with avx512_bf16; on 480 Flickr8k
+        dev photos 8 captions of 480 changed, BLEU-4 20.88 -> 20.84, CIDEr 53.58 -> 53.54 (bench/bench_decode_bf16.py).
         GPUs (decoding is cheap there), Show-and-Tell models (not measured) and CPUs without it decode in fp32."""
         if self.has_attention and self.device.type == "cpu":
             return encoder_autocast(self.device)  # bf16 autocast where native, else none
