@@ -10,7 +10,8 @@
 #      the last install (tools/env_check.py keeps a hash of it inside .venv);
 #      with CAPTION_TORCH_CUDA=1 and an NVIDIA GPU, the CUDA build of PyTorch
 #      from PyTorch's own index first (Linux normally needs none: PyPI's has CUDA);
-#   4. runs "python -m streamlit run app.py" on 127.0.0.1 only, which opens your browser.
+#   4. runs "python -m ui.serve" (Streamlit's "streamlit run app.py", with the model
+#      loading in the background from the start) on 127.0.0.1 only, which opens your browser.
 #
 # Settings for special cases (normally you need none):
 #   CAPTION_PYTHON=/path/to/python3   use this Python instead of searching for one
@@ -146,7 +147,7 @@ echo
 echo "Starting the app. Your browser opens it in a moment; if not, open the URL shown below."
 echo "To stop the app: press Ctrl+C in this window, or close the window."
 echo
-"$VENV_PYTHON" -m streamlit run app.py "${streamlit_args[@]}" "$@"
+"$VENV_PYTHON" -m ui.serve "${streamlit_args[@]}" "$@"
 status=$?
 if [ "$status" -ne 0 ]; then
   fail "The app stopped with an error (exit code $status); the messages above say why."

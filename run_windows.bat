@@ -10,7 +10,8 @@ rem      the last install (tools\env_check.py keeps a hash of it inside .venv);
 rem      with an NVIDIA GPU (nvidia-smi lists one), first the CUDA build of PyTorch
 rem      from PyTorch's own index (the default one on Windows has no CUDA), or the
 rem      CPU build when that fails;
-rem   4. runs "python -m streamlit run app.py" on 127.0.0.1 only, which opens your browser.
+rem   4. runs "python -m ui.serve" (Streamlit's "streamlit run app.py", with the model
+rem      loading in the background from the start) on 127.0.0.1 only, which opens your browser.
 rem
 rem Settings for special cases (normally you need none):
 rem   set CAPTION_PYTHON=C:\full\path\to\python.exe   use this Python, do not search
@@ -82,7 +83,7 @@ echo.
 echo Starting the app. Your browser opens it in a moment; if not, open the URL shown below.
 echo To stop the app: press Ctrl+C in this window, or close the window.
 echo.
-"%VENV_PYTHON%" -m streamlit run app.py %SAFE% %HEADLESS% %*
+"%VENV_PYTHON%" -m ui.serve %SAFE% %HEADLESS% %*
 if errorlevel 1 goto :fail_app
 exit /b 0
 

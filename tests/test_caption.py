@@ -97,3 +97,24 @@ def test_csv_has_tags_confidence_and_the_check_flag():
                       check=True)
     parsed = list(csv.reader(io.StringIO(csv_bytes([r]).decode("utf-8-sig"))))
     assert parsed[1][5:] == ["cat 0.96; bed 0.12", "0.31", "check this one"]
+
+
+def test_overlapped_decoding_gives_the_same_results_in_order(tiny_attention_bundle, tmp_path):
+    """iter_captions decodes a batch in a thread while the next is encoded: the same results, in the same
+    batches and order, as one batch after the other; bad files still fail alone; closing early is clean."""
+    good = [make_image(tmp_path / f"{c}.png", c, s) for c, s in [("red", "square"), ("blue", "stripe"),
+                                                                  ("yellow", "square"), ("green", "stripe")]]
+    items = [("a.png", good[0]), ("bad.jpg", b"not an image"), ("b.png", good[1]), ("c.png", good[2]),
+             ("d.png", good[3]), ("e.png", good[0].read_bytes())]
+    cap = Captioner(tiny_attention_bundle, device="cpu")
+    runs = {}
+    for overlap in (False, True):
+        cap.overlap = overlap
+        batches = list(cap.iter_captions(items, batch_size=2))
+        runs[overlap] = [[(r.image, r.caption, r.score, r.error) for r in b] for b in batches]
+    assert runs[True] == runs[False]
+    assert [len(b) for b in runs[True]] == [2, 2, 2] and runs[True][0][1][3]
+    gen = cap.iter_captions(items, batch_size=2)
+    first = next(gen)
+    gen.close()  # a Cancel after the first batch: the batch being decoded finishes, nothing hangs
+    assert [r.image for r in first] == ["a.png", "bad.jpg"]

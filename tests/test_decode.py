@@ -125,3 +125,42 @@ def test_constraints_leave_unconstrained_images_alone():
         assert [h.score for h in mixed[i]] == pytest.approx([h.score for h in plain[i]])
     assert all(7 in h.tokens for h in mixed[1])
 
+
+
+@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+def test_images_finishing_early_or_with_other_constraints_do_not_change_the_others(decoder):
+    """Beam search drops finished images from the batch and searches images with fewer word sets apart:
+    every image's hypotheses (words, scores, attention) are those it gets alone."""
+    m = tiny_model(decoder, vocab_size=12)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        m.decoder.fc.bias[END] += 1.5
+    feats = torch.randn(5, 49 if decoder == "attention" else 1, 1280) * 3
+    constraints = [[], [[7]], [], [[5, 6], [9]], [[8]]]
+    together = beam_search(m.decoder, feats, beam_size=3, max_len=10, constraints=constraints)
+    lengths = {len(hs[0].tokens) for hs in together}
+    assert len(lengths) > 1  # the images really finish at different steps
+    for i in range(5):
+        alone = beam_search(m.decoder, feats[i:i + 1], beam_size=3, max_len=10,
+                            constraints=[constraints[i]] if constraints[i] else None)[0]
+        assert [h.tokens for h in together[i]] == [h.tokens for h in alone]
+        assert [h.score for h in together[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
+        if decoder == "attention":
+            for a, b in zip(together[i], alone):
+                assert torch.allclose(a.alphas, b.alphas, atol=1e-5)
+
+
+def test_bf16_decoding_keeps_fp32_logits_and_attention():
+    """core.caption decodes attention models under CPU bf16 autocast; the output layer stays fp32 (bf16 logits
+    reorder close beams) and the attention maps come back as fp32 (numpy has no bf16)."""
+    m = tiny_model("attention", vocab_size=12)
+    torch.manual_seed(0)
+    feats = torch.randn(3, 49, 1280) * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state = m.decoder.init_state(feats)
+        logits, _, alpha = m.decoder.step(torch.full((3,), 1), state)
+        hyps = beam_search(m.decoder, feats, beam_size=2, max_len=6)
+    assert logits.dtype == torch.float32 and alpha.shape == (3, 49)
+    assert all(h.alphas.dtype == torch.float32 and h.alphas.shape == (len(h.tokens), 49) for hs in hyps for h in hs)
+    h = hyps[0][0]
+    h.alphas.numpy()  # what CaptionResult.attention does

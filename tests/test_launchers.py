@@ -87,7 +87,7 @@ def project(tmp_path):
     """A temporary app folder (with a space in its path) holding just what the launcher needs."""
     root = tmp_path / "my app"
     for relative in ("run_macos.command", "tools/env_check.py", ".streamlit/config.toml", "core/__init__.py",
-                     "core/device.py"):
+                     "core/device.py", "ui/__init__.py", "ui/serve.py", "ui/warm.py"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / relative, root / relative)
     (root / "app.py").write_text('import streamlit as st\n\nst.write("hello")\n')
@@ -586,7 +586,7 @@ def test_bash_launcher_file():
         assert os.access(BASH_LAUNCHER, os.X_OK), "run_macos.command must be executable"
     text = data.decode()
     assert 'read -r -p "Press Enter to close' in text and "[ -t 0 ]" in text
-    assert '-m streamlit run app.py' in text and '"$@"' in text
+    assert '-m ui.serve "${streamlit_args[@]}" "$@"' in text  # ui.serve runs `streamlit run app.py` in-process
     # bash 3.2 (macOS) has no associative arrays, mapfile or ${var,,}.
     for bash4 in ("declare -A", "mapfile", "readarray", ",,}", "^^}"):
         assert bash4 not in text
@@ -713,7 +713,7 @@ def test_both_launchers_share_the_same_steps():
         assert "--server.headless true" in text
         assert "-m venv" in text
         assert "-m pip install --disable-pip-version-check -r requirements.txt" in text
-    assert re.search(r'-m streamlit run app\.py %SAFE% %HEADLESS% %\*\r\n', bat_text)
+    assert re.search(r'-m ui\.serve %SAFE% %HEADLESS% %\*\r\n', bat_text)
     assert "CAPTION_FORCE_CPU" in bash_text and "CAPTION_FORCE_CPU" in bat_text
 
 

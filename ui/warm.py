@@ -1,7 +1,8 @@
 """Loaded models, shared by every session of the server, and their warm-up in a background thread.
 
-The first page drawn starts a thread that imports torch, looks at the compute device and loads the active
-model, so that neither the Home page (which never imports torch) nor the first caption waits for it. No
+`python -m ui.serve` (the launchers' start command) starts a thread that imports torch, looks at the compute device
+and loads the active model before any browser connects, so that neither the Home page (which never imports torch)
+nor the first caption waits for it; under a plain `streamlit run app.py` the first page drawn starts it. No
 Streamlit here: the thread has no page to draw on.
 """
 from __future__ import annotations
@@ -15,7 +16,13 @@ _captioners: dict[tuple, object] = {}
 _device: dict = {}
 _started = threading.Event()
 _device_done = threading.Event()
+_warmed = threading.Event()  # the warm-up has loaded the model (or given up)
 MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
+# What the pages import (pandas, PIL and numpy among them: about a second on a small CPU), imported by the warm-up
+# before torch, so that the first visit of each page finds them loaded. Torch-free, as the pages are.
+PAGE_MODULES = ("core.bundle", "core.data", "core.paths", "core.library", "core.jobs", "core.runs", "ui.device",
+                "ui.loader", "ui.nav", "ui.inputs", "ui.images", "ui.results", "ui.review", "ui.library_view",
+                "ui.monitor")
 
 
 def weights_version(bundle_path: Path) -> float:
@@ -53,12 +60,15 @@ def wait_for_device(timeout: float) -> bool:
 
 
 def _look_at_device() -> None:
-    # in a subprocess, as the Train page does (core.device imports torch and may initialise CUDA to look)
-    from dataclasses import asdict
-
-    from core.device import device_report_subprocess
-
+    # in a subprocess, as the Train page does (core.device imports torch and may initialise CUDA to look), after
+    # the model is loaded: on two cores a second torch import would slow the first page and caption (the Home page
+    # shows "looking..." meanwhile)
+    _warmed.wait(60)
     try:
+        from dataclasses import asdict
+
+        from core.device import device_report_subprocess
+
         _device.update(asdict(device_report_subprocess()))
     except Exception as e:
         _device["error"] = str(e)
@@ -86,11 +96,24 @@ def _tiny_jpeg() -> bytes:
     return buf.getvalue()
 
 
+def _import_pages() -> None:
+    import importlib
+
+    for name in PAGE_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a page that cannot import says so itself, in its own words
+            pass
+
+
 def _run() -> None:
     try:
+        _import_pages()
         _warm()
     except Exception:  # a broken model is reported, in plain words, by the page that uses it
         pass
+    finally:
+        _warmed.set()
 
 
 def start() -> None:
@@ -108,4 +131,5 @@ def reset() -> None:
     with _lock:
         _device.clear()
         _device_done.clear()
+        _warmed.clear()
         _started.clear()

@@ -1,0 +1,51 @@
+"""`python -m ui.serve`: the model warm-up is under way before Streamlit's command line runs, in the same process."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A stand-in for `python -m streamlit`: it writes down its arguments and what the warm-up had done by then.
+FAKE_MAIN = """
+import json, os, sys, threading
+from ui import warm
+names = [t.name for t in threading.enumerate()]
+with open(os.environ["FAKE_STREAMLIT_LOG"], "w") as f:
+    json.dump({"argv": sys.argv[1:], "started": warm._started.is_set(), "threads": names}, f)
+"""
+
+
+def test_serve_starts_the_warm_up_then_streamlit_with_the_arguments(tmp_path):
+    site = tmp_path / "fake-site" / "streamlit"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("")
+    (site / "__main__.py").write_text(FAKE_MAIN)
+    log = tmp_path / "call.json"
+    models = tmp_path / "models"  # no model: the warm-up has nothing to load (and stays cheap)
+    models.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTION_", "PYTHON"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "fake-site"), str(ROOT)]), FAKE_STREAMLIT_LOG=str(log),
+               CAPTION_MODELS_DIR=str(models), CAPTION_FORCE_CPU="1")
+    result = subprocess.run([sys.executable, "-m", "ui.serve", "--server.port", "8765", "--server.headless", "true"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    call = json.loads(log.read_text())
+    assert call["argv"] == ["run", "app.py", "--server.port", "8765", "--server.headless", "true"]
+    # the warm-up (importing the pages' modules first: a second or so) is running while Streamlit starts
+    assert call["started"] and "caption-warm-up" in call["threads"]
+
+
+def test_serve_starts_streamlit_even_when_the_warm_up_cannot(tmp_path, monkeypatch):
+    """A warm-up that fails to start never keeps the app from starting."""
+    import runpy
+
+    from ui import serve, warm
+
+    calls = []
+    monkeypatch.setattr(warm, "start", lambda: (_ for _ in ()).throw(RuntimeError("no threads here")))
+    monkeypatch.setattr(runpy, "run_module", lambda name, **kw: calls.append((name, list(sys.argv[1:]))))
+    monkeypatch.setattr(sys, "argv", ["serve"])
+    serve.main(["--server.port", "1"])
+    assert calls == [("streamlit", ["run", "app.py", "--server.port", "1"])]
