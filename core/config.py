@@ -100,6 +100,7 @@ class TrainConfig:
     scst_max_len: int = 16  # longest sampled caption in SCST (words)
     scst_warmup_steps: int = 20  # SCST's learning rate warms up, then decays (cosine) over the SCST steps
     scst_top_p: float = 1.0  # SCST samples from this nucleus (1.0: the whole distribution)
+    scst_dropout: bool = False  # SCST samples with dropout on (Rennie et al.'s code); off: the policy that is used
 
     def to_dict(self) -> dict:
         return asdict(self)
