@@ -98,6 +98,11 @@ class TrainConfig:
     encode_batch_size: int = 32
     allow_missing: bool = False  # train on the images found even when more than 1% of a split's are missing
     max_steps_per_epoch: int = 0  # 0: whole epochs; else each epoch stops after this many steps (rehearsals)
+    init_from: str = ""  # a model folder (same backbone and vocabulary) whose weights start the run, e.g. for SCST
+    scst_max_len: int = 16  # longest sampled caption in SCST (words)
+    scst_warmup_steps: int = 20  # SCST's learning rate warms up, then decays (cosine) over the SCST steps
+    scst_top_p: float = 1.0  # SCST samples from this nucleus (1.0: the whole distribution)
+    scst_dropout: bool = False  # SCST samples with dropout on (Rennie et al.'s code); off: the policy that is used
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +131,7 @@ class TrainConfig:
         d["data"] = str(resolve(self.data))
         d["models_dir"] = str(resolve(self.models_dir) if self.models_dir else models_dir())
         d["cache_dir"] = str(resolve(self.cache_dir) if self.cache_dir else cache_dir())
+        d["init_from"] = str(resolve(self.init_from)) if self.init_from else ""
         return TrainConfig.from_dict(d)
 
     def problems(self) -> list[str]:
@@ -141,6 +147,7 @@ class TrainConfig:
                     "checkpoint_every": self.checkpoint_every, "checkpoint_minutes": self.checkpoint_minutes,
                     "log_every": self.log_every, "scst_batch_size": self.scst_batch_size,
                     "scst_samples": self.scst_samples, "encode_batch_size": self.encode_batch_size,
+                    "scst_max_len": self.scst_max_len,
                     "min_word_count": self.min_word_count}
         out += [f"{k.replace('_', ' ')} must be more than 0 (it is {v})." for k, v in positive.items()
                 if not isinstance(v, (int, float)) or v <= 0]
@@ -150,6 +157,12 @@ class TrainConfig:
             out.append("Dropout and label smoothing must be at least 0 and below 1.")
         if self.max_steps_per_epoch < 0:
             out.append(f"Max steps per epoch cannot be negative (it is {self.max_steps_per_epoch}; 0: no limit).")
+        if self.scst_epochs and self.scst_samples < 2:
+            out.append("SCST needs at least 2 samples per image (each sample's baseline is the others' mean).")
+        if not 0 < self.scst_top_p <= 1:
+            out.append(f"The SCST nucleus (top-p) must be above 0 and at most 1 (it is {self.scst_top_p}).")
+        if self.scst_warmup_steps < 0:
+            out.append("SCST warm-up steps cannot be negative.")
         if self.epochs < 0 or self.scst_epochs < 0:
             out.append("Epochs cannot be negative.")
         if self.model_name and name_problem(self.model_name):
