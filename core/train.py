@@ -20,7 +20,6 @@ if __name__ == "__main__":  # a job's trainer takes the job lock before the slow
         sys.exit(f"training not started: {e}")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -42,7 +41,7 @@ from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import ConfigError, ModelConfig, TrainConfig, flag_fields  # noqa: E402,F401 (TrainConfig: re-export)
 from .data import iter_image_batches, load_split  # noqa: E402
 from .decode import greedy_decode, sample_captions  # noqa: E402
-from .device import bf16_native, pick_device  # noqa: E402
+from .device import pick_device, train_precision  # noqa: E402
 from .features import FeatureCache, encode_to_cache  # noqa: E402
 from .files import atomic_write_json  # noqa: E402
 from .metrics import CorpusCider, score_captions  # noqa: E402
@@ -208,10 +207,9 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # mixed precision on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16 with a GradScaler
-    amp_dtype = (torch.bfloat16 if bf16_native(device) else torch.float16) if device.type == "cuda" else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    amp = train_precision(device, cfg.precision)  # bf16/fp16 autocast where the hardware runs it, fp32 weights
+    autocast, scaler = amp.autocast, amp.scaler
+    emit(runs.LOG_EVENT, message=f"training in {amp.label} on {device.type} ({amp.reason})")
     cider = CorpusCider([it.captions for it in train_items]) if cfg.scst_epochs else None
     s = Session(cfg, run_dir, emit, should_stop, device, vocab, model, source, items, train_ids, val_ids, samples,
                 optimizer, params, total_steps, xe_steps, autocast, scaler, cider)
