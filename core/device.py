@@ -286,6 +286,20 @@ def train_precision(device: "torch.device", precision: str = "auto") -> TrainPre
     return TrainPrecision(label, device.type, reason, scaler)
 
 
+def compile_decoder(decoder: "torch.nn.Module", backend: str = "inductor") -> None:
+    """torch.compile a decoder in place for training (TrainConfig.compile); its state_dict keys do not change.
+
+    The attention decoder's loop over words runs a different number of captions at each word and a different
+    number of words per batch, so compiling its forward would recompile for nearly every batch: its per-word step
+    (`_advance`) is compiled instead, once, with a dynamic batch size. Show-and-Tell is one LSTM call: all of it."""
+    import torch
+
+    if hasattr(decoder, "_advance"):
+        decoder._advance = torch.compile(decoder._advance, dynamic=True, backend=backend)
+    else:
+        decoder.compile(dynamic=True, backend=backend)
+
+
 def describe_device(name: str = "auto") -> dict:
     import torch
 

@@ -41,7 +41,7 @@ from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import ConfigError, ModelConfig, TrainConfig, flag_fields  # noqa: E402,F401 (TrainConfig: re-export)
 from .data import iter_image_batches, load_split  # noqa: E402
 from .decode import greedy_decode, sample_captions  # noqa: E402
-from .device import pick_device, train_precision  # noqa: E402
+from .device import compile_decoder, pick_device, train_precision  # noqa: E402
 from .features import FeatureCache, encode_to_cache  # noqa: E402
 from .files import atomic_write_json  # noqa: E402
 from .metrics import CorpusCider, score_captions  # noqa: E402
@@ -207,6 +207,8 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.compile:  # minutes of compilation before the first step; see README "Speed"
+        compile_decoder(model.decoder)
     amp = train_precision(device, cfg.precision)  # bf16/fp16 autocast where the hardware runs it, fp32 weights
     autocast, scaler = amp.autocast, amp.scaler
     emit(runs.LOG_EVENT, message=f"training in {amp.label} on {device.type} ({amp.reason})")

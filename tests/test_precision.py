@@ -95,3 +95,24 @@ def test_a_bf16_run_says_so_and_saves_an_fp32_checkpoint(tmp_path):
     tensors = load_file(tmp_path / "run" / "checkpoint.safetensors")
     floats = [v for k, v in tensors.items() if k.startswith(("model/", "optim/")) and v.is_floating_point()]
     assert floats and all(v.dtype == torch.float32 for v in floats)
+
+
+@pytest.mark.parametrize("decoder", ["attention", "show_tell"])
+def test_compile_keeps_the_decoders_results_and_state_dict_keys(decoder):
+    """TrainConfig.compile's path, traced by TorchDynamo; the "eager" backend skips inductor's minutes of C++."""
+    cfg = ModelConfig(vocab_size=12, decoder=decoder, embed_dim=16, hidden_dim=16, attention_dim=8,
+                      feature_proj_dim=8, dropout=0.0, max_len=6)
+    torch.manual_seed(0)
+    plain, compiled = CaptionModel(cfg, with_encoder=False), CaptionModel(cfg, with_encoder=False)
+    compiled.load_state_dict(plain.state_dict())
+    device.compile_decoder(compiled.decoder, backend="eager")
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+    feats = torch.randn(5, 4, plain.spec.feature_dim)  # (B, P, C)
+    for caps in ([[1, 4, 5, 2], [1, 6, 2]], [[1, 7, 8, 9, 10, 2], [1, 4, 2], [1, 5, 6, 2]]):  # two batch shapes
+        caps = pad_captions((caps * 3)[:5])  # (B, L)
+        a, b = caption_loss(plain, feats, caps, alpha_c=1.0), caption_loss(compiled, feats, caps, alpha_c=1.0)
+        a.backward()
+        b.backward()
+        assert torch.allclose(a, b, atol=1e-6)
+    for p, q in zip(plain.parameters(), compiled.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
