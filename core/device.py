@@ -211,7 +211,7 @@ def _cpu_has_native_bf16() -> bool:
     it is slower than fp32 (so "AVX512" alone, what torch.backends.cpu.get_cpu_capability() says, is not enough)."""
     import torch
 
-    cpu = torch.cpu
+    cpu = getattr(torch, "cpu", None)
     if hasattr(cpu, "_is_avx512_bf16_supported") and hasattr(cpu, "_is_amx_tile_supported"):
         # PyTorch's own cpuinfo probe: the same answer on Linux, Windows and macOS, unlike /proc/cpuinfo
         return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
