@@ -11,6 +11,7 @@
 
     python bench/bench_speed.py --data ../shared/data/flickr8k --images 200
     python bench/bench_speed.py                 # synthetic photos-like images when no data is given
+    python bench/bench_speed.py --threads 1 --cpu-time ...   # on a machine shared with other work
 """
 from __future__ import annotations
 
@@ -52,10 +53,10 @@ def synthetic_items(folder: Path, n: int) -> list[ImageCaptions]:
     return items
 
 
-def seeds_epoch(model, encoder, items, samples, batch_size, spec, precision="fp32") -> float:
+def seeds_epoch(model, encoder, items, samples, batch_size, spec, precision="fp32", clock=time.perf_counter) -> float:
     """One epoch as the seed projects train: load + encode the image of every caption sample, every epoch."""
     opt, amp = torch.optim.AdamW(model.decoder.parameters(), 1e-4), train_precision(torch.device("cpu"), precision)
-    t = time.perf_counter()
+    t = clock()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         _, images, _ = next(iter_image_batches([items[i].path for i, _ in chunk], spec.image_size, spec.mean,
@@ -69,12 +70,12 @@ def seeds_epoch(model, encoder, items, samples, batch_size, spec, precision="fp3
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return time.perf_counter() - t
+    return clock() - t
 
 
-def cached_epoch(model, source, samples, batch_size, precision="fp32") -> float:
+def cached_epoch(model, source, samples, batch_size, precision="fp32", clock=time.perf_counter) -> float:
     opt, amp = torch.optim.AdamW(model.decoder.parameters(), 1e-4), train_precision(torch.device("cpu"), precision)
-    t = time.perf_counter()
+    t = clock()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         with amp.autocast():
@@ -82,7 +83,7 @@ def cached_epoch(model, source, samples, batch_size, precision="fp32") -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def main() -> None:
@@ -96,7 +97,14 @@ def main() -> None:
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
                    help="the cached epoch that the seeds' way is compared with (both are timed)")
     p.add_argument("--compile", action="store_true", help="also time the cached epoch with torch.compile")
+    p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's choice)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time the epochs in CPU seconds of this process, not wall seconds: on a machine busy with "
+                        "other work the wall time measures the others (use with --threads 1: no spinning threads)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter  # process_time: all this process's threads
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     items = load_split(args.data, "train")[0][: args.images] if args.data else synthetic_items(tmp, args.images)
@@ -108,7 +116,8 @@ def main() -> None:
     auto = train_precision(torch.device("cpu"), "auto")
     print(f"{len(items)} images, {len(samples)} caption samples per epoch, backbone {args.backbone}, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
-          f"precision auto = {auto.label} here ({auto.reason})")
+          f"precision auto = {auto.label} here ({auto.reason}); epochs timed in "
+          f"{'CPU' if args.cpu_time else 'wall'} seconds")
 
     t = time.perf_counter()
     caches = {}
@@ -128,9 +137,9 @@ def main() -> None:
         cached = {p: [] for p in ("fp32", "bf16")}
         for _ in range(2):
             for p in cached:
-                cached[p].append(cached_epoch(model, source, samples, args.batch_size, p))
+                cached[p].append(cached_epoch(model, source, samples, args.batch_size, p, clock))
         cached = {p: min(v) for p, v in cached.items()}
-        seeds = seeds_epoch(model, encoder, items, samples, args.batch_size, spec, args.precision)
+        seeds = seeds_epoch(model, encoder, items, samples, args.batch_size, spec, args.precision, clock)
         c = cached[args.precision]
         print(f"{decoder:>10}: seeds' way {seeds:7.1f} s/epoch | cached {c:6.2f} s/epoch ({args.precision}) | "
               f"{seeds / c:5.1f}x faster | decoder training: "
@@ -139,8 +148,9 @@ def main() -> None:
         if args.compile:
             compiled = CaptionModel(cfg, with_encoder=False).train()
             compile_decoder(compiled.decoder)
-            first = cached_epoch(compiled, source, samples, args.batch_size, args.precision)
-            steady = min(cached_epoch(compiled, source, samples, args.batch_size, args.precision) for _ in range(2))
+            first = cached_epoch(compiled, source, samples, args.batch_size, args.precision, clock)
+            steady = min(cached_epoch(compiled, source, samples, args.batch_size, args.precision, clock)
+                         for _ in range(2))
             print(f"{'':>10}  torch.compile ({args.precision}): first epoch {first:.1f} s (compiling included) | "
                   f"then {steady:.2f} s/epoch, {len(samples) / steady:.0f} captions/s, {c / steady:.2f}x eager")
 
