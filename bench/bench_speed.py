@@ -33,7 +33,7 @@ from core.bundle import save_bundle  # noqa: E402
 from core.caption import Captioner  # noqa: E402
 from core.config import ModelConfig, TrainConfig  # noqa: E402
 from core.data import ImageCaptions, iter_image_batches, load_split  # noqa: E402
-from core.device import compile_decoder, train_precision  # noqa: E402
+from core.device import adamw, compile_decoder, train_precision  # noqa: E402
 from core.features import FeatureCache, encode_to_cache  # noqa: E402
 from core.model import CaptionModel, Encoder  # noqa: E402
 from core.train import FeatureSource, caption_loss, pad_captions  # noqa: E402
@@ -55,7 +55,8 @@ def synthetic_items(folder: Path, n: int) -> list[ImageCaptions]:
 
 def seeds_epoch(model, encoder, items, samples, batch_size, spec, precision="fp32", clock=time.perf_counter) -> float:
     """One epoch as the seed projects train: load + encode the image of every caption sample, every epoch."""
-    opt, amp = torch.optim.AdamW(model.decoder.parameters(), 1e-4), train_precision(torch.device("cpu"), precision)
+    cpu = torch.device("cpu")
+    opt, amp = adamw(model.decoder.parameters(), cpu, lr=1e-4), train_precision(cpu, precision)  # as the trainer
     t = clock()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
@@ -74,7 +75,8 @@ def seeds_epoch(model, encoder, items, samples, batch_size, spec, precision="fp3
 
 
 def cached_epoch(model, source, samples, batch_size, precision="fp32", clock=time.perf_counter) -> float:
-    opt, amp = torch.optim.AdamW(model.decoder.parameters(), 1e-4), train_precision(torch.device("cpu"), precision)
+    cpu = torch.device("cpu")
+    opt, amp = adamw(model.decoder.parameters(), cpu, lr=1e-4), train_precision(cpu, precision)  # as the trainer
     t = clock()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]

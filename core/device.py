@@ -286,6 +286,14 @@ def train_precision(device: "torch.device", precision: str = "auto") -> TrainPre
     return TrainPrecision(label, device.type, reason, scaler)
 
 
+def adamw(params, device: "torch.device", **kwargs) -> "torch.optim.AdamW":
+    """AdamW with PyTorch's fused kernel where it has one (CPU, CUDA): one pass over the weights instead of a dozen,
+    the same arithmetic; about 15 ms less per step for either decoder on one CPU core (bench/bench_speed.py)."""
+    import torch
+
+    return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **kwargs)
+
+
 def compile_decoder(decoder: "torch.nn.Module", backend: str = "inductor") -> None:
     """torch.compile a decoder in place for training (TrainConfig.compile); its state_dict keys do not change.
 

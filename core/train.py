@@ -41,7 +41,7 @@ from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import ConfigError, ModelConfig, TrainConfig, flag_fields  # noqa: E402,F401 (TrainConfig: re-export)
 from .data import iter_image_batches, load_split  # noqa: E402
 from .decode import greedy_decode, sample_captions  # noqa: E402
-from .device import compile_decoder, pick_device, train_precision  # noqa: E402
+from .device import adamw, compile_decoder, pick_device, train_precision  # noqa: E402
 from .features import FeatureCache, encode_to_cache  # noqa: E402
 from .files import atomic_write_json  # noqa: E402
 from .metrics import CorpusCider, score_captions  # noqa: E402
@@ -207,7 +207,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     xe_steps = cfg.epochs * math.ceil(len(samples) / cfg.batch_size)
     total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, device, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fused where PyTorch has it
     if cfg.compile:  # minutes of compilation before the first step; see README "Speed"
         compile_decoder(model.decoder)
     amp = train_precision(device, cfg.precision)  # bf16/fp16 autocast where the hardware runs it, fp32 weights
@@ -299,7 +299,7 @@ def scst_epoch(s: Session, epoch: int) -> list[float] | None:
     """One self-critical epoch (CIDEr-D reward, greedy baseline) from the saved batch on; None when stopped."""
     cfg, per = s.cfg, s.cfg.scst_batch_size
     if epoch == cfg.epochs and s.state["batch"] == 0:
-        s.optimizer = torch.optim.AdamW(s.params, lr=cfg.scst_lr, weight_decay=0.0)  # fresh moments for RL
+        s.optimizer = adamw(s.params, s.device, lr=cfg.scst_lr, weight_decay=0.0)  # fresh moments for RL
         s.emit(runs.PHASE, phase="scst")
     perm, n_batches, losses = _order(s, len(s.train_ids), epoch), math.ceil(len(s.train_ids) / per), []
     for b in range(s.state["batch"], n_batches):

@@ -116,3 +116,18 @@ def test_compile_keeps_the_decoders_results_and_state_dict_keys(decoder):
         assert torch.allclose(a, b, atol=1e-6)
     for p, q in zip(plain.parameters(), compiled.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6)
+
+
+def test_adamw_is_fused_on_the_cpu_and_steps_like_the_plain_one():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    fused, plain = device.adamw(a.parameters(), CPU, lr=1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2)
+    assert fused.param_groups[0]["fused"]
+    x = torch.randn(16, 8)
+    for _ in range(5):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
