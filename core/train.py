@@ -96,7 +96,7 @@ class FeatureSource:
     def __call__(self, image_ids: list[int], device) -> torch.Tensor:
         if self.encoder is None:
             rows = np.asarray([self.rows[i] for i in image_ids])
-            # fp16 rows converted by torch, about twice as fast as numpy's astype (and half the bytes to a GPU)
+            # fp16 rows converted by torch: faster than numpy's astype, threaded, and half the bytes to a GPU
             return torch.from_numpy(self.array[rows]).to(device).float()  # (B, P, C)
         s = self.spec
         _, images, errors = next(iter_image_batches([self.paths[i] for i in image_ids], s.image_size, s.mean,
