@@ -98,7 +98,7 @@ class TrainConfig:
     seed: int = 0
     encode_batch_size: int = 32
     precision: str = "auto"  # bf16 autocast where the CPU/GPU runs it natively (fp16 on older GPUs), else fp32
-    compile: bool = False  # torch.compile the decoder's per-word step: minutes of start-up, pays off on long runs
+    compile: bool = False  # torch.compile the decoder (core.device.compile_decoder): minutes to start, no gain on CPU
 
     def to_dict(self) -> dict:
         return asdict(self)
