@@ -15,6 +15,7 @@ DECODER_NAMES = {"attention": "Show, Attend and Tell (attention)", "show_tell": 
 # The names of core.backbones.BACKBONES (which needs torch to import); tests/test_config.py keeps them equal.
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16")  # decoder training; core.device.train_precision says what "auto" picks
 
 DEFAULT_BEAM = 3  # beam width of the Caption page, `core.caption` and `core.evaluate`
 DEFAULT_MAX_LEN = 20  # longest caption in words, in training and in decoding
@@ -96,13 +97,8 @@ class TrainConfig:
     log_every: int = 10  # steps
     seed: int = 0
     encode_batch_size: int = 32
-    allow_missing: bool = False  # train on the images found even when more than 1% of a split's are missing
-    max_steps_per_epoch: int = 0  # 0: whole epochs; else each epoch stops after this many steps (rehearsals)
-    init_from: str = ""  # a model folder (same backbone and vocabulary) whose weights start the run, e.g. for SCST
-    scst_max_len: int = 16  # longest sampled caption in SCST (words)
-    scst_warmup_steps: int = 20  # SCST's learning rate warms up, then decays (cosine) over the SCST steps
-    scst_top_p: float = 1.0  # SCST samples from this nucleus (1.0: the whole distribution)
-    scst_dropout: bool = False  # SCST samples with dropout on (Rennie et al.'s code); off: the policy that is used
+    precision: str = "auto"  # bf16 autocast where the CPU/GPU runs it natively (fp16 on older GPUs), else fp32
+    compile: bool = False  # torch.compile the decoder (core.device.compile_decoder): minutes to start, no gain on CPU
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,6 +137,8 @@ class TrainConfig:
             out.append(f"Unknown backbone {m.backbone!r}; choose one of {', '.join(BACKBONE_NAMES)}.")
         if self.device not in DEVICES:
             out.append(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.precision not in PRECISIONS:
+            out.append(f"Unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
         positive = {"epochs": self.epochs + self.scst_epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "embed_dim": m.embed_dim, "hidden_dim": m.hidden_dim, "attention_dim": m.attention_dim,
                     "feature_proj_dim": m.feature_proj_dim, "max_len": m.max_len, "val_images": self.val_images,
