@@ -97,6 +97,13 @@ class TrainConfig:
     log_every: int = 10  # steps
     seed: int = 0
     encode_batch_size: int = 32
+    allow_missing: bool = False  # train on the images found even when more than 1% of a split's are missing
+    max_steps_per_epoch: int = 0  # 0: whole epochs; else each epoch stops after this many steps (rehearsals)
+    init_from: str = ""  # a model folder (same backbone and vocabulary) whose weights start the run, e.g. for SCST
+    scst_max_len: int = 16  # longest sampled caption in SCST (words)
+    scst_warmup_steps: int = 20  # SCST's learning rate warms up, then decays (cosine) over the SCST steps
+    scst_top_p: float = 1.0  # SCST samples from this nucleus (1.0: the whole distribution)
+    scst_dropout: bool = False  # SCST samples with dropout on (Rennie et al.'s code); off: the policy that is used
     precision: str = "auto"  # bf16 autocast where the CPU/GPU runs it natively (fp16 on older GPUs), else fp32
     compile: bool = False  # torch.compile the decoder (core.device.compile_decoder): minutes to start, no gain on CPU
 
