@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, fields
 
+from .device import PRECISIONS  # standard library only at import, as this module
 from .paths import COCO_DIR, cache_dir, models_dir, resolve
 
 DECODERS = ("show_tell", "attention")
@@ -15,7 +16,6 @@ DECODER_NAMES = {"attention": "Show, Attend and Tell (attention)", "show_tell": 
 # The names of core.backbones.BACKBONES (which needs torch to import); tests/test_config.py keeps them equal.
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101")
 DEVICES = ("auto", "cuda", "mps", "cpu")
-PRECISIONS = ("auto", "fp32", "bf16")  # decoder training; core.device.train_precision says what "auto" picks
 
 DEFAULT_BEAM = 3  # beam width of the Caption page, `core.caption` and `core.evaluate`
 DEFAULT_MAX_LEN = 20  # longest caption in words, in training and in decoding

@@ -23,7 +23,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import PRECISIONS
+
+PRECISIONS = ("auto", "fp32", "bf16")  # decoder training; train_precision says what "auto" picks
 
 if TYPE_CHECKING:
     import torch
