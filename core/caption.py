@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .bundle import DEFAULT_MODEL, load_bundle
 from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
 from .confidence import Calibration
@@ -178,63 +177,26 @@ class Captioner:
 # ----------------------------------------------------------------------------- several processes (torchrun)
 
 class TorchrunTeam:
-    """This process as one rank of a torchrun launch (core.library.Team): Gloo for the CPU-side exchanges (the plan,
-    the barrier, results), plus NCCL on CUDA. Objects travel as JSON in uint8 tensors: torch's *_object
-    collectives would pickle them."""
+    """This process as one rank of a torchrun launch (core.library.Team), on core.distributed's process group:
+    Gloo carries the plan, the barrier and the results (JSON in CPU tensors), NCCL joins on CUDA."""
 
     def __init__(self, device: str = "auto"):
-        import torch.distributed as dist
-
-        self.dist, self.local_rank = dist, int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = pick_device(device)
-        if self.device.type == "cuda":  # one GPU per process on this machine
-            self.device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
-            torch.cuda.set_device(self.device)
         # ranks wait at the barrier for the slowest share of a large folder: far longer than the 30-minute default
-        dist.init_process_group("cpu:gloo,cuda:nccl" if self.device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(days=7))
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = dist.setup(pick_device(device), timeout=datetime.timedelta(days=7))
+        self.rank, self.world = dist.rank(), dist.world()
+
+    broadcast = staticmethod(dist.broadcast_json)
+    gather = staticmethod(dist.gather_json)
 
     @staticmethod
-    def _pack(obj) -> torch.Tensor:
-        return torch.frombuffer(bytearray(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)  # (n,)
+    def barrier() -> None:
+        dist.all_gather_rows(torch.zeros(1), device=torch.device("cpu"))  # a CPU tensor: through Gloo whatever the device
 
-    @staticmethod
-    def _unpack(data: torch.Tensor):
-        return json.loads(data.numpy().tobytes().decode("utf-8"))
-
-    def broadcast(self, obj):
-        data = self._pack(obj) if self.rank == 0 else torch.empty(0, dtype=torch.uint8)
-        size = torch.tensor([data.numel()], dtype=torch.int64)
-        self.dist.broadcast(size, src=0)
-        if self.rank != 0:
-            data = torch.empty(int(size), dtype=torch.uint8)
-        self.dist.broadcast(data, src=0)
-        return self._unpack(data)
-
-    def gather(self, obj) -> list | None:
-        """Every rank's obj, by rank, on rank 0 (None elsewhere)."""
-        data = self._pack(obj)
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
-        self.dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64))
-        longest = int(max(sizes))
-        padded = torch.zeros(longest, dtype=torch.uint8)  # all_gather wants equal sizes
-        padded[: data.numel()] = data
-        got = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)]
-        self.dist.all_gather(got, padded)
-        if self.rank != 0:
-            return None
-        return [self._unpack(t[: int(n)]) for t, n in zip(got, sizes)]
-
-    def barrier(self) -> None:
-        self.dist.all_reduce(torch.zeros(1))  # a CPU tensor: through Gloo whatever the device
-
-    def close(self) -> None:
-        self.dist.destroy_process_group()
+    close = staticmethod(dist.teardown)
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return dist.requested_world() > 1
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -7,6 +7,7 @@ on CUDA (one GPU per LOCAL_RANK), Gloo on the CPU. Collectives go through tensor
 """
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 
@@ -26,8 +27,10 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def setup(device: torch.device) -> torch.device:
-    """Join the process group when torchrun started several processes; -> the device this rank trains on."""
+def setup(device: torch.device, timeout: timedelta = timedelta(minutes=30)) -> torch.device:
+    """Join the process group when torchrun started several processes; -> the device this rank works on.
+
+    On CUDA the group has NCCL for CUDA tensors and Gloo for CPU ones (the JSON messages below)."""
     if requested_world() <= 1:
         return device
     if device.type == "cuda":
@@ -39,7 +42,7 @@ def setup(device: torch.device) -> torch.device:
     _state["device"] = device
     if not dist.is_initialized():
         # a dead peer breaks Gloo's sockets at once; the timeout only bounds a peer that hangs
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         _state["owned"] = True
     return device
 
@@ -101,11 +104,13 @@ def average_gradients(params) -> None:
             p.grad.div_(world())
 
 
-def all_gather_rows(t: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's tensor (first dimension may differ between ranks, the rest may not) -> list by rank, CPU."""
+def all_gather_rows(t: torch.Tensor, device: torch.device | None = None) -> list[torch.Tensor]:
+    """Every rank's tensor (first dimension may differ between ranks, the rest may not) -> list by rank, CPU.
+
+    device: where the exchange happens (default: the group's device; a CPU tensor goes through Gloo)."""
     if not active():
         return [t.cpu()]
-    dev = _state["device"]
+    dev = device or _state["device"]
     n = torch.tensor([t.size(0)], dtype=torch.long, device=dev)
     sizes = [torch.zeros_like(n) for _ in range(world())]
     dist.all_gather(sizes, n)
@@ -129,3 +134,32 @@ def shard(items: list, rank_: int | None = None, world_: int | None = None, fill
     if fill and not len(out) and len(items):
         out = items[r % len(items):][:1]
     return out
+
+
+# JSON messages (file lists, CSV rows) travel as UTF-8 bytes in CPU uint8 tensors, through Gloo:
+# torch's *_object collectives would pickle them.
+def _pack(obj) -> torch.Tensor:
+    return torch.frombuffer(bytearray(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)  # (n,)
+
+
+def _unpack(data: torch.Tensor):
+    return json.loads(data.numpy().tobytes().decode("utf-8"))
+
+
+def broadcast_json(obj):
+    """Rank 0's `obj` on every rank (the others' argument is ignored)."""
+    if not active():
+        return obj
+    data = _pack(obj) if rank() == 0 else torch.empty(0, dtype=torch.uint8)
+    size = torch.tensor([data.numel()], dtype=torch.int64)
+    dist.broadcast(size, src=0)
+    if rank() != 0:
+        data = torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(data, src=0)
+    return _unpack(data)
+
+
+def gather_json(obj) -> list | None:
+    """Every rank's `obj`, by rank, on rank 0 (None on the others)."""
+    got = all_gather_rows(_pack(obj), device=torch.device("cpu"))
+    return [_unpack(t) for t in got] if rank() == 0 else None
