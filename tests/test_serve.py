@@ -27,7 +27,7 @@ def test_serve_starts_the_warm_up_then_streamlit_with_the_arguments(tmp_path):
     models.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTION_", "PYTHON"))}
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "fake-site"), str(ROOT)]), FAKE_STREAMLIT_LOG=str(log),
-               CAPTION_MODELS_DIR=str(models), CAPTION_FORCE_CPU="1")
+               CAPTION_MODELS_DIR=str(models), CAPTION_FORCE_CPU="1", CAPTION_EARLY_WARMUP="1")
     result = subprocess.run([sys.executable, "-m", "ui.serve", "--server.port", "8765", "--server.headless", "true"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -49,3 +49,26 @@ def test_serve_starts_streamlit_even_when_the_warm_up_cannot(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["serve"])
     serve.main(["--server.port", "1"])
     assert calls == [("streamlit", ["run", "app.py", "--server.port", "1"])]
+
+
+def test_serve_leaves_the_warm_up_to_the_first_page_on_a_small_cpu(monkeypatch):
+    """On 2 cores an early warm-up slowed Home down (bench/bench_first_impression.py): the first page starts it."""
+    import os
+    import runpy
+
+    from ui import serve, warm
+
+    started, calls = [], []
+    monkeypatch.setattr(warm, "start", lambda: started.append(True))
+    monkeypatch.setattr(runpy, "run_module", lambda name, **kw: calls.append(name))
+    monkeypatch.setattr(sys, "argv", ["serve"])
+    monkeypatch.delenv(serve.EARLY_ENV, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    serve.main([])
+    assert calls == ["streamlit"] and not started
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    serve.main([])
+    assert started == [True]
+    monkeypatch.setenv(serve.EARLY_ENV, "0")
+    serve.main([])
+    assert started == [True]  # the override wins

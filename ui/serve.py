@@ -5,20 +5,36 @@ load the active model, one tiny caption; several seconds on a small CPU) would s
 visitor waits. This starts the warm-up thread first and then Streamlit's own command line in this same process
 (the pages find the loaded model in ui.warm), so the model loads while the server starts and the browser opens.
 Options are those of `streamlit run app.py`, e.g. `python -m ui.serve --server.port 8502`.
+
+On fewer than 4 CPU cores the early start is skipped: measured on 2 cores (bench/bench_first_impression.py), torch's
+import then competes with the server and the browser for the same cores, and Home took 4.2 s instead of 2.7 s, launch
+to first caption 9.5 s instead of 8.3 s. There the first page starts the warm-up (app.py), once Home is on its way.
+CAPTION_EARLY_WARMUP=1 or 0 overrides the choice.
 """
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 
 APP = "app.py"  # relative to the app folder, which the launchers change to first
+EARLY_ENV = "CAPTION_EARLY_WARMUP"  # "1": warm up before the server starts; "0": leave it to the first page
+EARLY_MIN_CPUS = 4  # below this, an early warm-up slows the first page more than it saves (see above)
+
+
+def early_warm_up() -> bool:
+    choice = os.environ.get(EARLY_ENV, "").strip()
+    if choice in ("0", "1"):
+        return choice == "1"
+    return (os.cpu_count() or 1) >= EARLY_MIN_CPUS
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        from ui import warm
+        if early_warm_up():
+            from ui import warm
 
-        warm.start()
+            warm.start()
     except Exception as e:  # never keep the app from starting: the pages load the model themselves if need be
         print(f"(the model warm-up did not start: {e})", file=sys.stderr)
     sys.argv = [sys.argv[0], "run", APP, *(sys.argv[1:] if argv is None else argv)]
