@@ -47,7 +47,8 @@ def server(tmp_path_factory, tiny_attention_bundle):
     make_tiny_bundle(models / "tiny-random", decoder="show_tell")
     port = free_port()
     env = {**os.environ, "CAPTION_MODELS_DIR": str(models), "CAPTION_RUNS_DIR": str(runs),
-           "CAPTION_CACHE_DIR": str(tmp / "features"), "PYTHONUNBUFFERED": "1"}
+           "CAPTION_CACHE_DIR": str(tmp / "features"), "PYTHONUNBUFFERED": "1",
+           "CAPTION_PAGE_BATCH": "2"}  # the folder flow's Cancel (test_browser_library.py) lands half-way
     log = (tmp / "streamlit.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",

@@ -5,6 +5,7 @@ thumbnails) and the counts, so a library of tens of thousands of photos never si
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from ui.images import thumbnail_data_url
 from ui.review import cancel_button, load_captioner, running, wait_until_stopped
 
 LATEST_ROWS = 50  # rows of the newest captions shown while a library is captioned
-PAGE_BATCH = 16  # smaller than the command line's 32: the progress moves, and Cancel stops, every 16 photos
+# smaller than the command line's 32: the progress moves, and Cancel stops, every 16 photos (the browser test sets 2,
+# so that its Cancel lands half-way however fast this machine captions its tiny test model)
+PAGE_BATCH = int(os.environ.get("CAPTION_PAGE_BATCH", "16"))
 EXISTING_HELP = {"skip": "skip images that already have a caption (continues an interrupted run)",
                  "overwrite": "caption every image again, replacing old captions",
                  "append": "caption every image again, adding to old captions"}
