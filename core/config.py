@@ -50,6 +50,7 @@ class ModelConfig:
     dropout: float = 0.3
     fine_tune: bool = False  # True: the backbone's weights are trained too and saved in the bundle
     max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) seen in training; the default for decoding
+    ensemble: int = 1  # decoders over the one encoder, their word distributions averaged (core.ensemble); 1: one
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -64,7 +65,8 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")  # set from training's options
+# set from training's options (the vocabulary's size comes from the data; ensembles are joined after training)
+MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name not in ("vocab_size", "ensemble"))
 
 
 @dataclass

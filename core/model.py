@@ -159,7 +159,12 @@ class CaptionModel(nn.Module):
         self.spec = get_spec(cfg.backbone)
         self.encoder = Encoder(cfg.backbone, pretrained) if with_encoder else None
         decoder_cls = AttentionDecoder if cfg.decoder == "attention" else ShowTellDecoder
-        self.decoder = decoder_cls(cfg, self.spec.feature_dim)
+        if cfg.ensemble > 1:  # several decoders over this one encoder (core.ensemble)
+            from .ensemble import EnsembleDecoder
+
+            self.decoder = EnsembleDecoder([decoder_cls(cfg, self.spec.feature_dim) for _ in range(cfg.ensemble)])
+        else:
+            self.decoder = decoder_cls(cfg, self.spec.feature_dim)
 
     @property
     def has_attention(self) -> bool:

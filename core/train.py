@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from . import distributed as dist  # noqa: E402
 from . import runs  # noqa: E402
 from .backbones import get_spec  # noqa: E402
-from .bundle import publish_bundle, read_config, read_vocab, save_bundle  # noqa: E402
+from .bundle import BundleError, publish_bundle, read_config, read_vocab, save_bundle  # noqa: E402
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import ConfigError, ModelConfig, TrainConfig, flag_fields  # noqa: E402,F401 (TrainConfig: re-export)
 from .data import (iter_image_batches, load_split, missing_report, overlap_note, shared_images,  # noqa: E402
@@ -260,6 +260,9 @@ def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
     if not cfg.init_from:
         return cfg
     start = read_config(Path(cfg.init_from))  # a BundleError in plain words if it is not a usable model folder
+    if start.ensemble > 1:
+        raise BundleError(f"{cfg.init_from} is an ensemble of {start.ensemble} decoders; a training run starts from "
+                          "one model: give one of the model folders it was joined from")
     d = cfg.to_dict()
     d["model"].update({k: getattr(start, k) for k in ARCHITECTURE_KEYS})
     return TrainConfig.from_dict(d)
