@@ -283,13 +283,15 @@ class Library:
         """(image, outputs to write) for each image this run captions; with "skip", only outputs still lacking it."""
         cfg, names = self.cfg, {self.name(p) for p in images}
         csv_rows = _read_csv(self.csv.path) if self.csv else []
+        # the CSV holds names as csv_line wrote them: "=x.png" as "'=x.png" (the formula guard), so compare those
         in_csv = {r[0] for r in csv_rows}
         failed = {r[0] for r in csv_rows if r[4]}  # unreadable last time: recorded, not retried on every run
         in_jsonl = {o["file_name"] for o in _read_jsonl(self.jsonl.path)} if self.jsonl else set()
         self._load_coco()
         if cfg.existing == "overwrite":  # rows of the images about to be captioned again go; the others stay
-            if self.csv and in_csv & names:
-                self.csv.rewrite([csv_line(r) for r in _read_csv(self.csv.path) if r[0] not in names])
+            if self.csv and in_csv & {_safe_cell(n) for n in names}:
+                cells = {_safe_cell(n) for n in names}
+                self.csv.rewrite([csv_line(r) for r in _read_csv(self.csv.path) if r[0] not in cells])
             if self.jsonl and in_jsonl & names:
                 self.jsonl.rewrite([json.dumps(o, ensure_ascii=False) + "\n" for o in _read_jsonl(self.jsonl.path)
                                     if o["file_name"] not in names])
@@ -311,9 +313,9 @@ class Library:
                 want.add("metadata")
             if cfg.existing == "skip":
                 name = self.name(p)
-                if name in failed:
+                if _safe_cell(name) in failed:
                     continue
-                have = {"csv"} if name in in_csv else set()
+                have = {"csv"} if _safe_cell(name) in in_csv else set()
                 have |= {"jsonl"} if name in in_jsonl else set()
                 have |= {"sidecar"} if cfg.sidecar_ext and p.with_suffix(cfg.sidecar_ext).exists() else set()
                 have |= {"coco"} if self.coco_id(p) in in_coco else set()
@@ -337,7 +339,8 @@ class Library:
             rows = _read_csv(self.csv.path)
             have = {tuple(r) for r in rows} if recovering else set()
             rows += [r for part in parts for r in _read_csv(part) if tuple(r) not in have]
-            rows.sort(key=lambda r: order.get(r[0], len(order)))  # stable: an image's K rows keep their order
+            cell_order = {_safe_cell(name): i for name, i in order.items()}  # names as the CSV spells them
+            rows.sort(key=lambda r: cell_order.get(r[0], len(order)))  # stable: an image's K rows keep their order
             self.csv.close()
             self.csv.rewrite([csv_line(r) for r in rows])
             merged += _remove(parts)
