@@ -61,7 +61,7 @@ class LibraryConfig:
     beam: int = DEFAULT_BEAM
     max_len: int = DEFAULT_MAX_LEN
     object_words: bool = True  # name a confidently recognised object in the caption (core.tags)
-    batch_size: int = 32  # beam search's per-step overhead is shared by more images than at 16 (~20% faster)
+    batch_size: int = 128  # images per beam search and per progress step (core.caption encodes them 32 at a time)
 
     def __post_init__(self):
         if self.existing not in EXISTING:
