@@ -180,7 +180,7 @@ def _complete_lines(path: Path) -> str:
 
 
 class _Journal:
-    """A CSV or JSON Lines file that grows one flushed line at a time."""
+    """A CSV or JSON Lines file that grows by whole lines, flushed to disk after each batch (sync)."""
 
     def __init__(self, path: Path, header: str = ""):
         self.path, self.header = path, header
@@ -190,6 +190,7 @@ class _Journal:
         atomic_write_bytes(self.path, (self.header + "".join(lines)).encode("utf-8"))
 
     def append(self, lines: list[str]) -> None:
+        """Add whole lines; on disk at the next sync()."""
         if self.f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists() or self.path.stat().st_size == 0
@@ -197,11 +198,16 @@ class _Journal:
             if new:
                 self.f.write(self.header)
         self.f.write("".join(lines))
-        self.f.flush()
-        os.fsync(self.f.fileno())
+
+    def sync(self) -> None:
+        """Flush to disk: once per batch, not per image (an fsync costs milliseconds on many laptop disks)."""
+        if self.f:
+            self.f.flush()
+            os.fsync(self.f.fileno())
 
     def close(self) -> None:
         if self.f:
+            self.sync()
             self.f.close()
             self.f = None
 
@@ -407,6 +413,12 @@ class Library:
             old = imagemeta.read_caption(path) if append else None
             imagemeta.write_caption(path, f"{old} {captions[0]}" if old else captions[0])
 
+    def sync(self) -> None:
+        """The rows written so far, on disk (after each batch)."""
+        for j in (self.csv, self.jsonl):
+            if j:
+                j.sync()
+
     def save_coco(self, force: bool = False) -> None:
         """The COCO JSON is one array: rewritten atomically every few seconds and at the end, not per image."""
         if self.coco_path and (force or time.monotonic() - self._coco_saved > 5):
@@ -476,6 +488,7 @@ def _caption_plan(lib: Library, plan: list[tuple[Path, set[str]]], skipped: int,
     for results in batches:
         start = progress.done
         progress.latest = [lib.write(plan[start + i][0], plan[start + i][1], r) for i, r in enumerate(results)]
+        lib.sync()
         progress.done += len(results)
         progress.failed += sum(1 for row in progress.latest if row["error"])
         elapsed = time.perf_counter() - t0

@@ -186,8 +186,8 @@ def _same(fast, slow):
 @pytest.mark.parametrize("decoder", ["show_tell", "attention"])
 @pytest.mark.parametrize("seed", range(4))
 def test_beam_search_equals_the_reference_one(decoder, seed):
-    """Exactly the hypotheses, scores and attention of the straightforward implementation (tests/beam_reference.py): beam widths 1-4, tiny vocabularies (dead slots), max_len reached, no <end>,
-    min_len, n-gram rules, images with 0, 1 or 2 word sets in one batch, under bf16 autocast too."""
+    """Exactly the hypotheses, scores and attention of the straightforward implementation (tests/beam_reference.py):
+    beam widths 1-4, tiny vocabularies (dead slots), max_len reached, no <end>, min_len, n-gram rules, images with 0, 1 or 2 word sets in one batch, under bf16 autocast too."""
     g = torch.Generator().manual_seed(seed)
     vocab = [6, 9, 12, 40][seed % 4]
     m = tiny_model(decoder, vocab_size=vocab)
