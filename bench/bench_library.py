@@ -86,7 +86,7 @@ def main() -> None:
         captioner.caption(warm, beam=args.beam, batch_size=args.batch_size)  # first-call costs out of the timing
         rss_before = peak_rss_mb()
         s = captioner.spec
-        enc_bs = min(args.batch_size, ENCODE_BATCH)  # what iter_captions hands the encoder
+        enc_bs = -(-args.batch_size // -(-args.batch_size // ENCODE_BATCH))  # the chunks iter_captions encodes
         _, images, _ = next(iter_image_batches([f for _, f in warm], s.image_size, s.mean, s.std, enc_bs))
         images = images.to(captioner.device)
 
