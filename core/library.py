@@ -295,8 +295,8 @@ class Library:
         in_jsonl = {o["file_name"] for o in _read_jsonl(self.jsonl.path)} if self.jsonl else set()
         self._load_coco()
         if cfg.existing == "overwrite":  # rows of the images about to be captioned again go; the others stay
-            if self.csv and in_csv & {_safe_cell(n) for n in names}:
-                cells = {_safe_cell(n) for n in names}
+            cells = {_safe_cell(n) for n in names}
+            if self.csv and in_csv & cells:
                 self.csv.rewrite([csv_line(r) for r in _read_csv(self.csv.path) if r[0] not in cells])
             if self.jsonl and in_jsonl & names:
                 self.jsonl.rewrite([json.dumps(o, ensure_ascii=False) + "\n" for o in _read_jsonl(self.jsonl.path)
