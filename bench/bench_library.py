@@ -3,11 +3,12 @@
     .venv/bin/python bench/bench_library.py                      # 1,000 photos made from scikit-image's samples
     .venv/bin/python bench/bench_library.py --photos ../shared/data/flickr8k/images --images 1000
 
-End to end = `core.library.caption_library`: find the files, check what is done, decode and resize the JPEGs
-(in threads, one batch ahead), encode, beam search, append the CSV rows. The bare encoder is the CNN alone
-on batches already in memory, the ceiling for the whole pipeline, timed on as many batches after each folder
-of 250 photos (captioned as a library of its own), so that both see the same load on a shared machine. Peak
-memory is the process's maximum RSS. The second line compares process CPU seconds per photo instead of wall time.
+End to end = `core.library.caption_library` with its defaults (128 photos per beam search, encoded 32 at a
+time): find the files, check what is done, decode and resize the JPEGs (in threads, one batch ahead), encode,
+beam search, append the CSV rows. The bare encoder is the CNN alone on batches of 32 (core.caption.ENCODE_BATCH)
+already in memory, the ceiling for the whole pipeline, timed on as many photos after each folder of 250 photos
+(captioned as a library of its own), so that both see the same load on a shared machine. Peak memory is the
+process's maximum RSS. The second line compares process CPU seconds per photo instead of wall time.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.caption import Captioner  # noqa: E402
+from core.caption import ENCODE_BATCH, Captioner  # noqa: E402
 from core.data import iter_image_batches  # noqa: E402
 from core.device import encoder_autocast  # noqa: E402
 from core.library import LibraryConfig, caption_library, find_images  # noqa: E402
@@ -64,7 +65,7 @@ def main() -> None:
     p.add_argument("--photos", help="a folder of real photos (default: synthetic ones from scikit-image)")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--model", default="models/default")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=LibraryConfig.batch_size, help="photos per beam search")
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
@@ -85,7 +86,8 @@ def main() -> None:
         captioner.caption(warm, beam=args.beam, batch_size=args.batch_size)  # first-call costs out of the timing
         rss_before = peak_rss_mb()
         s = captioner.spec
-        _, images, _ = next(iter_image_batches([f for _, f in warm], s.image_size, s.mean, s.std, args.batch_size))
+        enc_bs = -(-args.batch_size // -(-args.batch_size // ENCODE_BATCH))  # the chunks iter_captions encodes
+        _, images, _ = next(iter_image_batches([f for _, f in warm], s.image_size, s.mean, s.std, enc_bs))
         images = images.to(captioner.device)
 
         def bare_pass(steps: int) -> tuple[float, float]:
@@ -108,14 +110,14 @@ def main() -> None:
             pr = caption_library(cfg, captioner)
             e2e_s, e2e_cpu = e2e_s + time.perf_counter() - t, e2e_cpu + time.process_time() - cpu
             done += pr.done
-            steps = -(-pr.done // args.batch_size)
+            steps = -(-pr.done // enc_bs)
             w, c = bare_pass(steps)
             bare_s, bare_cpu, bare_done = bare_s + w, bare_cpu + c, bare_done + steps * len(images)
         e2e, bare = done / e2e_s, bare_done / bare_s
         rss_after = peak_rss_mb()
         source = f"{args.photos} (first {n})" if args.photos else f"{n} synthetic 640x480 JPEGs"
         print(f"library of {source}, model {Path(args.model).name} ({s.name}), beam {args.beam}, batch "
-              f"{args.batch_size}, device {captioner.device}, {torch.get_num_threads()} threads")
+              f"{args.batch_size} (encoder {enc_bs}), device {captioner.device}, {torch.get_num_threads()} threads")
         print(f"end to end: {done} photos in {e2e_s:.1f} s = {e2e:.1f} images/s | bare encoder "
               f"{bare:.1f} images/s | ratio {e2e / bare:.2f} | peak RSS {rss_after:.0f} MB "
               f"(after loading the model {rss_before:.0f} MB)")

@@ -31,6 +31,9 @@ from .library import (CSV_COLUMNS, EXISTING, LibraryConfig, caption_library, csv
 from .tags import guide_words, image_tags
 from .vocabulary import END, PAD
 
+ENCODE_BATCH = 32  # images per encoder call: the fastest per image on a 2-core CPU (64 measured 20% slower)
+
+
 @dataclass
 class CaptionResult:
     image: str
@@ -84,22 +87,35 @@ class Captioner:
         encoded while the previous batch's beam search runs in a thread (torch releases the GIL in both), unless
         `self.overlap` is False. Closing the generator (a Cancel) waits for the batch being decoded.
 
+        A batch is beam-searched as one, but read and encoded in equal chunks of at most ENCODE_BATCH images (a batch
+        of 128: 4 x 32): on a CPU beam search gets faster per image up to batches of 128 and more (each step's fixed
+        costs are shared), the encoder does not (its activations fall out of cache), and only a chunk of decoded
+        images is held ahead. Results come in batches of `chunks * chunk size`: batch_size rounded up to that.
+
         num_captions K > 1: the caption plus K-1 `alternatives`, the top K beams (the beam is widened to K), or
         K samples when top_p is set (nucleus sampling; varied, not deterministic). min_len: fewest words.
         """
         sources = [src for _, src in items]
         s, start = self.spec, 0
+        chunks = -(-batch_size // ENCODE_BATCH)  # per batch
+        chunk = -(-batch_size // chunks)
         with ThreadPoolExecutor(1, thread_name_prefix="caption-decode") as decoding:
-            pending = None
-            for idx, images, errors in iter_image_batches(sources, s.image_size, s.mean, s.std, batch_size):
+            pending, encoded = None, []  # encoded: (indices, errors, feats) of this batch's chunks so far
+            for k, (idx, images, errors) in enumerate(iter_image_batches(sources, s.image_size, s.mean, s.std, chunk)):
                 feats = None
                 if len(idx):
                     with encoder_autocast(self.device):
                         feats = self.model.encode(images.to(self.device)).float()  # (n, P, C)
-                n = len(idx) + len(errors)
-                job = decoding.submit(self._decode_batch, [name for name, _ in items[start:start + n]],
-                                      [i - start for i in idx], {i - start: e for i, e in errors.items()}, feats,
-                                      beam, max_len, num_captions, min_len, top_p, object_words)
+                encoded.append((idx, errors, feats))
+                if len(encoded) < chunks and (k + 1) * chunk < len(sources):
+                    continue
+                idx = [i - start for part in encoded for i in part[0]]
+                errors = {i - start: e for part in encoded for i, e in part[1].items()}
+                feats = [f for _, _, f in encoded if f is not None]
+                feats = (torch.cat(feats) if len(feats) > 1 else feats[0]) if feats else None  # (n, P, C)
+                n, encoded = len(idx) + len(errors), []
+                job = decoding.submit(self._decode_batch, [name for name, _ in items[start:start + n]], idx, errors,
+                                      feats, beam, max_len, num_captions, min_len, top_p, object_words)
                 start += n
                 if pending is not None:
                     yield pending.result()
@@ -229,7 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--beam", type=int, default=DEFAULT_BEAM, help=f"beam width; 1 = greedy (default: {DEFAULT_BEAM})")
     p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
                    help=f"longest caption in words (default: {DEFAULT_MAX_LEN})")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=LibraryConfig.batch_size,
+                   help=f"images per beam search and per progress line (default {LibraryConfig.batch_size})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = p.parse_args(argv)
     team = TorchrunTeam(args.device) if launched_by_torchrun() else None

@@ -56,12 +56,15 @@ def greedy_decode(decoder, feats: torch.Tensor, max_len: int = DEFAULT_MAX_LEN) 
     return torch.stack(out, 1), score  # (B, T), (B,)
 
 
-def _banned_ngram_words(history: list[int], n: int) -> list[int]:
-    """Words that would repeat an n-gram already in `history` (the no-repeat-n-gram rule)."""
-    if n <= 0 or len(history) < n - 1:
-        return []
-    prefix = tuple(history[len(history) - n + 1:])
-    return [history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i:i + n - 1]) == prefix]
+def _ban_repeated_ngrams(logp: torch.Tensor, history: torch.Tensor, n: int) -> None:
+    """The no-repeat-n-gram rule, in place: logp (N, V) gets -inf for every word that would repeat an n-gram
+    already in its row's history (N, T) of words."""
+    if history.size(1) < n:  # no n-gram yet
+        return
+    windows = history.unfold(1, n, 1)  # (N, T-n+1, n): every n-gram so far
+    prefix = history[:, history.size(1) - n + 1:].unsqueeze(1)  # (N, 1, n-1): the words a next one would follow
+    rows, at = (windows[..., : n - 1] == prefix).all(-1).nonzero(as_tuple=True)  # n-grams starting the same way
+    logp[rows, windows[rows, at, n - 1]] = float("-inf")
 
 
 @torch.no_grad()
@@ -124,10 +127,7 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max
             alpha = alpha.float().unsqueeze(1)  # (L*R, 1, P); fp32 also under bf16 autocast
             alpha_hist = alpha if alpha_hist is None else torch.cat([alpha_hist, alpha], 1)
         if no_repeat_ngram and t + 1 >= no_repeat_ngram:  # before that no n-gram can repeat
-            for row, h in enumerate(tokens[:, 1:].tolist()):
-                banned = _banned_ngram_words(h, no_repeat_ngram)
-                if banned:
-                    logp[row, banned] = float("-inf")
+            _ban_repeated_ngrams(logp, tokens[:, 1:], no_repeat_ngram)
         L, V = len(live), logp.size(1)
         if t == 0 and n_sets:
             word_bits = torch.zeros(B, V, dtype=torch.long, device=dev)

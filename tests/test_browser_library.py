@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,18 @@ def make_photos(folder: Path, n: int = N) -> Path:
     return folder
 
 
+def wait_painted(locator, timeout: float = 20) -> None:
+    """Until the element (a st.dataframe's canvas) shows something: its screenshot is not one flat colour."""
+    deadline = time.time() + timeout
+    while True:
+        if locator.count():
+            shot_ = Image.open(io.BytesIO(locator.first.screenshot(timeout=5_000))).convert("L")
+            if np.asarray(shot_).std() > 10:
+                return
+        assert time.time() < deadline, "the table was never drawn"
+        time.sleep(0.2)
+
+
 def csv_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
 
@@ -44,9 +57,16 @@ def test_caption_a_local_folder_cancel_resume_download(server, page):
     wait_idle(page)
     page.get_by_role("button", name="Caption the folder").click()
     page.get_by_text(re.compile(r"Captioned \d+ of 50 · [\d.]+ images/s")).wait_for(timeout=120_000)
-    page.get_by_role("button", name="Cancel").click()
-    shot(page, "8-library-running")
+    page.get_by_role("button", name="Cancel").click()  # at once, so that it lands half-way however fast this machine
     page.get_by_text(re.compile(r"Cancelled after \d+ of 50 images")).wait_for(timeout=120_000)
+    # the summary shows the rows written before the Cancel under its heading. The grid is a canvas painted a moment
+    # after the heading appears: a screenshot taken at once (this test's "8-library-running", taken right after the
+    # click) showed the heading over blank space
+    page.get_by_text("The latest captions:").wait_for()
+    table = page.locator("[data-testid='stDataFrame']")
+    wait_painted(table)
+    assert table.count() == 1
+    shot(page, "8-library-cancelled")
     done = int(re.search(r"after (\d+) of", page.get_by_text(re.compile("Cancelled after")).inner_text()).group(1))
     assert 0 < done < N
     assert len(csv_rows(folder / "captions.csv")) == done  # written as it went, kept on Cancel

@@ -137,6 +137,17 @@ def test_leftover_parts_are_merged_once_in_input_order(tmp_path):
     assert not list(tmp_path.glob(f"*{PART}*"))
 
 
+def test_parts_are_merged_in_input_order_also_for_names_like_formulas(tmp_path):
+    """The CSV spells "=b.jpg" as "'=b.jpg" (the formula guard): the merge still puts it where the input had it."""
+    out = tmp_path / "out.csv"
+    lib = Library(LibraryConfig(str(tmp_path), csv=str(out)))
+    row = lambda name: [name, "a caption", "-1.0000", "", "", "", "", ""]  # noqa: E731
+    for rank, rows in enumerate([["=b.jpg", "a.jpg"], ["-c.jpg"]]):
+        Path(f"{out}{PART}{rank}").write_text("image,caption\n" + "".join(csv_line(row(r)) for r in rows))
+    assert lib.merge_parts({"-c.jpg": 0, "=b.jpg": 1, "a.jpg": 2}) == 2
+    assert [r["image"] for r in read_csv(out)] == ["'-c.jpg", "'=b.jpg", "a.jpg"]
+
+
 def test_a_run_without_torchrun_takes_over_what_a_killed_torchrun_run_left(bundle, tmp_path):
     from core.caption import Captioner
     from core.library import caption_library

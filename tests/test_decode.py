@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from core.decode import _banned_ngram_words, beam_search, greedy_decode, sample_captions
+from beam_reference import reference_beam_search
+from core.decode import _ban_repeated_ngrams, beam_search, greedy_decode, sample_captions
 from core.vocabulary import END, PAD
 from test_model import tiny_model
 
@@ -43,8 +44,14 @@ def test_beam_search_is_batch_independent_and_deterministic():
 
 
 def test_no_repeat_ngram():
-    assert _banned_ngram_words([5, 6, 7, 5, 6], 3) == [7]
-    assert _banned_ngram_words([5, 6], 3) == []
+    logp = torch.zeros(3, 9)
+    _ban_repeated_ngrams(logp, torch.tensor([[5, 6, 7, 5, 6], [5, 6, 8, 5, 6], [1, 2, 3, 4, 5]]), 3)
+    assert (logp == float("-inf")).nonzero().tolist() == [[0, 7], [1, 8]]
+    logp = torch.zeros(2, 9)
+    _ban_repeated_ngrams(logp, torch.tensor([[5, 6], [6, 6]]), 3)  # no trigram yet
+    assert (logp == 0).all()
+    _ban_repeated_ngrams(logp, torch.tensor([[5, 6], [6, 6]]), 2)  # "6 6" would repeat
+    assert (logp == float("-inf")).nonzero().tolist() == [[1, 6]]
     m = tiny_model("show_tell", vocab_size=6)
     for hs in beam_search(m.decoder, torch.randn(3, 1, 1280) * 3, beam_size=3, max_len=12, no_repeat_ngram=2):
         for h in hs:
@@ -164,3 +171,39 @@ def test_bf16_decoding_keeps_fp32_logits_and_attention():
     assert all(h.alphas.dtype == torch.float32 and h.alphas.shape == (len(h.tokens), 49) for hs in hyps for h in hs)
     h = hyps[0][0]
     h.alphas.numpy()  # what CaptionResult.attention does
+
+
+def _same(fast, slow):
+    assert len(fast) == len(slow)
+    for hs, ref in zip(fast, slow):
+        assert [(h.tokens, h.score, h.logprob, h.finished) for h in hs] == [
+            (h.tokens, h.score, h.logprob, h.finished) for h in ref]
+        for h, r in zip(hs, ref):
+            assert (h.alphas is None) == (r.alphas is None)
+            assert h.alphas is None or torch.equal(h.alphas, r.alphas)
+
+
+@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_search_equals_the_reference_one(decoder, seed):
+    """Exactly the hypotheses, scores and attention of the straightforward implementation (tests/beam_reference.py):
+    beam widths 1-4, tiny vocabularies (dead slots), max_len reached, no <end>, min_len, n-gram rules, images with 0, 1 or 2 word sets in one batch, under bf16 autocast too."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = [6, 9, 12, 40][seed % 4]
+    m = tiny_model(decoder, vocab_size=vocab)
+    with torch.no_grad():
+        m.decoder.fc.bias[END] += [2.0, 0.0, -1e9, -0.5][seed]  # early ends ... never an end
+    B = 7
+    feats = torch.randn(B, 49 if decoder == "attention" else 1, 1280, generator=g) * 3
+    words = list(range(4, vocab))
+    pick = lambda: [words[int(i)] for i in torch.randint(0, len(words), (2,), generator=g)]  # noqa: E731
+    constraints = [[], [pick()], [pick(), pick()], [], [pick()], [[words[-1]]], []]
+    for K in (1, 3) if seed % 2 else (2, 4):
+        for opts in (dict(max_len=8), dict(max_len=5, min_len=3, no_repeat_ngram=2),
+                     dict(max_len=9, no_repeat_ngram=0, length_penalty=1.0), dict(max_len=10, constraints=constraints),
+                     dict(max_len=1), dict(max_len=9, constraints=[[pick()]] * B, no_repeat_ngram=1)):
+            _same(beam_search(m.decoder, feats, beam_size=K, **opts),
+                  reference_beam_search(m.decoder, feats, beam_size=K, **opts))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _same(beam_search(m.decoder, feats, beam_size=3, max_len=10, constraints=constraints),
+              reference_beam_search(m.decoder, feats, beam_size=3, max_len=10, constraints=constraints))

@@ -148,6 +148,25 @@ def test_a_half_written_csv_row_is_dropped_and_redone(captioner, tmp_path):
     assert rows[2]["caption"] == "a blue stripe"
 
 
+def test_names_that_look_like_formulas_are_recognised_on_a_rerun(captioner, tmp_path):
+    """The CSV guards cells starting with = + - @ against spreadsheet formulas ('=x.png); a rerun still knows
+    those images (and an unreadable one) are done, and "overwrite" replaces their rows."""
+    root = tmp_path / "lib"
+    for i, name in enumerate(["=sum.png", "+plus.png", "-minus.png", "@at.png", "plain.png", "=dir/x.png"]):
+        make_image(root / name, "red", "square", seed=i)
+    (root / "=broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out.csv"
+    assert caption_library(LibraryConfig(str(root), csv=str(out)), captioner).done == 7
+    names = [r["image"] for r in read_csv(out)]
+    assert "'=sum.png" in names and "'=dir/x.png" in names and "plain.png" in names  # still guarded
+    again = caption_library(LibraryConfig(str(root), csv=str(out)), captioner)
+    assert (again.done, again.skipped) == (0, 7)
+    over = caption_library(LibraryConfig(str(root), csv=str(out), existing="overwrite", prefix="new "), captioner)
+    rows = read_csv(out)
+    assert over.done == 7 and sorted(r["image"] for r in rows) == sorted(names)
+    assert all(r["caption"].startswith("new ") for r in rows if not r["error"])
+
+
 def test_stop_after_a_batch_keeps_what_is_written(captioner, tmp_path):
     root = tmp_path / "lib"
     for i in range(10):
