@@ -474,7 +474,7 @@ def validate(model, source, val_ids, device, max_len, batch_size=100):
         tokens, _ = greedy_decode(model.decoder, source(ids, device), max_len)
         for i, seq in zip(ids, tokens.tolist()):
             captions[i] = seq
-    model.train()
+    train_mode(model)
     return captions
 
 
@@ -596,9 +596,21 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: runs.
     return target
 
 
+def train_mode(model: CaptionModel) -> None:
+    """Training mode, but a fine-tuned backbone keeps its ImageNet BatchNorm statistics (eval-mode BatchNorm; its
+    scale and shift still learn). Batches here hold five captions of each photo, so batch statistics would be
+    skewed, and under torchrun each rank would drift to statistics of its own shard (SyncBatchNorm runs on GPUs
+    only): frozen statistics are the same on every rank and on every device, as detectron2's FrozenBatchNorm does."""
+    model.train()
+    if model.cfg.fine_tune and model.encoder is not None:
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _train(s: Session) -> bool:
     """The epochs from the saved position on; False when stopped."""
-    s.model.train()
+    train_mode(s.model)
     s.emit(runs.PHASE, phase="training")
     while s.state["epoch"] < s.cfg.epochs + s.cfg.scst_epochs:
         epoch = s.state["epoch"]

@@ -137,6 +137,14 @@ def test_fine_tuning_trains_the_backbone_without_the_cache(tmp_path):
     weights = load_file(bundle / "model.safetensors")
     assert any(k.startswith("encoder.") for k in weights)
     assert load_bundle(bundle).config.fine_tune
+    # the backbone's BatchNorm statistics stay ImageNet's (the same on every rank under torchrun); its weights learn
+    from core.model import CaptionModel
+
+    pretrained = CaptionModel(load_bundle(bundle).config, with_encoder=True, pretrained=True).state_dict()
+    stats = [k for k in pretrained if k.startswith("encoder.") and k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(weights[k].float(), pretrained[k].float()) for k in stats)
+    learned = [k for k in pretrained if k.startswith("encoder.") and k.endswith("weight")]
+    assert any(not torch.equal(weights[k].float(), pretrained[k].float()) for k in learned)
 
 
 def _cli(cfg: TrainConfig, tmp_path, run_dir, *extra, **popen):
