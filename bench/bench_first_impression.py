@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_first_impression.py                     # this checkout
     .venv/bin/python bench/bench_first_impression.py --baseline 8fe4562  # and an older commit, in the same run
+    .venv/bin/python bench/bench_first_impression.py --variant CAPTION_EARLY_WARMUP=1  # and with a setting changed
 
 For each run: start the app as the launchers do, `python -m ui.serve` (`streamlit run app.py` for an older commit
 without it; a fresh process: nothing imported, nothing cached), open Home in headless chromium (Playwright, as
@@ -33,10 +34,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(repo: Path, browser, python: str) -> dict:
+def measure(repo: Path, browser, python: str, settings: dict[str, str] | None = None) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTION_")}
+    env.update(settings or {})
     launched = time.perf_counter()
     start = ["-m", "ui.serve"] if (repo / "ui" / "serve.py").exists() else ["-m", "streamlit", "run", "app.py"]
     proc = subprocess.Popen([python, *start, "--server.port", str(port),
@@ -101,26 +103,31 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", help="also measure this git commit (e.g. 8fe4562)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                   help="also measure this checkout with these environment settings (repeatable), e.g. "
+                        "CAPTION_EARLY_WARMUP=1")
     p.add_argument("--repeat", type=int, default=2, help="cold starts per checkout (default 2)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-first-"))
-    targets = [("this checkout", REPO)]
+    targets = [("this checkout", REPO, {})]
+    for variant in args.variant:
+        targets.append((variant, REPO, dict(setting.split("=", 1) for setting in variant.split(","))))
     if args.baseline:
-        targets.insert(0, (f"commit {args.baseline}", checkout(args.baseline, tmp / "baseline")))
+        targets.insert(0, (f"commit {args.baseline}", checkout(args.baseline, tmp / "baseline"), {}))
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             results = {}
             for _ in range(args.repeat):  # interleaved, so that both see the same load on a shared machine
-                for name, repo in targets:
-                    results.setdefault(name, []).append(measure(repo, browser, sys.executable))
+                for name, repo, settings in targets:
+                    results.setdefault(name, []).append(measure(repo, browser, sys.executable, settings))
             browser.close()
         print(f"cold starts, median of {args.repeat}; {os.cpu_count()} CPUs; seconds")
         keys = list(next(iter(results.values()))[0])
-        print(f"{'':36}" + "".join(f"{name:>22}" for name in results))
+        print(f"{'':36}" + "".join(f"{name:>26}" for name in results))
         for k in keys:
             row = [sorted(r[k] for r in runs)[len(runs) // 2] for runs in results.values()]
-            print(f"{k:36}" + "".join(f"{v:22.2f}" for v in row))
+            print(f"{k:36}" + "".join(f"{v:26.2f}" for v in row))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
