@@ -1,9 +1,9 @@
 """Loaded models, shared by every session of the server, and their warm-up in a background thread.
 
-`python -m ui.serve` (the launchers' start command) starts a thread that imports torch, looks at the compute device
-and loads the active model before any browser connects, so that neither the Home page (which never imports torch)
-nor the first caption waits for it; under a plain `streamlit run app.py` the first page drawn starts it. No
-Streamlit here: the thread has no page to draw on.
+A thread imports the pages' modules and torch, loads the active model, runs one tiny caption, then reports the
+compute device, so that neither the Home page (which never imports torch) nor the first caption waits for it.
+`python -m ui.serve` (the launchers' start command) starts it before the server on 4+ CPU cores; on fewer, and under a
+plain `streamlit run app.py`, the first page drawn starts it. No Streamlit here: the thread has no page to draw on.
 """
 from __future__ import annotations
 
