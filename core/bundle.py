@@ -191,7 +191,8 @@ def _check_shapes(folder: Path, cfg: ModelConfig, shapes: dict) -> None:
     from .model import CaptionModel
 
     # Random fills that torch computes on meta tensors with Python reference kernels (torch._refs), which import
-    # torch._dynamo on first use: about 1.7 s of a 2-core CPU, a third of loading the model.
+    # torch._dynamo on first use: about 1.7 s on this 2-core CPU for a check of shapes. (Loading the model then
+    # imports it all the same with the EfficientNet and ResNet backbones: timm -> torchvision -> torch._dynamo.)
     meta_fills = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.log_normal_, torch.Tensor.exponential_,
                   torch.Tensor.cauchy_, torch.Tensor.geometric_, torch.Tensor.erfinv_, torch.Tensor.clamp_}
 

@@ -106,7 +106,7 @@ print("ok")
 
 def test_the_shape_check_builds_on_meta_without_importing_dynamo(tmp_path):
     """The check builds the model on the meta device with its initialisers skipped: torch's meta kernel for
-    normal_ (nn.Embedding's init) would import torch._dynamo, 1.7 s of the app's model warm-up on 2 cores."""
+    normal_ (nn.Embedding's init) would import torch._dynamo, 1.7 s on 2 cores before a hostile config is refused."""
     import subprocess
     import sys
     from pathlib import Path
