@@ -63,7 +63,9 @@ def wait_for_device() -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
+    # the emoji itself: Streamlit 1.67 passes a shortcode through as a URL, which the browser then fetches (the
+    # server answers with its index.html: no icon, and one more request competing with the first page)
+    st.set_page_config(page_title="Image captioning", page_icon="🖼️", layout="wide")
     sidebar_menu(warm_up=False)
     st.title("Image captioning")
     st.markdown(

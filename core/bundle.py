@@ -187,10 +187,30 @@ def _check_shapes(folder: Path, cfg: ModelConfig, shapes: dict) -> None:
     """The weights against the model the config describes, built on torch's "meta" device: no memory is allocated,
     so a config that asks for an absurd model costs nothing before it is refused."""
     import torch
+    from torch.overrides import TorchFunctionMode
 
     from .model import CaptionModel
 
-    with torch.device("meta"):
+    # Random fills that torch computes on meta tensors with Python reference kernels (torch._refs), which import
+    # torch._dynamo on first use: about 1.7 s on this 2-core CPU for a check of shapes. (Loading the model then
+    # imports it all the same with the EfficientNet and ResNet backbones: timm -> torchvision -> torch._dynamo.)
+    meta_fills = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.log_normal_, torch.Tensor.exponential_,
+                  torch.Tensor.cauchy_, torch.Tensor.geometric_, torch.Tensor.erfinv_, torch.Tensor.clamp_}
+
+    class SkipMetaInit(TorchFunctionMode):
+        """Initialising a meta tensor is a no-op (it holds no values; shapes are all this check needs), so the
+        modules' reset_parameters() skip it: torch.nn.init's functions and the in-place fills they (or a library's
+        own init, such as timm's) call on a meta tensor return it as it is."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            tensor = args[0] if args else kwargs.get("tensor")
+            if (isinstance(tensor, torch.Tensor) and tensor.is_meta
+                    and (func in meta_fills or getattr(func, "__module__", None) == "torch.nn.init")):
+                return tensor
+            return func(*args, **kwargs)
+
+    with torch.device("meta"), SkipMetaInit():
         model = CaptionModel(cfg, with_encoder=cfg.fine_tune, pretrained=False)  # a frozen encoder is not stored
         expected = {k: tuple(v.shape) for k, v in model.trainable_state_dict().items()}
     missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)

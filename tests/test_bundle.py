@@ -104,6 +104,28 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_the_shape_check_builds_on_meta_without_importing_dynamo(tmp_path):
+    """The check builds the model on the meta device with its initialisers skipped: torch's meta kernel for
+    normal_ (nn.Embedding's init) would import torch._dynamo, 1.7 s on 2 cores before a hostile config is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _save(tmp_path / "b")
+    code = f"""
+import sys
+from pathlib import Path
+from core.bundle import _check_shapes, read_config, weight_shapes
+folder = Path({str(tmp_path / "b")!r})
+_check_shapes(folder, read_config(folder), weight_shapes(folder))
+assert "torch._dynamo" not in sys.modules
+print("ok")
+"""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_backbone_names_match_the_registry():
     from core.backbones import BACKBONES
     from core.config import BACKBONE_NAMES

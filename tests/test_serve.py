@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # A stand-in for `python -m streamlit`: it writes down its arguments and what the warm-up had done by then.
@@ -72,3 +74,25 @@ def test_serve_leaves_the_warm_up_to_the_first_page_on_a_small_cpu(monkeypatch):
     monkeypatch.setenv(serve.EARLY_ENV, "0")
     serve.main([])
     assert started == [True]  # the override wins
+
+
+def test_the_warm_up_loads_the_model_then_reports_the_device_from_this_process(tmp_path, monkeypatch):
+    """The report comes from the server's own torch once the model is loaded: a subprocess would import torch a
+    second time while the first captions are computed (bench/bench_first_impression.py)."""
+    from app_fixtures import make_tiny_bundle
+    from core import device
+    from ui import warm
+
+    make_tiny_bundle(tmp_path / "models" / "default")
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("CAPTION_FORCE_CPU", "1")
+    monkeypatch.setattr(device, "device_report_subprocess", lambda *a, **k: pytest.fail("a second torch import"))
+    warm.reset()
+    try:
+        warm.start()
+        assert warm.wait_for_device(120)
+        report = warm.device_info()
+        assert "error" not in report and report["device"] == "cpu", report
+        assert warm._warmed.is_set() and len(warm._captioners) >= 1  # the model was loaded first
+    finally:
+        warm.reset()

@@ -7,9 +7,10 @@ visitor waits. This starts the warm-up thread first and then Streamlit's own com
 Options are those of `streamlit run app.py`, e.g. `python -m ui.serve --server.port 8502`.
 
 On fewer than 4 CPU cores the early start is skipped: measured on 2 cores (bench/bench_first_impression.py), torch's
-import then competes with the server and the browser for the same cores, and Home took 4.2 s instead of 2.7 s, launch
-to first caption 9.5 s instead of 8.3 s. There the first page starts the warm-up (app.py), once Home is on its way.
-CAPTION_EARLY_WARMUP=1 or 0 overrides the choice.
+import then competes with the server and the browser for the same cores and the same interpreter, and Home took 4.2 s
+instead of 2.7 s, launch to first caption 9.5 s instead of 8.3 s; re-measured with the device report made in-process
+(README, "The first impression"): Home 3.8 s instead of 1.6 s, and 8.3 s instead of 7.7 s to the first caption.
+There the first page starts the warm-up (app.py), once Home is on its way. CAPTION_EARLY_WARMUP=1 or 0 overrides.
 """
 from __future__ import annotations
 

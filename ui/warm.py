@@ -1,9 +1,9 @@
 """Loaded models, shared by every session of the server, and their warm-up in a background thread.
 
-`python -m ui.serve` (the launchers' start command) starts a thread that imports torch, looks at the compute device
-and loads the active model before any browser connects, so that neither the Home page (which never imports torch)
-nor the first caption waits for it; under a plain `streamlit run app.py` the first page drawn starts it. No
-Streamlit here: the thread has no page to draw on.
+A thread imports the pages' modules and torch, loads the active model, runs one tiny caption, then reports the
+compute device, so that neither the Home page (which never imports torch) nor the first caption waits for it.
+`python -m ui.serve` (the launchers' start command) starts it before the server on 4+ CPU cores; on fewer, and under a
+plain `streamlit run app.py`, the first page drawn starts it. No Streamlit here: the thread has no page to draw on.
 """
 from __future__ import annotations
 
@@ -60,16 +60,17 @@ def wait_for_device(timeout: float) -> bool:
 
 
 def _look_at_device() -> None:
-    # in a subprocess, as the Train page does (core.device imports torch and may initialise CUDA to look), after
-    # the model is loaded: on two cores a second torch import would slow the first page and caption (the Home page
-    # shows "looking..." meanwhile)
+    # In this process, once the model is loaded: torch is imported by then and "auto" has looked at the GPU to load
+    # it, so the report costs milliseconds. A subprocess (as ui.device does for pages that must not load torch)
+    # imported torch a second time, 2-3 s of CPU that competed with the first captions on 2 cores (measured with
+    # bench/bench_first_impression.py). The Home page shows "looking..." until then.
     _warmed.wait(60)
     try:
         from dataclasses import asdict
 
-        from core.device import device_report_subprocess
+        from core.device import device_report
 
-        _device.update(asdict(device_report_subprocess()))
+        _device.update(asdict(device_report()))
     except Exception as e:
         _device["error"] = str(e)
     finally:
