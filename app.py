@@ -32,7 +32,9 @@ def model_section() -> None:
     if not b.usable:  # a damaged model folder: say why instead of failing the page
         st.error(f"The model **{b.name}** cannot be used: {b.problem}")
         return
-    st.markdown(f"**{b.name}** — {b.config.get('backbone', '?')} encoder, {b.config.get('decoder', '?')} decoder")
+    n = b.config.get("ensemble", 1)
+    decoders = f"an ensemble of {n} {b.config.get('decoder', '?')} decoders" if n > 1 else f"{b.config.get('decoder', '?')} decoder"
+    st.markdown(f"**{b.name}** — {b.config.get('backbone', '?')} encoder, {decoders}")
     source, figures = headline_metrics(b.metrics)
     if figures:
         cols = st.columns(len(figures))

@@ -51,7 +51,7 @@ def inputs_ui(can_caption: bool):
 
 
 def main() -> None:
-    st.set_page_config(page_title="Caption images", page_icon=":frame_with_picture:", layout="wide")
+    st.set_page_config(page_title="Caption images", page_icon="🖼️", layout="wide")
     sidebar_menu()
     st.title("Caption images")
     st.markdown("Upload photos (or zips, or a folder) and caption them all at once, or caption a whole photo library "

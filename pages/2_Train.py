@@ -164,7 +164,7 @@ def runs_ui(live: Job | None) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Train a model", page_icon=":frame_with_picture:", layout="wide")
+    st.set_page_config(page_title="Train a model", page_icon="🖼️", layout="wide")
     sidebar_menu()
     st.title("Train a model")
     st.markdown("Train a captioning model on COCO-2017 or a Flickr-style folder, in the background.  \n"
