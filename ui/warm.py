@@ -17,6 +17,7 @@ _device: dict = {}
 _started = threading.Event()
 _device_done = threading.Event()
 _warmed = threading.Event()  # the warm-up has loaded the model (or given up)
+_model_loaded = threading.Event()  # ... and it did load one: torch is imported in this process
 MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
 # What the pages import (pandas, PIL and numpy among them: about a second on a small CPU), imported by the warm-up
 # before torch, so that the first visit of each page finds them loaded. Torch-free, as the pages are.
@@ -64,13 +65,15 @@ def _look_at_device() -> None:
     # it, so the report costs milliseconds. A subprocess (as ui.device does for pages that must not load torch)
     # imported torch a second time, 2-3 s of CPU that competed with the first captions on 2 cores (measured with
     # bench/bench_first_impression.py). The Home page shows "looking..." until then.
+    # Without a loaded model (none yet, or a broken one) the server has no other use for torch: the report is made
+    # in a subprocess then, as before, and the server stays light.
     _warmed.wait(60)
     try:
         from dataclasses import asdict
 
-        from core.device import device_report
+        from core.device import device_report, device_report_subprocess
 
-        _device.update(asdict(device_report()))
+        _device.update(asdict(device_report() if _model_loaded.is_set() else device_report_subprocess()))
     except Exception as e:
         _device["error"] = str(e)
     finally:
@@ -85,6 +88,7 @@ def _warm() -> None:
     if (active / "model.safetensors").exists():
         # one tiny caption too: the first forward pass of a model sets up its kernels, which costs time once
         captioner(active, "auto").caption([("warm-up", _tiny_jpeg())], beam=1, max_len=2)
+        _model_loaded.set()
 
 
 def _tiny_jpeg() -> bytes:
@@ -133,4 +137,5 @@ def reset() -> None:
         _device.clear()
         _device_done.clear()
         _warmed.clear()
+        _model_loaded.clear()
         _started.clear()
