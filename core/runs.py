@@ -8,6 +8,7 @@ No torch here, and no import of the trainer: the web process reads runs to draw 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -65,10 +66,14 @@ class Stopper:
     only watch, since they may start after rank 0's first event and would take a fresh STOP for a stale one.
     """
 
-    def __init__(self, run_dir: Path, owner: bool = True):
+    def __init__(self, run_dir: Path, owner: bool = True, watch_parent: bool = False):
         self.file = Path(run_dir) / STOP
         self.reason = None
         self.owner = owner
+        # Under torchrun: the launcher is this process's parent. Killed outright (SIGKILL, the OOM killer), it can
+        # no longer stop its ranks, which would train on as orphans holding the run's lock; on POSIX an orphan is
+        # re-parented, so a changed parent pid means "stop as if asked": checkpoint, release the lock, exit.
+        self.parent = os.getppid() if watch_parent and os.name == "posix" else None
         last = last_event_time(run_dir) if owner else None
         try:
             if last is not None and self.file.stat().st_mtime <= last:
@@ -87,6 +92,8 @@ class Stopper:
     def __call__(self) -> bool:
         if self.reason is None and self.file.exists():
             self.reason = "stop file"
+        if self.reason is None and self.parent is not None and os.getppid() != self.parent:
+            self.reason = "launcher gone"
         return self.reason is not None
 
     def consume(self) -> None:

@@ -64,7 +64,7 @@ from .scst import CiderReward, scst_step  # noqa: E402
 from .vocabulary import PAD, TokenizedCaptions, Vocabulary  # noqa: E402
 
 read_progress = runs.read_progress  # the one reader of progress.jsonl lives in core.runs
-STOP_REASONS = ("stop file", "SIGTERM")  # runs.Stopper's
+STOP_REASONS = ("stop file", "SIGTERM", "launcher gone")  # runs.Stopper's
 FAIL_AT_ENV = "CAPTION_TEST_FAIL_AT"  # tests only: "RANK:STEP" makes that rank raise at that step
 
 
@@ -527,7 +527,7 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, listeners=()) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = dist.env_rank()  # under torchrun; the process group is joined in `prepare`
     # before the first event: it tells a fresh STOP from an earlier one
-    should_stop = runs.Stopper(run_dir, owner=rank == 0)
+    should_stop = runs.Stopper(run_dir, owner=rank == 0, watch_parent=dist.requested_world() > 1)
     emit = runs.Reporter(run_dir, listeners) if rank == 0 else _silent
     try:
         result = _run(cfg, run_dir, resume, emit, should_stop)

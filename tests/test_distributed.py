@@ -133,6 +133,35 @@ def test_killed_torchrun_resumes_with_every_step_done_once(setup, two_processes)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # as if never killed
 
 
+def test_ranks_left_by_a_killed_torchrun_checkpoint_and_exit_then_resume(setup, two_processes):
+    """SIGKILL torchrun alone (not its ranks): the orphaned ranks stop together as if asked, with one checkpoint, and
+    release the run; --resume then finishes with the uninterrupted run's weights."""
+    tmp, _ = setup
+    run_dir = tmp / "orphaned"
+    proc = _torchrun(tmp, run_dir)
+    _wait_for(run_dir, lambda e: e["event"] == "checkpoint" and e["step"] >= 3)
+    ranks = psutil.Process(proc.pid).children(recursive=True)
+    assert len(ranks) == 2
+    proc.send_signal(signal.SIGKILL)  # the launcher only
+    proc.wait()
+    gone, alive = psutil.wait_procs(ranks, timeout=120)
+    for p in alive:
+        p.kill()
+    assert not alive, "the ranks trained on without their launcher"
+    events = read_progress(run_dir)
+    assert not any(e["event"] == "done" for e in events), "finished before the launcher was killed"
+    assert [e["event"] for e in events[-2:]] == ["checkpoint", "stopped"], events[-3:]
+    assert events[-1]["reason"] == "launcher gone"
+
+    code, err = _finish(_torchrun(tmp, run_dir, "--resume"))
+    assert code == 0, err[-3000:]
+    resumed = _attempt(read_progress(run_dir))
+    steps = [e["step"] for e in resumed if e["event"] == "step"]
+    assert steps == list(range(events[-2]["step"] + 1, 15))
+    a, b = _weights(two_processes), _weights(run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stop_file_stops_both_ranks_and_one_process_resumes(setup, two_processes):
     tmp, cfg = setup
     run_dir = tmp / "stopped"
