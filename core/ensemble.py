@@ -75,8 +75,6 @@ class EnsembleDecoder(nn.Module):
 
 def combine_bundles(members: list[Path], out: Path, card: str = "") -> Path:
     """Join N single-decoder bundles (same backbone, architecture and vocabulary) into one ensemble bundle."""
-    from safetensors.torch import load_file
-
     from .bundle import BundleError, load_bundle, save_bundle
     from .config import ModelConfig
     from .model import CaptionModel
@@ -96,15 +94,21 @@ def combine_bundles(members: list[Path], out: Path, card: str = "") -> Path:
             raise BundleError(f"{b.path} has another vocabulary than {first.path}: the members' words must be the same")
     cfg = ModelConfig.from_dict({**first.config.to_dict(), "ensemble": len(bundles)})
     model = CaptionModel(cfg, with_encoder=False, pretrained=False)
-    for i, m in enumerate(members):
-        weights = load_file(Path(m) / "model.safetensors")
-        decoder = {k[len("decoder."):]: v.float() for k, v in weights.items() if k.startswith("decoder.")}
-        model.decoder.members[i].load_state_dict(decoder, strict=True)
+    for member, b in zip(model.decoder.members, bundles):
+        member.load_state_dict(b.model.decoder.state_dict(), strict=True)  # fp32 in memory, as loaded
     # fp16 on disk when every member was stored so (the default model is): half the size, the same captions
-    half = all(t.dtype == torch.float16 for m in members
-               for t in load_file(Path(m) / "model.safetensors").values() if t.is_floating_point())
+    half = all(_stored_in_fp16(Path(m) / "model.safetensors") for m in members)
     metrics = {"ensemble_of": [str(Path(m).name) for m in members]}
     return save_bundle(Path(out), model, first.vocab, metrics=metrics, card=card, half=half)
+
+
+def _stored_in_fp16(weights: Path) -> bool:
+    """Whether every floating-point tensor of a safetensors file is fp16, from its header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="numpy") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    return dtypes & {"F16", "F32", "F64", "BF16"} == {"F16"}
 
 
 def main(argv=None) -> int:

@@ -319,9 +319,10 @@ class Library:
                 want.add("metadata")
             if cfg.existing == "skip":
                 name = self.name(p)
-                if _safe_cell(name) in failed:
+                cell = _safe_cell(name)  # as the CSV spells it
+                if cell in failed:
                     continue
-                have = {"csv"} if _safe_cell(name) in in_csv else set()
+                have = {"csv"} if cell in in_csv else set()
                 have |= {"jsonl"} if name in in_jsonl else set()
                 have |= {"sidecar"} if cfg.sidecar_ext and p.with_suffix(cfg.sidecar_ext).exists() else set()
                 have |= {"coco"} if self.coco_id(p) in in_coco else set()

@@ -55,7 +55,7 @@ def test_a_step_averages_the_members_distributions(combine):
     assert new["0.feats"] is state["0.feats"]  # passed through untouched: beam search need not reorder it
 
 
-def test_an_ensemble_differs_from_its_members_and_its_beams_end():
+def test_an_ensembles_beams_end_and_its_step_renormalises():
     a, b = _model(1).decoder, _model(2).decoder
     feats = torch.randn(4, 49, 1280)
     hyps = beam_search(EnsembleDecoder([a, b]), feats, beam_size=2, max_len=6)
