@@ -10,7 +10,7 @@ from core.data import inspect_dataset
 from core.paths import COCO_DIR, models_dir
 from ui import warm
 from ui.device import device_report_ui
-from ui.loader import bundle_choices
+from ui.loader import bundle_choices, decoder_label
 from ui.nav import sidebar_menu
 
 
@@ -32,9 +32,7 @@ def model_section() -> None:
     if not b.usable:  # a damaged model folder: say why instead of failing the page
         st.error(f"The model **{b.name}** cannot be used: {b.problem}")
         return
-    n = b.config.get("ensemble", 1)
-    decoders = f"an ensemble of {n} {b.config.get('decoder', '?')} decoders" if n > 1 else f"{b.config.get('decoder', '?')} decoder"
-    st.markdown(f"**{b.name}** — {b.config.get('backbone', '?')} encoder, {decoders}")
+    st.markdown(f"**{b.name}** — {b.config.get('backbone', '?')} encoder, {decoder_label(b.config)}")
     source, figures = headline_metrics(b.metrics)
     if figures:
         cols = st.columns(len(figures))

@@ -98,8 +98,11 @@ def combine_bundles(members: list[Path], out: Path, card: str = "") -> Path:
         member.load_state_dict(b.model.decoder.state_dict(), strict=True)  # fp32 in memory, as loaded
     # fp16 on disk when every member was stored so (the default model is): half the size, the same captions
     half = all(_stored_in_fp16(Path(m) / "model.safetensors") for m in members)
-    metrics = {"ensemble_of": [str(Path(m).name) for m in members]}
-    return save_bundle(Path(out), model, first.vocab, metrics=metrics, card=card, half=half)
+    names = [Path(m).name for m in members]
+    card = card or (f"# An ensemble of {len(names)} {cfg.decoder} decoders over {cfg.backbone}\n\n"
+                    f"Joined with `python -m core.ensemble` from {', '.join(names)}: at every word the members' "
+                    "next-word log-probabilities are averaged. Their own cards say how each was trained.\n")
+    return save_bundle(Path(out), model, first.vocab, metrics={"ensemble_of": names}, card=card, half=half)
 
 
 def _stored_in_fp16(weights: Path) -> bool:

@@ -7,7 +7,7 @@ from core.data import FORMAT_NAMES
 from core.paths import models_dir
 from ui.inputs import UPLOAD_TYPES, read_uploads, sample_images
 from ui.library_view import folder_flow
-from ui.loader import bundle_choices
+from ui.loader import bundle_choices, decoder_label
 from ui.nav import sidebar_menu
 from ui.review import caption_uploads, detail_ui, review_ui
 
@@ -23,8 +23,7 @@ def options_ui():
             bundle = None
         elif bundle is not None:
             _, figures = headline_metrics(bundle.metrics)
-            decoder = {"show_tell": "Show-and-Tell", "attention": "attention"}.get(bundle.config.get("decoder"), "?")
-            st.caption(f"{decoder} decoder · " + " · ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+            st.caption(" · ".join([decoder_label(bundle.config)] + [f"{k} {v:.1f}" for k, v in figures.items()]))
         beam = st.slider("Beam width", 1, 10, DEFAULT_BEAM, help="1 = greedy; wider searches more sentences, slower")
         max_len = st.slider("Maximum length (words)", 5, 50, DEFAULT_MAX_LEN)
         object_words = st.toggle("Object words", True, help="Name the object the image classifier is sure of "
@@ -41,7 +40,8 @@ def inputs_ui(can_caption: bool):
     files = (files or []) + (folder or [])
     buttons = st.container(horizontal=True)
     caption = buttons.button("Caption uploaded images", type="primary", disabled=not (files and can_caption))
-    samples = buttons.button("Try sample images", disabled=not can_caption, help="A cat, an astronaut, coffee, a rocket")
+    samples = buttons.button("Try sample images", disabled=not can_caption,
+                             help="A cat, an astronaut, a man with a camera, a pagoda")
     if caption:
         items, problems = read_uploads(files)
         for problem in problems:

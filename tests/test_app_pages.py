@@ -374,3 +374,20 @@ def test_use_this_model_applies_to_the_run_that_just_finished(models, runs, tmp_
     finally:
         (models / "active.json").unlink(missing_ok=True)  # the models folder is shared by this module's tests
         assert jobs.wait_for_exit(job, 30)
+
+
+def test_an_ensemble_is_named_on_home_and_captions_the_samples(tmp_path, monkeypatch):
+    from core.bundle import set_active
+    from core.ensemble import combine_bundles
+
+    members = [make_tiny_bundle(tmp_path / "parts" / f"m{i}") for i in range(2)]
+    combine_bundles(members, tmp_path / "models" / "x2")
+    set_active("x2", tmp_path / "models")
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "models"))
+    home = open_page(HOME).run()
+    assert not home.exception and "x2** — efficientnet_lite0 encoder, an ensemble of 2 attention decoders" in texts(home)
+    at = open_page(CAPTION).run()
+    assert "an ensemble of 2 attention decoders" in texts(at)
+    at.button[1].click().run()  # Try sample images
+    assert not at.exception and len(at.session_state.batch["results"]) == 4
+    assert all(r.caption and not r.error for r in at.session_state.batch["results"])

@@ -74,6 +74,7 @@ def test_combine_bundles_round_trip(tmp_path):
     cfg = json.loads((tmp_path / "ens" / "config.json").read_text())
     assert cfg["ensemble"] == 3 and ens.config.ensemble == 3
     assert isinstance(ens.model.decoder, EnsembleDecoder) and len(ens.model.decoder.members) == 3
+    assert "ensemble of 3 attention decoders" in (tmp_path / "ens" / "card.md").read_text()
     # each member is its bundle's decoder, weight for weight (fp16 kept on disk: the members were fp16)
     for i, m in enumerate(members):
         solo = load_bundle(m, pretrained=False).model.decoder.state_dict()

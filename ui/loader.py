@@ -13,3 +13,13 @@ def bundle_choices(models_dir) -> tuple[list, int]:
         active = None
     index = next((i for i, b in enumerate(bundles) if active and b.path.resolve() == active), 0)
     return bundles, index
+
+
+DECODER_NAMES = {"show_tell": "Show-and-Tell", "attention": "attention"}
+
+
+def decoder_label(config: dict) -> str:
+    """A model's decoder in words, from its config.json: "attention decoder", "an ensemble of 3 attention decoders"."""
+    name = DECODER_NAMES.get(config.get("decoder"), "?")
+    n = config.get("ensemble", 1)
+    return f"an ensemble of {n} {name} decoders" if isinstance(n, int) and n > 1 else f"{name} decoder"
