@@ -88,6 +88,7 @@ def main() -> None:
         st.markdown("Dataset in `cocoapi/`: **none yet**. Train on another folder, or see the Train page for "
                     "how to get COCO-2017.")
         st.caption(detail)
+    warm.preload_pages()  # the other pages' modules, now that Home is drawn
 
 
 main()

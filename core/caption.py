@@ -11,11 +11,9 @@ import datetime
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from . import distributed as dist
@@ -28,25 +26,11 @@ from .device import encoder_autocast, pick_device
 from .files import atomic_write_bytes
 from .library import (CSV_COLUMNS, EXISTING, LibraryConfig, caption_library, csv_bytes, csv_rows,  # noqa: F401 (API)
                       csv_table, write_csv)
+from .result import CaptionResult
 from .tags import guide_words, image_tags
 from .vocabulary import END, PAD
 
 ENCODE_BATCH = 32  # images per encoder call: the fastest per image on a 2-core CPU (64 measured 20% slower)
-
-
-@dataclass
-class CaptionResult:
-    image: str
-    caption: str = ""
-    score: float | None = None  # length-normalised log-probability of the caption (higher is surer)
-    alternatives: list[tuple[str, float]] = field(default_factory=list)  # the other beams, best first
-    error: str | None = None
-    words: list[str] = field(default_factory=list)
-    attention: np.ndarray | None = None  # (len(words), grid_h, grid_w), attention models only
-    tags: list[tuple[str, float]] = field(default_factory=list)  # objects the backbone's classifier sees, likeliest first
-    guided: str | None = None  # the object word the caption was made to name (core.tags), if any
-    confidence: float | None = None  # calibrated chance that the caption is acceptable (core.confidence)
-    check: bool = False  # among the least confident captions: a person should look at it
 
 
 class Captioner:

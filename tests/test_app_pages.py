@@ -283,6 +283,22 @@ def test_pages_draw_without_importing_torch(models, runs, page, drawn):
     assert out.stdout.split() == ["False", "True"]
 
 
+def test_captions_come_from_the_worker_and_the_server_never_imports_torch(models, runs):
+    """The whole first impression as the server runs it: the warm-up starts the caption worker, the sample captions
+    come from it, and the server's own process has not imported torch at the end."""
+    code = ("import sys\nfrom streamlit.testing.v1 import AppTest\nfrom ui import warm\n"
+            "at = AppTest.from_file('app.py', default_timeout=120).run()\n"
+            "at = at.switch_page('pages/1_Caption.py').run()\n"
+            "next(b for b in at.button if b.label == 'Try sample images').click().run()\n"
+            "assert not at.exception, at.exception\n"
+            "rows = at.session_state.batch['results']\n"
+            "print('torch' in sys.modules, len(rows), all(r.caption for r in rows), warm._client.alive())\n"
+            "warm.reset()\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "4", "True", "True"], out.stdout
+
+
 def test_caption_a_local_folder_then_resume(models, tmp_path, downloads):
     folder = tmp_path / "photos"
     for i, color in enumerate([(220, 20, 20), (20, 20, 220), (20, 200, 20)]):
@@ -309,6 +325,59 @@ def test_caption_a_local_folder_then_resume(models, tmp_path, downloads):
     at.button(key="lib-start").click().run()
     assert "Captioned 1 images" in at.success[0].value and "4 already had captions" in at.success[0].value
     assert len(list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))) == 5
+
+
+def kill_the_worker_after_the_first_batch(monkeypatch):
+    """The caption worker killed outright (as the out-of-memory killer would) once its first batch is back."""
+    import os
+    import signal
+
+    from core.worker_client import RemoteCaptioner
+
+    real = RemoteCaptioner.iter_captions
+
+    def dies(self, items, **options):
+        for k, results in enumerate(real(self, items, **options)):
+            yield results
+            if k == 0:
+                os.kill(self.client.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(RemoteCaptioner, "iter_captions", dies)
+
+
+def test_a_worker_that_dies_mid_batch_keeps_what_was_captioned(models, tmp_path, monkeypatch):
+    """Uploads and a local folder: the rows done stay, the page says what happened, the next click works again."""
+    kill_the_worker_after_the_first_batch(monkeypatch)
+    at = open_page(CAPTION).run()
+    at.file_uploader[0].set_value([(f"p{i}.jpg", jpeg_bytes((20 * i, 90, 200)), "image/jpeg") for i in range(40)])
+    at.run()
+    at.button[0].click().run()  # Caption uploaded images
+    assert not at.exception
+    done = at.session_state.batch["results"]
+    assert 0 < len(done) < 40 and all(r.caption for r in done)
+    assert "Captioning stopped after" in at.error[0].value and "The caption worker stopped" in at.error[0].value
+    assert len(at.data_editor[0].value) == len(done)  # what was captioned is there to review and download
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"p{i:02d}.jpg").write_bytes(jpeg_bytes((6 * i, 90, 200)))
+    at.get("button_group")[0].set_value("A folder on this computer").run()
+    at.text_input(key="lib-root").set_value(str(folder)).run()
+    import ui.library_view as library_view
+
+    monkeypatch.setattr(library_view, "PAGE_BATCH", 2)
+    at.button(key="lib-start").click().run()
+    assert not at.exception
+    assert "Captioning stopped after" in at.error[0].value and "continue where it stopped" in at.error[0].value
+    rows = list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))
+    assert 0 < len(rows) < 40 and all(r["caption"] for r in rows)
+    monkeypatch.undo()  # the worker lives on: the next run finishes the folder, each photo captioned once
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(models))
+    at.button(key="lib-start").click().run()
+    assert "Captioned" in at.success[0].value, texts(at)
+    rows = list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))
+    assert sorted(r["image"] for r in rows) == [f"p{i:02d}.jpg" for i in range(40)]
 
 
 def test_review_filter_and_find_replace(models, downloads):

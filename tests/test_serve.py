@@ -1,4 +1,4 @@
-"""`python -m ui.serve`: the model warm-up is under way before Streamlit's command line runs, in the same process."""
+"""`python -m ui.serve`: the model warm-up (the caption worker) is under way before Streamlit's command line runs."""
 import json
 import os
 import subprocess
@@ -14,8 +14,9 @@ FAKE_MAIN = """
 import json, os, sys, threading
 from ui import warm
 names = [t.name for t in threading.enumerate()]
+worker = warm._client.pid if warm._client is not None and warm._client.alive() else None
 with open(os.environ["FAKE_STREAMLIT_LOG"], "w") as f:
-    json.dump({"argv": sys.argv[1:], "started": warm._started.is_set(), "threads": names}, f)
+    json.dump({"argv": sys.argv[1:], "started": warm._started.is_set(), "threads": names, "worker": worker}, f)
 """
 
 
@@ -29,14 +30,36 @@ def test_serve_starts_the_warm_up_then_streamlit_with_the_arguments(tmp_path):
     models.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTION_", "PYTHON"))}
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "fake-site"), str(ROOT)]), FAKE_STREAMLIT_LOG=str(log),
-               CAPTION_MODELS_DIR=str(models), CAPTION_FORCE_CPU="1", CAPTION_EARLY_WARMUP="1")
+               CAPTION_MODELS_DIR=str(models), CAPTION_FORCE_CPU="1")
     result = subprocess.run([sys.executable, "-m", "ui.serve", "--server.port", "8765", "--server.headless", "true"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     call = json.loads(log.read_text())
     assert call["argv"] == ["run", "app.py", "--server.port", "8765", "--server.headless", "true"]
-    # the warm-up (importing the pages' modules first: a second or so) is running while Streamlit starts
-    assert call["started"] and "caption-warm-up" in call["threads"]
+    # the caption worker (a process of its own: on any number of cores) is running while Streamlit starts
+    assert call["started"] and call["worker"] and "caption-device-report" in call["threads"]
+    # ... and it ended with the server (its stdin closed), not left behind
+    from test_worker import wait_gone
+
+    assert wait_gone(call["worker"])
+
+
+def test_without_the_worker_the_warm_up_is_a_thread_of_the_server(tmp_path):
+    site = tmp_path / "fake-site" / "streamlit"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("")
+    (site / "__main__.py").write_text(FAKE_MAIN)
+    log = tmp_path / "call.json"
+    (tmp_path / "models").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTION_", "PYTHON"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "fake-site"), str(ROOT)]), FAKE_STREAMLIT_LOG=str(log),
+               CAPTION_MODELS_DIR=str(tmp_path / "models"), CAPTION_FORCE_CPU="1", CAPTION_EARLY_WARMUP="1",
+               CAPTION_WORKER="0")
+    result = subprocess.run([sys.executable, "-m", "ui.serve"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    call = json.loads(log.read_text())
+    assert call["started"] and "caption-warm-up" in call["threads"] and call["worker"] is None
 
 
 def test_serve_starts_streamlit_even_when_the_warm_up_cannot(tmp_path, monkeypatch):
@@ -53,8 +76,9 @@ def test_serve_starts_streamlit_even_when_the_warm_up_cannot(tmp_path, monkeypat
     assert calls == [("streamlit", ["run", "app.py", "--server.port", "1"])]
 
 
-def test_serve_leaves_the_warm_up_to_the_first_page_on_a_small_cpu(monkeypatch):
-    """On 2 cores an early warm-up slowed Home down (bench/bench_first_impression.py): the first page starts it."""
+def test_serve_leaves_the_warm_up_to_the_first_page_on_a_small_cpu_without_the_worker(monkeypatch):
+    """With the models in the server's process, an early warm-up slowed Home down on 2 cores
+    (bench/bench_first_impression.py): the first page starts it. The worker starts early on any machine."""
     import os
     import runpy
 
@@ -67,7 +91,11 @@ def test_serve_leaves_the_warm_up_to_the_first_page_on_a_small_cpu(monkeypatch):
     monkeypatch.delenv(serve.EARLY_ENV, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     serve.main([])
-    assert calls == ["streamlit"] and not started
+    assert calls == ["streamlit"] and started == [True]  # the worker: early
+    started.clear()
+    monkeypatch.setenv(warm.WORKER_ENV, "0")
+    serve.main([])
+    assert calls == ["streamlit"] * 2 and not started
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     serve.main([])
     assert started == [True]
@@ -76,16 +104,19 @@ def test_serve_leaves_the_warm_up_to_the_first_page_on_a_small_cpu(monkeypatch):
     assert started == [True]  # the override wins
 
 
-def test_the_warm_up_loads_the_model_then_reports_the_device_from_this_process(tmp_path, monkeypatch):
-    """The report comes from the server's own torch once the model is loaded: a subprocess would import torch a
-    second time while the first captions are computed (bench/bench_first_impression.py)."""
+@pytest.mark.parametrize("in_worker", [True, False])
+def test_the_warm_up_loads_the_model_then_reports_the_device_where_torch_is(tmp_path, monkeypatch, in_worker):
+    """The report comes from the torch that loaded the model, once it has: the worker's, or (CAPTION_WORKER=0) the
+    server's own. A subprocess would import torch a second time while the first captions are computed
+    (bench/bench_first_impression.py)."""
     from app_fixtures import make_tiny_bundle
-    from core import device
+    from core import device, worker
     from ui import warm
 
     make_tiny_bundle(tmp_path / "models" / "default")
     monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("CAPTION_FORCE_CPU", "1")
+    monkeypatch.setenv(warm.WORKER_ENV, "1" if in_worker else "0")
     monkeypatch.setattr(device, "device_report_subprocess", lambda *a, **k: pytest.fail("a second torch import"))
     warm.reset()
     try:
@@ -93,6 +124,9 @@ def test_the_warm_up_loads_the_model_then_reports_the_device_from_this_process(t
         assert warm.wait_for_device(120)
         report = warm.device_info()
         assert "error" not in report and report["device"] == "cpu", report
-        assert warm._warmed.is_set() and len(warm._captioners) >= 1  # the model was loaded first
+        if in_worker:
+            assert warm._client.alive() and worker.loaded_count() == 0  # loaded there, not here
+        else:
+            assert warm._warmed.is_set() and worker.loaded_count() >= 1  # the model was loaded first
     finally:
         warm.reset()

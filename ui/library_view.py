@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.library import EXISTING, LibraryConfig, Progress, caption_library, find_images
+from core.worker_client import WorkerError
 from ui.images import thumbnail_data_url
 from ui.review import cancel_button, load_captioner, running, wait_until_stopped
 
@@ -95,9 +96,13 @@ def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int, object_word
         table.dataframe(_frame(state["rows"]), hide_index=True, column_config=_COLUMNS)
 
     with running(state):
-        final = caption_library(cfg, captioner, on_progress=report, should_stop=lambda: bool(state.get("cancel")))
-        state.update(done=final.done, total=final.total, skipped=final.skipped, failed=final.failed,
-                     finished=final.done >= final.total)
+        try:
+            final = caption_library(cfg, captioner, on_progress=report,
+                                    should_stop=lambda: bool(state.get("cancel")))
+            state.update(done=final.done, total=final.total, skipped=final.skipped, failed=final.failed,
+                         finished=final.done >= final.total)
+        except WorkerError as e:  # the worker crashed or was killed: every caption written so far stays written
+            state["stopped"] = str(e)
     box.empty()
 
 
@@ -116,6 +121,9 @@ def library_summary(state: dict) -> None:
     if state["finished"] or (total is not None and done >= total):  # stopped after its last batch: all done
         st.success(f"Captioned {done:,} images in {state['root']}"
                    + (f" ({state['skipped']:,} already had captions)" if state["skipped"] else "") + ".")
+    elif state.get("stopped"):
+        st.error(f"Captioning stopped after {done:,} images. {state['stopped']} Everything captioned so far is "
+                 "written; press the button again to continue where it stopped.")
     elif total is None:
         st.info("Stopped before the first batch. Press the button again to start.")
     else:

@@ -11,6 +11,7 @@ import streamlit as st
 from core.bundle import BundleError
 from core.library import csv_bytes
 from core.tags import format_tags
+from core.worker_client import WorkerError
 from ui import warm
 from ui.images import attention_overlay, open_image, preview_bytes, thumbnail_data_url
 from ui.results import SHOW, find_replace, merge_edits, results_frame, with_captions
@@ -65,6 +66,9 @@ def load_captioner(bundle):
     except BundleError as e:
         st.error(f"The model {bundle.name} cannot be loaded: {e}")
         return None
+    except WorkerError as e:  # the worker died while loading it (out of memory...)
+        st.error(f"The model {bundle.name} could not be loaded. {e}")
+        return None
 
 
 def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: int, object_words: bool = True) -> None:
@@ -83,16 +87,19 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
         cancel_button(batch, "cancel-upload")
     started = time.perf_counter()
     with running(batch):
-        for results in captioner.iter_captions(items, beam=beam, max_len=max_len, object_words=object_words):
-            for r in results:
-                if len(batch["thumbs"]) < MAX_PICTURES:
-                    batch["images"][r.image] = preview_bytes(originals[r.image])
-                    batch["thumbs"][r.image] = thumbnail_data_url(originals[r.image])
-            batch["results"] += results
-            done = len(batch["results"])
-            if batch.get("cancel"):
-                break
-            bar.progress(done / len(items), text=format_rate(done, len(items), started))
+        try:
+            for results in captioner.iter_captions(items, beam=beam, max_len=max_len, object_words=object_words):
+                for r in results:
+                    if len(batch["thumbs"]) < MAX_PICTURES:
+                        batch["images"][r.image] = preview_bytes(originals[r.image])
+                        batch["thumbs"][r.image] = thumbnail_data_url(originals[r.image])
+                batch["results"] += results
+                done = len(batch["results"])
+                if batch.get("cancel"):
+                    break
+                bar.progress(done / len(items), text=format_rate(done, len(items), started))
+        except WorkerError as e:  # the worker crashed or was killed: what it captioned is kept
+            st.error(f"Captioning stopped after {len(batch['results']):,} of {len(items):,} images. {e}")
     box.empty()
 
 

@@ -1,16 +1,16 @@
 """Start the app: `python -m ui.serve [streamlit options]`, what the launchers and README's start command run.
 
-`streamlit run app.py` runs no app code until a browser connects, so the model warm-up (ui.warm: import torch,
-load the active model, one tiny caption; several seconds on a small CPU) would start only then, while the
-visitor waits. This starts the warm-up thread first and then Streamlit's own command line in this same process
-(the pages find the loaded model in ui.warm), so the model loads while the server starts and the browser opens.
+`streamlit run app.py` runs no app code until a browser connects, so the model warm-up (ui.warm: start the caption
+worker, which imports torch, loads the active model and captions one tiny image; about 3 s of CPU on a small machine)
+would start only then, while the visitor waits. This starts the warm-up first and then Streamlit's own command line in
+this same process, so the model loads while the server starts and the browser opens.
 Options are those of `streamlit run app.py`, e.g. `python -m ui.serve --server.port 8502`.
 
-On fewer than 4 CPU cores the early start is skipped: measured on 2 cores (bench/bench_first_impression.py), torch's
-import then competes with the server and the browser for the same cores and the same interpreter, and Home took 4.2 s
-instead of 2.7 s, launch to first caption 9.5 s instead of 8.3 s; re-measured with the device report made in-process
-(README, "The first impression"): Home 3.8 s instead of 1.6 s, and 8.3 s instead of 7.7 s to the first caption.
-There the first page starts the warm-up (app.py), once Home is on its way. CAPTION_EARLY_WARMUP=1 or 0 overrides.
+The worker is a process of its own at a lower CPU priority, so it starts early on any machine. With the models in the
+server's own process instead (CAPTION_WORKER=0), the early start is skipped on fewer than 4 CPU cores: measured on 2
+cores (bench/bench_first_impression.py), torch's import then competed with the server and the browser for the same
+cores and the same interpreter (Home 3.8 s instead of 1.6 s, 8.3 s instead of 7.7 s to the first caption), and the
+first page starts the warm-up once Home is on its way. CAPTION_EARLY_WARMUP=1 or 0 overrides.
 """
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ import sys
 
 APP = "app.py"  # relative to the app folder, which the launchers change to first
 EARLY_ENV = "CAPTION_EARLY_WARMUP"  # "1": warm up before the server starts; "0": leave it to the first page
-EARLY_MIN_CPUS = 4  # below this, an early warm-up slows the first page more than it saves (see above)
+EARLY_MIN_CPUS = 4  # without the worker, below this an early warm-up slows the first page more than it saves
 
 
 def early_warm_up() -> bool:
     choice = os.environ.get(EARLY_ENV, "").strip()
     if choice in ("0", "1"):
         return choice == "1"
-    return (os.cpu_count() or 1) >= EARLY_MIN_CPUS
+    from ui.warm import use_worker
+
+    return use_worker() or (os.cpu_count() or 1) >= EARLY_MIN_CPUS
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,54 +1,71 @@
-"""Loaded models, shared by every session of the server, and their warm-up in a background thread.
+"""Loaded models for the pages and their warm-up, shared by every session of the server.
 
-A thread imports the pages' modules and torch, loads the active model, runs one tiny caption, then reports the
-compute device, so that neither the Home page (which never imports torch) nor the first caption waits for it.
-`python -m ui.serve` (the launchers' start command) starts it before the server on 4+ CPU cores; on fewer, and under a
-plain `streamlit run app.py`, the first page drawn starts it. No Streamlit here: the thread has no page to draw on.
+The models live in the caption worker, a process of its own (core.worker says why), which start() launches: the
+launchers' `python -m ui.serve` calls it before the server starts, and under a plain `streamlit run app.py` the first
+page does. The worker loads the active model at once, at a lower CPU priority, while the server and the browser draw
+the first page; the pages then get their captions from it through `captioner()`. Here, in the server, a thread
+imports the pages' own modules (so that the first visit of each page finds them loaded) and another one asks the
+worker for the compute-device report, once its model is loaded. No Streamlit here: the threads have no page to draw on.
+
+CAPTION_WORKER=0 keeps the models in the server's own process instead (a thread loads the active model there), as
+before the worker existed; tests that stub torch in the server's process use it.
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
+WORKER_ENV = "CAPTION_WORKER"  # "0": the models in the server's own process, no worker
 _lock = threading.Lock()
-_loading: dict[tuple, threading.Lock] = {}
-_captioners: dict[tuple, object] = {}
+_client = None  # core.worker_client.WorkerClient, once started
 _device: dict = {}
 _started = threading.Event()
 _device_done = threading.Event()
 _warmed = threading.Event()  # the warm-up has loaded the model (or given up)
-_model_loaded = threading.Event()  # ... and it did load one: torch is imported in this process
-MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
-# What the pages import (pandas, PIL and numpy among them: about a second on a small CPU), imported by the warm-up
-# before torch, so that the first visit of each page finds them loaded. Torch-free, as the pages are.
+_model_loaded = threading.Event()  # ... in this process (CAPTION_WORKER=0) and it did load one: torch is imported here
+# What the pages import (pandas, PIL and numpy among them: about a second on a small CPU), imported in a thread, so
+# that the first visit of each page finds them loaded. Torch-free, as the pages are.
 PAGE_MODULES = ("core.bundle", "core.data", "core.paths", "core.library", "core.jobs", "core.runs", "ui.device",
                 "ui.loader", "ui.nav", "ui.inputs", "ui.images", "ui.results", "ui.review", "ui.library_view",
                 "ui.monitor")
 
 
-def weights_version(bundle_path: Path) -> float:
-    """The weights file's mtime: a bundle retrained in place is loaded afresh."""
-    weights = Path(bundle_path) / "model.safetensors"
-    return weights.stat().st_mtime if weights.exists() else 0.0
+def use_worker() -> bool:
+    return os.environ.get(WORKER_ENV, "").strip() != "0"
 
 
 def captioner(bundle_path: Path | str, device: str = "auto"):
-    """The Captioner of a bundle, loaded once per (bundle, device, weights version); waits for a load in progress."""
-    key = (str(Path(bundle_path).resolve()), device, weights_version(Path(bundle_path)))
-    with _lock:
-        if key in _captioners:
-            return _captioners[key]
-        one = _loading.setdefault(key, threading.Lock())
-    with one:  # a second caller (the warm-up, another session) waits for the first load instead of repeating it
-        if key not in _captioners:
-            from core.caption import Captioner
+    """What the pages caption with: a Captioner-like handle on the bundle loaded in the worker (or, with
+    CAPTION_WORKER=0, the Captioner in this process). Raises BundleError when the model cannot be loaded."""
+    if use_worker():
+        return client().captioner(bundle_path, device)
+    from core.worker import loaded_captioner
 
-            loaded = Captioner(bundle_path, device=device)
-            with _lock:
-                while len(_captioners) >= MAX_MODELS:
-                    _captioners.pop(next(iter(_captioners)))
-                _captioners[key] = loaded
-        return _captioners[key]
+    return loaded_captioner(bundle_path, device)
+
+
+def client():
+    """The server's one WorkerClient, started if need be (and started again if the worker ended)."""
+    global _client
+    with _lock:
+        if _client is None:
+            from core.worker_client import WorkerClient
+
+            _client = WorkerClient(warm=_active_model())
+        _client.start()
+        return _client
+
+
+def _active_model() -> Path | None:
+    from core.bundle import get_active
+    from core.paths import models_dir
+
+    try:
+        active = get_active(models_dir())
+    except Exception:  # no model yet: the worker starts without one
+        return None
+    return active if (active / "model.safetensors").exists() else None
 
 
 def device_info() -> dict | None:
@@ -61,44 +78,38 @@ def wait_for_device(timeout: float) -> bool:
 
 
 def _look_at_device() -> None:
-    # In this process, once the model is loaded: torch is imported by then and "auto" has looked at the GPU to load
-    # it, so the report costs milliseconds. A subprocess (as ui.device does for pages that must not load torch)
-    # imported torch a second time, 2-3 s of CPU that competed with the first captions on 2 cores (measured with
-    # bench/bench_first_impression.py). The Home page shows "looking..." until then.
-    # Without a loaded model (none yet, or a broken one) the server has no other use for torch: the report is made
-    # in a subprocess then, as before, and the server stays light.
-    _warmed.wait(60)
+    # Made where torch is imported anyway, once the model is loaded, so that it costs milliseconds and does not
+    # compete with the first captions: in the worker; with CAPTION_WORKER=0 in this process once the warm-up loaded
+    # the model, else in a subprocess (the server has no other use for torch then, and stays light).
     try:
         from dataclasses import asdict
 
-        from core.device import device_report, device_report_subprocess
+        if use_worker():
+            _device.update(client().device_report())
+        else:
+            from core.device import device_report, device_report_subprocess
 
-        _device.update(asdict(device_report() if _model_loaded.is_set() else device_report_subprocess()))
+            _warmed.wait(60)
+            _device.update(asdict(device_report() if _model_loaded.is_set() else device_report_subprocess()))
     except Exception as e:
         _device["error"] = str(e)
     finally:
+        _warmed.set()
         _device_done.set()
 
 
-def _warm() -> None:
-    from core.bundle import get_active
-    from core.paths import models_dir
+def _warm_here() -> None:
+    """CAPTION_WORKER=0: load the active model in this process, and caption one tiny image with it."""
+    from core.worker import warm_up
 
-    active = get_active(models_dir())
-    if (active / "model.safetensors").exists():
-        # one tiny caption too: the first forward pass of a model sets up its kernels, which costs time once
-        captioner(active, "auto").caption([("warm-up", _tiny_jpeg())], beam=1, max_len=2)
-        _model_loaded.set()
-
-
-def _tiny_jpeg() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="JPEG")
-    return buf.getvalue()
+    try:
+        active = _active_model()
+        if active is not None and warm_up(active):
+            _model_loaded.set()
+    except Exception:  # a broken model is reported, in plain words, by the page that uses it
+        pass
+    finally:
+        _warmed.set()
 
 
 def _import_pages() -> None:
@@ -111,14 +122,22 @@ def _import_pages() -> None:
             pass
 
 
-def _run() -> None:
-    try:
-        _import_pages()
-        _warm()
-    except Exception:  # a broken model is reported, in plain words, by the page that uses it
-        pass
-    finally:
-        _warmed.set()
+_preloading = threading.Event()
+
+
+def preload_pages() -> None:
+    """Import the pages' modules in a thread, once (Home calls it when it is drawn): in the server's interpreter
+    this competes with drawing a page, so it waits for the first one (bench/bench_first_impression.py)."""
+    with _lock:
+        if _preloading.is_set():
+            return
+        _preloading.set()
+    threading.Thread(target=_import_pages, name="caption-page-imports", daemon=True).start()
+
+
+def _run_here() -> None:
+    _import_pages()
+    _warm_here()
 
 
 def start() -> None:
@@ -127,15 +146,26 @@ def start() -> None:
         if _started.is_set():
             return
         _started.set()
+    if use_worker():
+        client()  # the pages' modules are imported by preload_pages(), once the first page is drawn
+    else:
+        threading.Thread(target=_run_here, name="caption-warm-up", daemon=True).start()
     threading.Thread(target=_look_at_device, name="caption-device-report", daemon=True).start()
-    threading.Thread(target=_run, name="caption-warm-up", daemon=True).start()
 
 
 def reset() -> None:
-    """Forget the device report and start afresh on the next page (tests; a server restart does this too)."""
+    """Stop the worker, forget the loaded models and the device report; the next page starts afresh (tests)."""
+    global _client
     with _lock:
+        if _client is not None:
+            _client.stop()
+            _client = None
         _device.clear()
         _device_done.clear()
         _warmed.clear()
         _model_loaded.clear()
         _started.clear()
+        _preloading.clear()
+    from core import worker
+
+    worker.forget_models()

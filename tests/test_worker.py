@@ -1,0 +1,155 @@
+"""The caption worker (core.worker) and the server's client for it (core.worker_client): the same captions as a
+Captioner in this process, bad input failing alone, cancel, concurrent requests, a killed worker, and a worker that
+never outlives its server."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from app_fixtures import jpeg_bytes, make_tiny_bundle
+from core.bundle import BundleError
+from core.worker_client import WorkerClient, WorkerStopped
+
+ROOT = Path(__file__).resolve().parent.parent
+COLOURS = [(220, 20, 20), (20, 20, 220), (20, 200, 20), (240, 220, 30), (128, 128, 128)]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("models") / "tiny", decoder="attention")
+
+
+@pytest.fixture(scope="module")
+def client(bundle):
+    c = WorkerClient(warm=bundle)
+    c.start()
+    yield c
+    c.stop()
+
+
+def items(n: int) -> list[tuple[str, bytes]]:
+    return [(f"{i}.jpg", jpeg_bytes(COLOURS[i % len(COLOURS)], size=(48 + i, 40))) for i in range(n)]
+
+
+def wait_gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_worker_captions_as_a_captioner_here_does(client, bundle, tmp_path):
+    """Uploads (bytes) and files (paths) alike, with every option the pages use; a bad file fails alone."""
+    from core.caption import Captioner
+
+    path = tmp_path / "on-disk.png"
+    path.write_bytes(jpeg_bytes((10, 120, 200), fmt="PNG"))
+    batch = items(6) + [("broken.jpg", b"not an image"), ("on-disk.png", path)]
+    options = dict(beam=3, max_len=6, batch_size=4, num_captions=2, object_words=True)
+    remote = client.captioner(bundle).caption(batch, **options)
+    here = Captioner(bundle, device="cpu").caption(batch, **options)
+    assert [r.image for r in remote] == [name for name, _ in batch]
+    for a, b in zip(remote, here):
+        assert (a.caption, a.score, a.alternatives, a.words, a.tags, a.error) == \
+               (b.caption, b.score, b.alternatives, b.words, b.tags, b.error)
+        if b.attention is None:
+            assert a.attention is None
+        else:  # carried with 4 decimals: the heat maps are drawn, not computed with
+            assert a.attention.shape == b.attention.shape and np.allclose(a.attention, b.attention, atol=1e-4)
+    assert remote[6].error and "not an image" in remote[6].error and remote[7].caption
+
+
+def test_a_model_that_cannot_load_is_a_bundle_error(client, tmp_path):
+    with pytest.raises(BundleError, match="model.safetensors is missing"):
+        client.captioner(tmp_path)
+    assert client.alive()
+
+
+def test_cancel_stops_after_the_current_batch_and_the_worker_serves_on(client, bundle):
+    captioner = client.captioner(bundle)
+    many = items(40)
+    batches = captioner.iter_captions(many, beam=2, max_len=5, batch_size=4)
+    first = next(batches)
+    assert [r.image for r in first] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    batches.close()  # what a Cancel on the page does: returns once the worker has stopped the request
+    assert not client._waiting  # nothing left waiting for answers
+    again = captioner.caption(many[:3], beam=2, max_len=5)  # the next request gets its own answers, in order
+    assert [r.image for r in again] == ["0.jpg", "1.jpg", "2.jpg"] and all(r.caption for r in again)
+
+
+def test_requests_run_side_by_side(client, bundle):
+    """Two pages at once: a long request does not hold up a short one, and neither gets the other's answers."""
+    captioner = client.captioner(bundle)
+    got = {}
+
+    def run(name, batch):
+        got[name] = captioner.caption(batch, beam=2, max_len=5, batch_size=2)
+
+    long_batch, short_batch = items(30), items(3)[::-1]
+    threads = [threading.Thread(target=run, args=("long", long_batch)),
+               threading.Thread(target=run, args=("short", short_batch))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [r.image for r in got["long"]] == [n for n, _ in long_batch]
+    assert [r.image for r in got["short"]] == [n for n, _ in short_batch]
+
+
+def test_a_killed_worker_fails_the_waiting_request_and_the_next_one_starts_another(bundle):
+    c = WorkerClient(warm=None)
+    try:
+        captioner = c.captioner(bundle)
+        first_pid = c.pid
+        batches = captioner.iter_captions(items(200), beam=3, max_len=8, batch_size=2)
+        next(batches)
+        os.kill(first_pid, signal.SIGKILL)  # what the system's out-of-memory killer does
+        with pytest.raises(WorkerStopped, match="The caption worker stopped"):
+            for _ in batches:
+                pass
+        results = c.captioner(bundle).caption(items(2), beam=2, max_len=5)
+        assert c.pid != first_pid and [r.image for r in results] == ["0.jpg", "1.jpg"]
+    finally:
+        c.stop()
+
+
+def test_the_worker_runs_at_a_lower_priority_and_ends_with_its_server(tmp_path):
+    """The server killed outright (no chance to stop anything): the worker sees its stdin close and exits."""
+    code = ("from core.worker_client import WorkerClient\nimport time\n"
+            "c = WorkerClient(warm=None)\nc.start()\nc.device_report()\nprint(c.pid, flush=True)\ntime.sleep(600)\n")
+    server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(server.stdout.readline())
+        if os.name != "nt":
+            assert psutil.Process(pid).nice() == 10
+        server.kill()
+        server.wait()
+        assert wait_gone(pid), "the worker outlived its server"
+    finally:
+        server.kill()
+
+
+def test_the_worker_cli_answers_a_request_on_stdin(bundle):
+    """`python -m core.worker` on its own: JSON Lines in, JSON Lines out; nothing else on stdout."""
+    import json
+
+    request = {"id": 7, "op": "caption", "bundle": str(bundle), "device": "cpu",
+               "items": [["p.jpg", {"bytes": __import__("base64").b64encode(jpeg_bytes()).decode()}]],
+               "options": {"beam": 2, "max_len": 4}}
+    out = subprocess.run([sys.executable, "-m", "core.worker"], cwd=ROOT, input=json.dumps(request) + "\n",
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [a["id"] for a in answers] == [7, 7] and answers[-1] == {"id": 7, "end": True}
+    assert answers[0]["results"][0]["image"] == "p.jpg" and answers[0]["results"][0]["caption"]
