@@ -146,6 +146,14 @@ class Worker:
 
     def _warm(self) -> None:
         try:
+            if self.warm_bundle == "active":  # found here, so that the server starts without looking
+                from core.bundle import get_active
+                from core.paths import models_dir
+
+                try:
+                    self.warm_bundle = str(get_active(models_dir()))
+                except Exception:  # no model yet: nothing to warm up
+                    self.warm_bundle = None
             if self.warm_bundle:
                 warm_up(self.warm_bundle)
         except Exception as e:  # a broken model is reported, in plain words, to the page that asks for it
@@ -200,7 +208,8 @@ def lower_priority(nice: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Caption requests (JSON Lines) on stdin, answers on stdout. Started by "
                                             "the app's server (core.worker_client); exits when stdin closes.")
-    p.add_argument("--warm", default=None, help="a model folder to load (and caption one tiny image with) at once")
+    p.add_argument("--warm", default=None, help="a model folder to load (and caption one tiny image with) at once; "
+                                                "'active': the active model of the models folder (core.paths)")
     p.add_argument("--nice", type=int, default=0, help="run at this lower CPU priority (a nice value, 1-19; on "
                                                         "Windows any value above 0 means 'below normal')")
     args = p.parse_args(argv)

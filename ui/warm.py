@@ -52,7 +52,7 @@ def client():
         if _client is None:
             from core.worker_client import WorkerClient
 
-            _client = WorkerClient(warm=_active_model())
+            _client = WorkerClient(warm="active")  # the worker looks for it: the server starts without importing it
         _client.start()
         return _client
 
