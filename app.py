@@ -39,9 +39,11 @@ def model_section() -> None:
         for col, (name, value) in zip(cols, figures.items()):
             col.metric(name, f"{value:.1f}" if value > 1 else f"{value:.3f}")
         st.caption(f"Scores from {source}.")
-    if b.card:
-        with st.expander("Model card"):
-            st.markdown(b.card)
+    # on request: the card (13 KB of tables for the default model) is rendered by the browser even inside a collapsed
+    # expander, and that made Home appear about a second later (bench/bench_first_impression.py)
+    if b.card and st.toggle("Show the model card", key="show-card", help="How it was trained, its scores by "
+                            "dataset, what it does well and badly"):
+        st.markdown(b.card)
 
 
 def device_line() -> None:

@@ -78,6 +78,9 @@ def test_home_shows_model_device_dataset_and_links(models, runs):
     assert [m.label for m in at.metric] == ["BLEU-4", "CIDEr"] and "Scores from validation" in body
     assert [p.proto.label for p in at.sidebar.get("page_link")] == ["Home", "Caption", "Train"]  # not "app"
     assert len(at.get("page_link")) == 5  # and two links in the page
+    assert "A random test model." not in body  # the card on request only: it is slow for the browser to draw
+    at.toggle(key="show-card").set_value(True).run()
+    assert "A random test model." in texts(at)
 
 
 def test_home_without_models(tmp_path, monkeypatch, runs):
