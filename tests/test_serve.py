@@ -20,21 +20,26 @@ with open(os.environ["FAKE_STREAMLIT_LOG"], "w") as f:
 """
 
 
-def test_serve_starts_the_warm_up_then_streamlit_with_the_arguments(tmp_path):
+def serve_with_a_fake_streamlit(tmp_path, args: list[str], **settings: str) -> dict:
+    """Run `python -m ui.serve ARGS` with FAKE_MAIN as Streamlit and no model (the warm-up stays cheap); what
+    FAKE_MAIN wrote down."""
     site = tmp_path / "fake-site" / "streamlit"
     site.mkdir(parents=True)
     (site / "__init__.py").write_text("")
     (site / "__main__.py").write_text(FAKE_MAIN)
     log = tmp_path / "call.json"
-    models = tmp_path / "models"  # no model: the warm-up has nothing to load (and stays cheap)
-    models.mkdir()
+    (tmp_path / "models").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTION_", "PYTHON"))}
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "fake-site"), str(ROOT)]), FAKE_STREAMLIT_LOG=str(log),
-               CAPTION_MODELS_DIR=str(models), CAPTION_FORCE_CPU="1")
-    result = subprocess.run([sys.executable, "-m", "ui.serve", "--server.port", "8765", "--server.headless", "true"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+               CAPTION_MODELS_DIR=str(tmp_path / "models"), CAPTION_FORCE_CPU="1", **settings)
+    result = subprocess.run([sys.executable, "-m", "ui.serve", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    call = json.loads(log.read_text())
+    return json.loads(log.read_text())
+
+
+def test_serve_starts_the_warm_up_then_streamlit_with_the_arguments(tmp_path):
+    call = serve_with_a_fake_streamlit(tmp_path, ["--server.port", "8765", "--server.headless", "true"])
     assert call["argv"] == ["run", "app.py", "--server.port", "8765", "--server.headless", "true"]
     # the caption worker (a process of its own: on any number of cores) is running while Streamlit starts
     assert call["started"] and call["worker"] and "caption-device-report" in call["threads"]
@@ -45,20 +50,7 @@ def test_serve_starts_the_warm_up_then_streamlit_with_the_arguments(tmp_path):
 
 
 def test_without_the_worker_the_warm_up_is_a_thread_of_the_server(tmp_path):
-    site = tmp_path / "fake-site" / "streamlit"
-    site.mkdir(parents=True)
-    (site / "__init__.py").write_text("")
-    (site / "__main__.py").write_text(FAKE_MAIN)
-    log = tmp_path / "call.json"
-    (tmp_path / "models").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTION_", "PYTHON"))}
-    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "fake-site"), str(ROOT)]), FAKE_STREAMLIT_LOG=str(log),
-               CAPTION_MODELS_DIR=str(tmp_path / "models"), CAPTION_FORCE_CPU="1", CAPTION_EARLY_WARMUP="1",
-               CAPTION_WORKER="0")
-    result = subprocess.run([sys.executable, "-m", "ui.serve"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    call = json.loads(log.read_text())
+    call = serve_with_a_fake_streamlit(tmp_path, [], CAPTION_EARLY_WARMUP="1", CAPTION_WORKER="0")
     assert call["started"] and "caption-warm-up" in call["threads"] and call["worker"] is None
 
 
