@@ -3,9 +3,10 @@
 The models live in the caption worker, a process of its own (core.worker says why), which start() launches: the
 launchers' `python -m ui.serve` calls it before the server starts, and under a plain `streamlit run app.py` the first
 page does. The worker loads the active model at once, at a lower CPU priority, while the server and the browser draw
-the first page; the pages then get their captions from it through `captioner()`. Here, in the server, a thread
-imports the pages' own modules (so that the first visit of each page finds them loaded) and another one asks the
-worker for the compute-device report, once its model is loaded. No Streamlit here: the threads have no page to draw on.
+the first page; the pages then get their captions from it through `captioner()`. Here, in the server, a thread asks
+the worker for the compute-device report, once its model is loaded, and another one, started once Home is drawn
+(preload_pages), imports the other pages' modules, so that their first visit finds them loaded. No Streamlit here:
+the threads have no page to draw on.
 
 CAPTION_WORKER=0 keeps the models in the server's own process instead (a thread loads the active model there), as
 before the worker existed; tests that stub torch in the server's process use it.
