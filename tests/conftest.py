@@ -94,3 +94,15 @@ def tiny_attention_bundle(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("tiny_attention")
     data = make_flickr(tmp / "flickr")
     return run(tiny_train_config(data, tmp, decoder="attention", epochs=40), tmp / "run")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_caption_worker_left_behind():
+    """A module whose pages started the caption worker (ui.warm) stops it when it ends, so that later modules (the
+    torchrun tests among them) run without it."""
+    yield
+    import sys
+
+    warm = sys.modules.get("ui.warm")
+    if warm is not None and warm._client is not None:
+        warm.reset()
