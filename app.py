@@ -81,7 +81,7 @@ def main() -> None:
                  icon=":material/model_training:")
     model_section()
     st.subheader("This computer")
-    warm.start()  # after the page's first part is on its way: torch is imported in the background from here
+    warm.start()  # after the page's first part is on its way (ui.serve has started it already; a bare `streamlit run` has not)
     device_line()
     found, detail = coco_status()
     if found:

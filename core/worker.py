@@ -71,6 +71,18 @@ def forget_models() -> None:
         _loading.clear()
 
 
+def active_bundle() -> Path | None:
+    """The models folder's active bundle (core.paths), or None when there is no model with weights yet."""
+    from core.bundle import get_active
+    from core.paths import models_dir
+
+    try:
+        active = get_active(models_dir())
+    except Exception:  # no active.json and no default model
+        return None
+    return active if (active / "model.safetensors").exists() else None
+
+
 def warm_up(bundle_path: Path | str) -> bool:
     """Load a bundle and caption one tiny image (a model's first forward pass sets up its kernels, once).
     False when there is no model there."""
@@ -147,13 +159,8 @@ class Worker:
     def _warm(self) -> None:
         try:
             if self.warm_bundle == "active":  # found here, so that the server starts without looking
-                from core.bundle import get_active
-                from core.paths import models_dir
-
-                try:
-                    self.warm_bundle = str(get_active(models_dir()))
-                except Exception:  # no model yet: nothing to warm up
-                    self.warm_bundle = None
+                found = active_bundle()
+                self.warm_bundle = str(found) if found else None
             if self.warm_bundle:
                 warm_up(self.warm_bundle)
         except Exception as e:  # a broken model is reported, in plain words, to the page that asks for it

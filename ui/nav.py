@@ -11,7 +11,7 @@ PAGES = [("app.py", "Home", ":material/home:"), ("pages/1_Caption.py", "Caption"
 def sidebar_menu(warm_up: bool = True) -> None:
     """The menu, and the model warm-up (idempotent), which every page starts so that any first page benefits.
 
-    Home starts the warm-up itself, once it is drawn, so that the import of torch does not compete with it."""
+    Home starts the warm-up itself, once its first part is drawn, so that starting it does not delay that part."""
     if warm_up:
         from ui import warm
 

@@ -58,17 +58,6 @@ def client():
         return _client
 
 
-def _active_model() -> Path | None:
-    from core.bundle import get_active
-    from core.paths import models_dir
-
-    try:
-        active = get_active(models_dir())
-    except Exception:  # no model yet: the worker starts without one
-        return None
-    return active if (active / "model.safetensors").exists() else None
-
-
 def device_info() -> dict | None:
     """core.device's DeviceReport as a dict once the warm-up has made it, else None; {"error": message} if that failed."""
     return dict(_device) if _device else None
@@ -101,10 +90,10 @@ def _look_at_device() -> None:
 
 def _warm_here() -> None:
     """CAPTION_WORKER=0: load the active model in this process, and caption one tiny image with it."""
-    from core.worker import warm_up
+    from core.worker import active_bundle, warm_up
 
     try:
-        active = _active_model()
+        active = active_bundle()
         if active is not None and warm_up(active):
             _model_loaded.set()
     except Exception:  # a broken model is reported, in plain words, by the page that uses it
