@@ -16,18 +16,49 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 if TYPE_CHECKING:
     import torch
 
+# iPhones save HEIC (HEVC in a HEIF box); pillow-heif teaches Pillow to read it (format "HEIF"), applying the
+# file's rotation itself, so exif_transpose below finds orientation 1 and does not turn it twice.
+pillow_heif.register_heif_opener(thumbnails=False)
+# AVIF: Pillow's own plugin, in its wheels for Linux, macOS and Windows since 11.3; a build without libavif lists none
+AVIF = features.check("avif")
+
 # The one list of image files the app reads (uploads, zips, folders, datasets): extension -> Pillow format.
 # Files are opened with only these decoders, whatever their name says: an EPS renamed .jpg never reaches Ghostscript.
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
-                 ".tif": "TIFF", ".tiff": "TIFF"}
+                 ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF",
+                 **({".avif": "AVIF"} if AVIF else {})}
 IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
 PIL_FORMATS = tuple(dict.fromkeys(IMAGE_FORMATS.values()))  # JPEG covers phones' multi-picture JPEGs (MPO) too
-FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF"
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC/HEIF" + (", AVIF" if AVIF else "")
+# Files people try that are not read, with what to do instead (the row's error): suffix -> reason
+NOT_READ = {
+    **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".pef", ".srw"),
+                    "a camera RAW file, which is not read here; export it as JPEG (or HEIC) first"),
+    **dict.fromkeys((".mov", ".mp4", ".m4v", ".avi", ".mkv", ".3gp"),
+                    "a video (e.g. a Live Photo's movie part), not a photo; only still images are captioned"),
+    **dict.fromkeys((".svg", ".eps", ".ps", ".pdf", ".psd", ".ico", ".jxl"),
+                    "not one of the image formats read here"),
+}
+
+
+def not_read_reason(name: str) -> str | None:
+    """Why a file is not read, judged by its name alone (zips and folders cannot afford to open everything),
+    or None when its extension is one of IMAGE_EXTENSIONS."""
+    suffix = Path(name).suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return None
+    if suffix == ".avif":
+        return "AVIF is not read by this build of Pillow (it was built without libavif); convert it to JPEG"
+    known = NOT_READ.get(suffix, "not an image file")
+    return f"{known} ({suffix or 'no extension'}); the images read are {FORMAT_NAMES}"
+
+
 MAX_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs); 48-MP photos pass
 DRAFT_SIDE = 512  # JPEGs decode at the smallest 1/2, 1/4 or 1/8 scale still at least this big (Pillow's draft)
 # Pillow's own bomb check warns above MAX_IMAGE_PIXELS and raises above twice that; ours refuses above MAX_PIXELS

@@ -29,6 +29,20 @@ def make_image(path: Path, colour: str, shape: str, size: int = 48, seed: int = 
     return path
 
 
+def make_phone_photo(path: Path, orientation: int = 1) -> Path:
+    """A 40 x 20 photo, red left half and blue right half, saved in the format its suffix names (.heic/.heif
+    through pillow-heif, .avif through Pillow, .jpg...) with this EXIF orientation (6: shown turned 90 degrees
+    clockwise, as a phone held upright saves it): decoded upright it is 20 x 40, red on top."""
+    img = Image.new("RGB", (40, 20), (220, 20, 20))
+    img.paste((20, 20, 220), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    fmt = {".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF", ".jpg": "JPEG"}[path.suffix.lower()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, exif=exif.tobytes(), quality=95)
+    return path
+
+
 def make_flickr(root: Path, per_class: int = 2, split_files: bool = True) -> Path:
     """Flickr layout: captions.txt + images/ (+ split lists); caption = "a <colour> <shape>" in 2 phrasings."""
     rows, names = [], []

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_coco, make_flickr, make_image
+from conftest import make_coco, make_flickr, make_image, make_phone_photo
 from core import data
 from core.data import ImageError, collect_images, inspect_dataset, load_image, load_split, preprocess
 
@@ -133,7 +133,7 @@ def test_only_the_accepted_formats_are_decoded(monkeypatch):
     with pytest.raises(ImageError, match="not one of the formats read here"):
         load_image(eps)  # e.g. named photo.jpg
     assert not tried  # Ghostscript's plugin was never asked
-    assert data.PIL_FORMATS == ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+    assert data.PIL_FORMATS == ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "HEIF", "AVIF")
 
 
 def test_a_refused_input_is_an_error_row():
@@ -228,3 +228,64 @@ def test_train_and_val_sharing_images_is_reported(tmp_path):
     train, _ = load_split(root, "train")
     val, _ = load_split(root, "val")
     assert [p.name for p in data.shared_images(train, val)] == ["000000000002.jpg", "000000000003.jpg"]
+
+
+# ----------------------------------------------------------------------------------- iPhone photos: HEIC, AVIF
+
+def _upright(img):
+    """The phone photo decoded as it is shown: 20 x 40, red on top, blue below."""
+    assert img.size == (20, 40)
+    top, bottom = img.getpixel((10, 5)), img.getpixel((10, 35))
+    assert top[0] > 180 > top[2] and bottom[2] > 180 > bottom[0]
+    return True
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".heif", ".avif"])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_heic_and_avif_decode_turned_as_their_exif_says(tmp_path, suffix, orientation):
+    path = make_phone_photo(tmp_path / f"IMG_0001{suffix}", orientation)
+    reference = load_image(make_phone_photo(tmp_path / "ref.jpg", orientation))  # the JPEG path, tested above
+    for source in (path, path.read_bytes()):
+        img = load_image(source)
+        assert img.size == reference.size
+        assert np.abs(np.asarray(img, int) - np.asarray(reference, int)).mean() < 8  # lossy codecs, same picture
+    if orientation == 6:
+        assert _upright(load_image(path)) and _upright(reference)
+    assert data.probe_image(path)[0] == ("AVIF" if suffix == ".avif" else "HEIF")
+
+
+def test_a_damaged_heic_is_an_error_not_a_crash(tmp_path):
+    good = make_phone_photo(tmp_path / "a.heic").read_bytes()
+    with pytest.raises(ImageError):
+        load_image(good[: len(good) // 2])
+
+
+def test_folders_and_datasets_find_heic_and_avif(tmp_path):
+    from core.library import find_images
+
+    folder = tmp_path / "phone"
+    names = ["IMG_1.HEIC", "IMG_2.heif", "IMG_3.avif", "IMG_4.jpg"]
+    for n in names:
+        make_phone_photo(folder / n.replace("HEIC", "heic"), 6).rename(folder / n)
+    (folder / "IMG_1.MOV").write_bytes(b"not a photo")
+    assert [p.name for p in collect_images([folder])] == sorted(names)
+    assert [p.name for p in find_images(folder)] == sorted(names)
+
+    # a Flickr-layout dataset of phone photos: listed, found and decoded (upright) like any other
+    root = tmp_path / "ds"
+    rows = [(n, f"a photo {k}") for k, n in enumerate(names)]
+    for n in names:
+        make_phone_photo(root / "images" / n, 6)
+    (root / "captions.txt").write_text("image,caption\n" + "".join(f"{n},{c}\n" for n, c in rows))
+    (root / "Flickr_8k.trainImages.txt").write_text("\n".join(names) + "\n")
+    items, missing = load_split(root, "train")
+    assert missing == 0 and [it.path.name for it in items] == sorted(names)
+    idx, x, errors = next(data.iter_image_batches([it.path for it in items], 32, (0.5,) * 3, (0.5,) * 3, 8))
+    assert idx == [0, 1, 2, 3] and not errors and x.shape == (4, 3, 32, 32)
+
+
+def test_files_not_read_say_what_they_are():
+    assert data.not_read_reason("IMG_1.HEIC") is None and data.not_read_reason("x.avif") is None
+    assert "video" in data.not_read_reason("IMG_1.MOV") and "RAW" in data.not_read_reason("DSC_1.NEF")
+    assert data.not_read_reason("notes.txt").startswith("not an image file (.txt)")
+    assert "HEIC" in data.not_read_reason("README") and "no extension" in data.not_read_reason("README")

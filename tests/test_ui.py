@@ -165,7 +165,9 @@ def test_one_list_of_image_formats():
     from core import data
 
     assert inputs.IMAGE_EXTENSIONS is data.IMAGE_EXTENSIONS
-    assert inputs.UPLOAD_TYPES == [e.lstrip(".") for e in data.IMAGE_EXTENSIONS] + ["zip"]
+    assert inputs.IMAGE_TYPES == [e.lstrip(".") for e in data.IMAGE_EXTENSIONS] + ["zip"]
+    assert {"heic", "heif", "avif"} <= set(inputs.IMAGE_TYPES)
+    assert inputs.UPLOAD_TYPES is None  # the widget takes any file; read_uploads says why one is not read
     assert set(data.IMAGE_FORMATS.values()) == set(data.PIL_FORMATS)
 
 
@@ -187,3 +189,32 @@ def test_thumbnail_and_overlay():
     px = np.asarray(out)
     assert px[0, 0].sum() > px[-1, -1].sum()  # the attended corner is the bright one
     assert images.attention_overlay(img, np.zeros((7, 7))).size == (224, 168)
+
+
+def test_iphone_photos_upload_and_unzip_upright(tmp_path):
+    from conftest import make_phone_photo
+
+    heic = make_phone_photo(tmp_path / "IMG_0001.HEIC", 6).read_bytes()
+    avif = make_phone_photo(tmp_path / "IMG_0002.avif", 6).read_bytes()
+    zipped = make_zip({"trip/IMG_0003.heic": heic, "trip/IMG_0004.AVIF": avif, "trip/IMG_0003.MOV": b"\0\0 ftypqt",
+                       "trip/DSC_1.NEF": b"raw", "__MACOSX/trip/._IMG_0003.heic": b"junk"})
+    items, problems = inputs.read_uploads([Upload("IMG_0001.HEIC", heic), Upload("IMG_0002.avif", avif),
+                                           Upload("trip.zip", zipped), Upload("clip.mov", b"\0\0\0 ftypqt  "),
+                                           Upload("notes.txt", b"hello"), Upload("photos/.DS_Store", b"\0"),
+                                           Upload("photos/._IMG_0001.HEIC", b"\0")])
+    names = [n for n, _ in items]
+    assert names == ["IMG_0001.HEIC", "IMG_0002.avif", "trip/IMG_0003.heic", "trip/IMG_0004.AVIF",
+                     "trip/IMG_0003.MOV", "trip/DSC_1.NEF", "clip.mov", "notes.txt"]  # every file of the user's
+    why = errors(items)
+    assert set(why) == {"trip/IMG_0003.MOV", "trip/DSC_1.NEF", "clip.mov", "notes.txt"}
+    assert "video" in why["clip.mov"] and "video" in why["trip/IMG_0003.MOV"] and "RAW" in why["trip/DSC_1.NEF"]
+    assert why["notes.txt"].startswith("not an image file (.txt)") and "HEIC" in why["notes.txt"]
+    assert problems == ["4 of 8 files cannot be captioned; the error column says why."]
+    for _, source in items[:4]:
+        img = images.open_image(source)
+        assert img.size == (20, 40) and img.getpixel((10, 5))[0] > 180  # turned upright: red on top
+
+
+def test_an_image_under_another_name_is_still_read():
+    items, _ = inputs.read_uploads([Upload("photo.jpeg.download", jpeg())])
+    assert not errors(items)

@@ -15,9 +15,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from core.data import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageError, Refused, probe_image
+from core.data import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageError, Refused, not_read_reason, probe_image
 
-UPLOAD_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS] + ["zip"]
+IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS] + ["zip"]  # what is read
+# The upload widgets take any file: one the widget refused would be greyed out with only a hover tooltip (an
+# iPhone's .mov, a RAW file), where read_uploads gives it a row saying why.
+UPLOAD_TYPES = None
 MAX_FILES = 2000  # rows in one batch
 MAX_MEMBER_BYTES = 50_000_000  # one image inside a zip
 MAX_BATCH_BYTES = 500_000_000  # all files and unpacked zip members of one batch, as held in memory
@@ -74,12 +77,12 @@ class _Budget:
         self.bytes -= n
         return None
 
-    def admit(self, data: bytes) -> bytes | Refused:
+    def admit(self, data: bytes, name: str = "") -> bytes | Refused:
         """The file's bytes if it is an image within the per-image and per-batch limits, else why not."""
         try:
             _, w, h = probe_image(data)
-        except ImageError as e:
-            return Refused(str(e))
+        except ImageError as e:  # an image under any name is read; a file that is not one says what it seems to be
+            return Refused((data and not_read_reason(name)) or str(e))
         if w * h > self.pixels:
             return Refused(f"skipped: the batch is over its budget of {MAX_BATCH_PIXELS / 1e9:g} gigapixels; "
                            "caption the rest in another batch")
@@ -94,7 +97,7 @@ def _member_problem(m: zipfile.ZipInfo, path: PurePosixPath) -> str | None:
     if path.suffix.lower() == ".zip":
         return "a zip inside the zip is not unpacked; upload it on its own"
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not an image file ({path.suffix or 'no extension'}); the images read are {FORMAT_NAMES}"
+        return not_read_reason(path.name)
     if m.compress_type not in _METHODS:
         method = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}.get(m.compress_type, f"method {m.compress_type}")
         return f"packed with {method}, which is not unpacked here; zip it again with the usual (deflate) compression"
@@ -151,7 +154,10 @@ def read_uploads(files) -> tuple[list[tuple[str, bytes | Refused]], list[str]]:
     items, seen, budget = [], set(), _Budget.full()
     several_zips = sum(safe_name(f.name).lower().endswith(".zip") for f in files) > 1
     for f in files:
-        name, data = safe_name(f.name), f.getvalue()
+        name, base = safe_name(f.name), PurePosixPath(str(f.name).replace("\\", "/")).name
+        if base in _JUNK or base.startswith("._"):
+            continue  # what macOS and Windows put in a folder by themselves (a folder upload brings them along)
+        data = f.getvalue()
         if name.lower().endswith(".zip"):
             for member, source in unzip_images(data, budget):
                 label = safe_path(member) if member else ""
@@ -162,7 +168,7 @@ def read_uploads(files) -> tuple[list[tuple[str, bytes | Refused]], list[str]]:
         else:
             budget.files -= 1
             problem = budget.take_bytes(len(data))
-            items.append((_unique(name, seen), Refused(problem) if problem else budget.admit(data)))
+            items.append((_unique(name, seen), Refused(problem) if problem else budget.admit(data, name)))
         del data  # a zip's packed bytes are not needed once its members are out
     refused = sum(isinstance(s, Refused) for _, s in items)
     problems = [f"{refused} of {len(items)} files cannot be captioned; the error column says why."] if refused else []
