@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import datetime
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -17,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import distributed as dist
-from .bundle import DEFAULT_MODEL, load_bundle
+from .bundle import DEFAULT_MODEL, BundleError, get_active, load_bundle
 from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
 from .confidence import Calibration
 from .data import collect_images, iter_image_batches
@@ -26,8 +25,10 @@ from .device import encoder_autocast, pick_device
 from .files import atomic_write_bytes
 from .library import (CSV_COLUMNS, EXISTING, LibraryConfig, caption_library, csv_bytes, csv_rows,  # noqa: F401 (API)
                       csv_table, write_csv)
+from .paths import models_dir
+from .progress import PhotoProgress
 from .result import CaptionResult
-from .tags import guide_words, image_tags
+from .tags import GUIDE_MIN_PROB, MAX_TAGS, TAG_MIN_PROB, guide_words, image_tags
 from .vocabulary import END, PAD
 
 ENCODE_BATCH = 32  # images per encoder call: the fastest per image on a 2-core CPU (64 measured 20% slower)
@@ -46,6 +47,7 @@ class Captioner:
         self.can_tag = self.model.encoder is not None and self.model.encoder.can_classify
         self.calibration = Calibration.from_dict(self.bundle.metrics.get("confidence"))
         self.overlap = True  # decode a batch while the next one is encoded (iter_captions)
+        self.on_image_read: Callable[[int], None] | None = None  # called as each image is read (progress bars)
 
     def caption(self, items: list[tuple[str, Path | bytes]], beam: int = DEFAULT_BEAM, max_len: int = DEFAULT_MAX_LEN,
                 batch_size: int = 16,
@@ -64,7 +66,7 @@ class Captioner:
     def iter_captions(self, items: list[tuple[str, Path | bytes]], beam: int = DEFAULT_BEAM,
                       max_len: int = DEFAULT_MAX_LEN,
                       batch_size: int = 16, num_captions: int = 1, min_len: int = 1, top_p: float | None = None,
-                      object_words: bool = True):
+                      object_words: bool = True, tag_threshold: float = TAG_MIN_PROB, max_tags: int = MAX_TAGS):
         """Yield the results of consecutive batches of `items`, in order.
 
         Three stages overlap: the next batch's images are read and resized (core.data, threads) and this batch is
@@ -78,6 +80,7 @@ class Captioner:
 
         num_captions K > 1: the caption plus K-1 `alternatives`, the top K beams (the beam is widened to K), or
         K samples when top_p is set (nucleus sampling; varied, not deterministic). min_len: fewest words.
+        tag_threshold, max_tags: a result's tags are its `max_tags` likeliest objects at least this probable.
         """
         sources = [src for _, src in items]
         s, start = self.spec, 0
@@ -85,7 +88,8 @@ class Captioner:
         chunk = -(-batch_size // chunks)
         with ThreadPoolExecutor(1, thread_name_prefix="caption-decode") as decoding:
             pending, encoded = None, []  # encoded: (indices, errors, feats) of this batch's chunks so far
-            for k, (idx, images, errors) in enumerate(iter_image_batches(sources, s.image_size, s.mean, s.std, chunk)):
+            for k, (idx, images, errors) in enumerate(iter_image_batches(sources, s.image_size, s.mean, s.std, chunk,
+                                                                         on_loaded=self.on_image_read)):
                 feats = None
                 if len(idx):
                     with encoder_autocast(self.device):
@@ -99,7 +103,8 @@ class Captioner:
                 feats = (torch.cat(feats) if len(feats) > 1 else feats[0]) if feats else None  # (n, P, C)
                 n, encoded = len(idx) + len(errors), []
                 job = decoding.submit(self._decode_batch, [name for name, _ in items[start:start + n]], idx, errors,
-                                      feats, beam, max_len, num_captions, min_len, top_p, object_words)
+                                      feats, beam, max_len, num_captions, min_len, top_p, object_words,
+                                      tag_threshold, max_tags)
                 start += n
                 if pending is not None:
                     yield pending.result()
@@ -113,15 +118,19 @@ class Captioner:
     @torch.no_grad()  # grad mode is per thread: this runs in iter_captions' decoding thread
     def _decode_batch(self, names: list[str], idx: list[int], errors: dict[int, str], feats: torch.Tensor | None,
                       beam: int, max_len: int, num_captions: int, min_len: int, top_p: float | None,
-                      object_words: bool) -> list[CaptionResult]:
+                      object_words: bool, tag_threshold: float = TAG_MIN_PROB,
+                      max_tags: int = MAX_TAGS) -> list[CaptionResult]:
         """One batch: feats (len(idx), P, C) of the readable images idx (positions in names) -> a result per name."""
         results = [CaptionResult(name) for name in names]
         for i, msg in errors.items():
             results[i].error = msg
         if feats is None:
             return results
-        tags = image_tags(self.model.encoder.classify(feats)) if self.can_tag else [[] for _ in idx]
-        guide = [guide_words(t, self.vocab.stoi) for t in tags] if object_words and not top_p else []
+        # guidance sees the confident tags whatever the threshold shown: a 0.9 threshold does not unguide a 0.8 cat
+        seen = (image_tags(self.model.encoder.classify(feats), top=max(max_tags, 3),
+                           min_prob=min(tag_threshold, GUIDE_MIN_PROB)) if self.can_tag else [[] for _ in idx])
+        guide = [guide_words(t, self.vocab.stoi) for t in seen] if object_words and not top_p else []
+        tags = [[(n, p) for n, p in t if p >= tag_threshold][: max_tags] for t in seen]
         if top_p:
             hyps = self._sample(feats, num_captions, max_len, top_p, min_len)
         else:
@@ -133,7 +142,7 @@ class Captioner:
             self._fill(r, image_hyps)
             r.tags = tags[j]
             if guide and guide[j]:
-                r.guided = next(n for n, _ in tags[j] if self.vocab.stoi.get(n) in guide[j][0])
+                r.guided = next(n for n, _ in seen[j] if self.vocab.stoi.get(n) in guide[j][0])
             if self.calibration and not top_p:  # the curve was fitted on beam-search scores
                 r.confidence = round(self.calibration.confidence(r.score), 3)
                 r.check = r.confidence < self.calibration.flag_below
@@ -225,7 +234,15 @@ def main(argv=None) -> int:
     p.add_argument("--min-len", type=int, default=1, help="shortest caption in words (default 1)")
     p.add_argument("--object-words", choices=("on", "off"), default="on",
                    help="on (default): a confidently recognised object (e.g. cat 0.96) is named in the caption")
-    p.add_argument("--model", default=None, help="model bundle folder (default: models/default)")
+    p.add_argument("--tag-threshold", type=float, default=TAG_MIN_PROB,
+                   help=f"keep the tags (objects the ImageNet classifier sees) at least this probable, 0-1 "
+                        f"(default {TAG_MIN_PROB}); they go into the CSV's tags column and the outputs below")
+    p.add_argument("--max-tags", type=int, default=MAX_TAGS, help=f"tags per image at most (default {MAX_TAGS})")
+    p.add_argument("--tags-ext", default=None, help="also write each image's tags beside it as one comma-separated "
+                   "line, in a file with this extension (e.g. .tags.txt: photo.jpg -> photo.tags.txt)")
+    p.add_argument("--jsonl-tags", action="store_true", help="give metadata.jsonl rows a tags field (with --jsonl)")
+    p.add_argument("--model", default=None,
+                   help="model bundle folder (default: the model made active in the app, else models/default)")
     p.add_argument("--beam", type=int, default=DEFAULT_BEAM, help=f"beam width; 1 = greedy (default: {DEFAULT_BEAM})")
     p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
                    help=f"longest caption in words (default: {DEFAULT_MAX_LEN})")
@@ -241,9 +258,72 @@ def main(argv=None) -> int:
             team.close()
 
 
+class _Reporting:
+    """The captioner as caption_library and _caption_files see it, with a progress bar (core.progress) that starts
+    when they hand it the images to caption, so that it moves from the first photo read on."""
+
+    def __init__(self, captioner: Captioner, label: str = "", team: TorchrunTeam | None = None):
+        self.captioner, self.label, self.team = captioner, label, team
+        self.bar: PhotoProgress | None = None
+        captioner.on_image_read = lambda i: self.bar.photo_read() if self.bar else None
+
+    def iter_captions(self, items, **options):
+        self.close()
+        if items:
+            # ranks share one terminal: plain lines every 10 s from each, never bars drawn over each other
+            self.bar = PhotoProgress(len(items), label=self.label, tty=False if self.team else None,
+                                     every_s=10 if self.team else 0)
+        return self.captioner.iter_captions(items, **options)
+
+    def caption(self, items, **options) -> list[CaptionResult]:
+        results = []
+        for batch in self.iter_captions(items, **options):
+            results += batch
+            self.done([(r.image, r.error or "") for r in batch])
+        return results
+
+    def done(self, rows: list[tuple[str, str]]) -> None:
+        if self.bar:
+            self.bar.photos_done(rows)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+            self.bar = None
+
+
+def chosen_model(model: str | None) -> tuple[Path, str]:
+    """(bundle folder, why this one): --model when given, else the model made active in the app (models/active.json,
+    core.bundle.get_active), else models/default."""
+    if model:
+        return Path(model), "--model"
+    active = get_active(models_dir())
+    if active.name != "default":
+        return active, "the model made active in the app"
+    return active, "the default model"
+
+
+def _load(args, device: str, team: TorchrunTeam | None) -> Captioner | None:
+    """The captioner, after saying which model it uses; None (the reason printed) when that model cannot be used."""
+    path, why = chosen_model(args.model)
+    lead = team is None or team.rank == 0
+    if lead:
+        print(f"model: {path.name} ({why}): {path}", file=sys.stderr, flush=True)
+    try:
+        return Captioner(path, device=device)
+    except (BundleError, OSError) as e:
+        if lead:
+            hint = "" if args.model else "; choose one with --model FOLDER, or train one on the app's Train page"
+            print(f"the model {path} cannot be used: {e}{hint}", file=sys.stderr)
+        return None
+
+
 def _main(args, team: TorchrunTeam | None) -> int:
     folders = [Path(x) for x in args.paths if Path(x).is_dir()]
     device = str(team.device) if team else args.device
+    if not 0 <= args.tag_threshold <= 1:
+        print(f"--tag-threshold is a probability between 0 and 1, not {args.tag_threshold}", file=sys.stderr)
+        return 2
     if len(args.paths) > 1 or not folders:
         return _caption_files(args, device, team)
     try:
@@ -252,30 +332,25 @@ def _main(args, team: TorchrunTeam | None) -> int:
                             coco_results=args.coco_results, metadata=args.metadata, existing=args.existing,
                             prefix=args.prefix, suffix=args.suffix, num_captions=args.num_captions, top_p=args.top_p,
                             min_len=args.min_len, beam=args.beam, max_len=args.max_len, batch_size=args.batch_size,
-                            object_words=args.object_words == "on")
+                            object_words=args.object_words == "on", tag_threshold=args.tag_threshold,
+                            max_tags=args.max_tags, tags_ext=args.tags_ext, jsonl_tags=args.jsonl_tags)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    captioner = Captioner(args.model, device=device)
-    who, shown = (f"rank {team.rank}/{team.world}: " if team else ""), [0.0]
-
-    def report(pr) -> None:
-        eta = f", about {pr.eta_s:.0f} s left" if pr.eta_s else ""
-        line = f"{who}captioned {pr.done}/{pr.total} ({pr.images_per_s:.1f} images/s{eta})"
-        if not team:
-            print(f"\r{line}   ", end="", file=sys.stderr)
-        elif time.monotonic() - shown[0] > 10 or pr.done == pr.total:  # ranks share the terminal: whole lines
-            shown[0] = time.monotonic()
-            print(line, file=sys.stderr, flush=True)
-
+    captioner = _load(args, device, team)
+    if captioner is None:
+        return 2
+    who = f"rank {team.rank}/{team.world}: " if team else ""
+    reporting = _Reporting(captioner, who, team)
     try:
-        pr = caption_library(cfg, captioner, on_progress=report, team=team)
+        pr = caption_library(cfg, reporting, team=team,
+                             on_progress=lambda pr: reporting.done([(r["image"], r["error"]) for r in pr.latest]))
     except KeyboardInterrupt:
+        reporting.close()
         print("\nstopped; everything captioned so far is written. Run the same command again to continue.",
               file=sys.stderr)
         return 130
-    if not team:
-        print(file=sys.stderr)
+    reporting.close()
     print(f"{who}captioned {pr.done} images ({pr.skipped} already done)"
           + (f", {pr.failed} could not be read or written" if pr.failed else ""), file=sys.stderr)
     return 0
@@ -288,14 +363,17 @@ def _caption_files(args, device: str, team: TorchrunTeam | None) -> int:
         print("no images found in " + " ".join(args.paths), file=sys.stderr)
         return 1
     mine = files[team.rank::team.world] if team else files
-    captioner = Captioner(args.model, device=device)
-    results = captioner.caption([(str(f), f) for f in mine], beam=args.beam, max_len=args.max_len,
-                                batch_size=args.batch_size, num_captions=args.num_captions, min_len=args.min_len,
-                                top_p=args.top_p, object_words=args.object_words == "on",
-                                on_progress=None if team else
-                                lambda d, n: print(f"\rcaptioned {d}/{n}", end="", file=sys.stderr))
-    if not team:
-        print(file=sys.stderr)
+    captioner = _load(args, device, team)
+    if captioner is None:
+        return 2
+    reporting = _Reporting(captioner, f"rank {team.rank}/{team.world}: " if team else "", team)
+    try:
+        results = reporting.caption([(str(f), f) for f in mine], beam=args.beam, max_len=args.max_len,
+                                    batch_size=args.batch_size, num_captions=args.num_captions, min_len=args.min_len,
+                                    top_p=args.top_p, object_words=args.object_words == "on",
+                                    tag_threshold=args.tag_threshold, max_tags=args.max_tags)
+    finally:
+        reporting.close()
     for r in results:
         if r.caption:
             r.caption = f"{args.prefix}{r.caption}{args.suffix}"

@@ -395,11 +395,13 @@ def inspect_dataset(path: Path | str, splits=("train", "val"), allow_missing: bo
 
 # ------------------------------------------------------------------------------------- batched loading
 
-def iter_image_batches(sources: list, size: int, mean: tuple, std: tuple, batch_size: int, workers: int = 2):
+def iter_image_batches(sources: list, size: int, mean: tuple, std: tuple, batch_size: int, workers: int = 2,
+                       on_loaded=None):
     """Decode and preprocess images in threads, one batch ahead of the caller's model.
 
     Yields (indices, images (n, 3, size, size), errors {index: message}) for consecutive slices of
     `sources` (paths or bytes). PIL releases the GIL while decoding, so loading overlaps the forward pass.
+    `on_loaded(index)` is called, from a reading thread, as each image is read or found unreadable (progress).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -410,6 +412,9 @@ def iter_image_batches(sources: list, size: int, mean: tuple, std: tuple, batch_
             return i, preprocess(load_image(sources[i], draft_to=max(DRAFT_SIDE, 2 * size)), size, mean, std), None
         except ImageError as e:
             return i, None, str(e)
+        finally:
+            if on_loaded is not None:
+                on_loaded(i)
 
     def load_batch(start):
         return list(pool.map(load, range(start, min(start + batch_size, len(sources)))))

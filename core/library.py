@@ -32,7 +32,7 @@ from . import imagemeta
 from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
 from .data import IMAGE_EXTENSIONS
 from .files import atomic_write_bytes, atomic_write_json
-from .tags import format_tags
+from .tags import MAX_TAGS, TAG_MIN_PROB, format_tags, tag_list
 
 CSV_COLUMNS = ["image", "caption", "score", "alternatives", "error", "tags", "confidence", "check"]
 _OLD_COLUMNS = 5  # CSVs written before tags/confidence/check: still read when a run resumes
@@ -62,6 +62,10 @@ class LibraryConfig:
     max_len: int = DEFAULT_MAX_LEN
     object_words: bool = True  # name a confidently recognised object in the caption (core.tags)
     batch_size: int = 128  # images per beam search and per progress step (core.caption encodes them 32 at a time)
+    tag_threshold: float = TAG_MIN_PROB  # tags at least this probable are kept (core.tags)
+    max_tags: int = MAX_TAGS
+    tags_ext: str | None = None  # e.g. ".tags.txt": the tags beside each image as a WD14-style comma list
+    jsonl_tags: bool = False  # metadata.jsonl rows get a "tags" field (the same comma list)
 
     def __post_init__(self):
         if self.existing not in EXISTING:
@@ -70,8 +74,21 @@ class LibraryConfig:
             self.sidecar_ext = "." + self.sidecar_ext
         if self.sidecar_ext and self.sidecar_ext.lower() in IMAGE_EXTENSIONS:
             raise ValueError(f"the sidecar extension {self.sidecar_ext} would overwrite images")
-        if not (self.csv or self.sidecar_ext or self.jsonl or self.coco_results or self.metadata):
+        self._check_tags()
+        if not (self.csv or self.sidecar_ext or self.jsonl or self.coco_results or self.metadata or self.tags_ext):
             raise ValueError("choose at least one output: CSV, sidecar text files, metadata.jsonl, COCO JSON or metadata")
+
+    def _check_tags(self) -> None:
+        if not 0 <= self.tag_threshold <= 1:
+            raise ValueError(f"the tag threshold is a probability between 0 and 1, not {self.tag_threshold}")
+        if not self.tags_ext:
+            return
+        self.tags_ext = self.tags_ext if self.tags_ext.startswith(".") else "." + self.tags_ext
+        if Path("x" + self.tags_ext).suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(f"the tags file extension {self.tags_ext} would overwrite images")
+        if self.sidecar_ext and self.tags_ext.lower() == self.sidecar_ext.lower():
+            raise ValueError(f"the tags files and the caption sidecars would both be {self.tags_ext}; "
+                             "give the tags another extension, e.g. .tags.txt")
 
 
 @dataclass
@@ -313,6 +330,8 @@ class Library:
                 want.add("jsonl")
             if cfg.sidecar_ext:
                 want.add("sidecar")
+            if cfg.tags_ext:
+                want.add("tags")
             if self.coco_path and self.coco_id(p) is not None:
                 want.add("coco")
             if cfg.metadata and imagemeta.can_write(p):
@@ -325,6 +344,7 @@ class Library:
                 have = {"csv"} if cell in in_csv else set()
                 have |= {"jsonl"} if name in in_jsonl else set()
                 have |= {"sidecar"} if cfg.sidecar_ext and p.with_suffix(cfg.sidecar_ext).exists() else set()
+                have |= {"tags"} if cfg.tags_ext and tags_path(p, cfg.tags_ext).exists() else set()
                 have |= {"coco"} if self.coco_id(p) in in_coco else set()
                 have |= {"metadata"} if "metadata" in want and imagemeta.read_alt_text(p) else set()
                 want -= have
@@ -392,17 +412,18 @@ class Library:
                 self.csv.append([csv_line([name, "", "", "", error, "", "", ""])])
         if captions:
             try:
-                self._write_files(path, name, outputs, captions)
+                self._write_files(path, name, outputs, captions, tags=result.tags)
             except (OSError, imagemeta.MetadataError) as e:
                 error = f"the caption could not be written ({e})"
         return {"image": name, "path": str(path), "caption": captions[0] if captions else "",
                 "score": result.score, "error": error, "tags": format_tags(result.tags),
                 "confidence": result.confidence, "check": result.check}
 
-    def _write_files(self, path: Path, name: str, outputs: set[str], captions: list[str]) -> None:
+    def _write_files(self, path: Path, name: str, outputs: set[str], captions: list[str], tags=()) -> None:
         cfg, append = self.cfg, self.cfg.existing == "append"
         if "jsonl" in outputs:
             obj = {"file_name": name, "text": captions[0]} | ({"texts": captions} if len(captions) > 1 else {})
+            obj |= {"tags": tag_list(tags)} if cfg.jsonl_tags else {}
             self.jsonl.append([json.dumps(obj, ensure_ascii=False) + "\n"])
         if "coco" in outputs:
             self.coco.append({"image_id": self.coco_id(path), "caption": captions[0]})
@@ -410,6 +431,8 @@ class Library:
             side = path.with_suffix(cfg.sidecar_ext)
             old = side.read_text(encoding="utf-8").rstrip("\n") if append and side.exists() else ""
             atomic_write_bytes(side, ("\n".join(([old] if old else []) + captions) + "\n").encode("utf-8"))
+        if "tags" in outputs:
+            write_tags_file(path, cfg.tags_ext, tags)
         if "metadata" in outputs:
             old = imagemeta.read_caption(path) if append else None
             imagemeta.write_caption(path, f"{old} {captions[0]}" if old else captions[0])
@@ -431,6 +454,18 @@ class Library:
             if j:
                 j.close()
         self.save_coco(force=True)
+
+
+def tags_path(image: Path, tags_ext: str) -> Path:
+    """photo.jpg + ".tags.txt" -> photo.tags.txt (what kohya's merge_dd_tags_to_metadata.py reads with
+    `--caption_extension .tags.txt`; its default .txt is this app's caption sidecar)."""
+    return image.with_name(image.stem + tags_ext)
+
+
+def write_tags_file(image: Path, tags_ext: str, tags) -> None:
+    """The image's tags as one comma-separated line ("cat, bed"), replaced whole, atomically; an image with no
+    tag above the threshold gets an empty file, so a dataset tool finds a tags file for every image."""
+    atomic_write_bytes(tags_path(image, tags_ext), (tag_list(tags) + "\n").encode("utf-8"))
 
 
 class Team(Protocol):
@@ -485,7 +520,8 @@ def _caption_plan(lib: Library, plan: list[tuple[Path, set[str]]], skipped: int,
     t0 = time.perf_counter()
     batches = captioner.iter_captions([(str(p), p) for p, _ in plan], beam=cfg.beam, max_len=cfg.max_len,
                                       batch_size=cfg.batch_size, num_captions=cfg.num_captions,
-                                      min_len=cfg.min_len, top_p=cfg.top_p, object_words=cfg.object_words)
+                                      min_len=cfg.min_len, top_p=cfg.top_p, object_words=cfg.object_words,
+                                      tag_threshold=cfg.tag_threshold, max_tags=cfg.max_tags)
     for results in batches:
         start = progress.done
         progress.latest = [lib.write(plan[start + i][0], plan[start + i][1], r) for i, r in enumerate(results)]

@@ -13,7 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 
 OBJECT_WORDS = Path(__file__).resolve().parent / "object_words.json"
-TAG_MIN_PROB = 0.10  # a tag worth showing
+TAG_MIN_PROB = 0.10  # a tag worth showing (the default threshold; CLI --tag-threshold, the Caption page's slider)
+MAX_TAGS = 3  # tags per image at most: ImageNet's 1000 classes rarely give more than 3 nouns above 5%
 GUIDE_MIN_PROB = 0.70  # a tag confident enough to force its noun into the caption (Flickr8k dev: precision 92%, CIDEr +1.3)
 
 
@@ -53,6 +54,12 @@ def image_tags(logits, top: int = 3, min_prob: float = TAG_MIN_PROB) -> list[lis
 def format_tags(tags: list[tuple[str, float]]) -> str:
     """[("cat", 0.97), ("bed", 0.12)] -> "cat 0.97; bed 0.12" (the CSV and table cell)."""
     return "; ".join(f"{noun} {prob:.2f}" for noun, prob in tags)
+
+
+def tag_list(tags: list[tuple[str, float]]) -> str:
+    """[("cat", 0.97), ("hot dog", 0.12)] -> "cat, hot dog": the comma list of WD14-style tag files, which
+    dataset tools read (kohya's sd-scripts: merge_dd_tags_to_metadata.py; taggui); likeliest first, no numbers."""
+    return ", ".join(noun.replace(",", " ") for noun, _ in tags)
 
 
 def guide_words(tags: list[tuple[str, float]], stoi: dict, min_prob: float = GUIDE_MIN_PROB,

@@ -33,6 +33,8 @@ def make_phone_photo(path: Path, orientation: int = 1) -> Path:
     """A 40 x 20 photo, red left half and blue right half, saved in the format its suffix names (.heic/.heif
     through pillow-heif, .avif through Pillow, .jpg...) with this EXIF orientation (6: shown turned 90 degrees
     clockwise, as a phone held upright saves it): decoded upright it is 20 x 40, red on top."""
+    import core.data  # noqa: F401 (registers pillow-heif's HEIF plugin, which saves HEIC too)
+
     img = Image.new("RGB", (40, 20), (220, 20, 20))
     img.paste((20, 20, 220), (20, 0, 40, 20))
     exif = Image.Exif()

@@ -118,3 +118,127 @@ def test_overlapped_decoding_gives_the_same_results_in_order(tiny_attention_bund
     first = next(gen)
     gen.close()  # a Cancel after the first batch: the batch being decoded finishes, nothing hangs
     assert [r.image for r in first] == ["a.png", "bad.jpg"]
+
+
+# ------------------------------------------------------------------------- the command line: model and progress
+
+def _cli(args, env_models=None, **kw):
+    import os
+
+    env = dict(os.environ, **({"CAPTION_MODELS_DIR": str(env_models)} if env_models else {}))
+    return subprocess.run([sys.executable, "-m", "core.caption", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env, **kw)
+
+
+def test_command_line_uses_the_model_made_active_in_the_app(tiny_bundle, tmp_path):
+    import shutil
+
+    from core.bundle import set_active
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_bundle, models / "my-model")
+    folder = tmp_path / "photos"
+    make_image(folder / "a.png", "green", "square")
+    out = tmp_path / "c.csv"
+    proc = _cli([folder, "--out", out, "--beam", "2"], env_models=models)  # no active model, no models/default
+    assert proc.returncode == 2 and "cannot be used" in proc.stderr and "--model" in proc.stderr
+    assert "model: default (the default model)" in proc.stderr
+
+    set_active("my-model", models)
+    proc = _cli([folder, "--out", out, "--beam", "2"], env_models=models)
+    assert proc.returncode == 0, proc.stderr
+    assert f"model: my-model (the model made active in the app): {models / 'my-model'}" in proc.stderr
+    assert list(csv.DictReader(out.open(encoding="utf-8-sig")))[0]["caption"] == "a green square"
+
+    proc = _cli([folder / "a.png", "--out", out, "--model", tiny_bundle], env_models=models)  # --model wins
+    assert proc.returncode == 0 and f"model: {tiny_bundle.name} (--model): {tiny_bundle}" in proc.stderr
+
+
+def test_command_line_progress_is_a_line_per_photo_without_a_terminal(tiny_bundle, tmp_path):
+    folder = tmp_path / "photos"
+    names = [f"p{k}.png" for k in range(5)]
+    for k, n in enumerate(names):
+        make_image(folder / n, "red", "square", seed=k)
+    (folder / "p5.png").write_bytes(b"broken")
+    proc = _cli([folder, "--model", tiny_bundle, "--out", tmp_path / "c.csv", "--batch-size", "4"])
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("captioned ") and "/6" in ln]
+    assert [ln.split(" (")[0] for ln in lines] == [f"captioned {k}/6" for k in range(1, 7)]  # one per photo, batch of 4
+    assert [ln.rsplit(": ", 1)[0].endswith("p5.png -- not captioned") for ln in lines] == [False] * 5 + [True]
+    assert lines[0].endswith("): p0.png") and "photos/s" in lines[0]
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr  # no bar redrawn into a log
+
+
+def test_progress_bar_on_a_terminal_moves_per_photo():
+    import io
+
+    from core.progress import PhotoProgress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    bar = PhotoProgress(3, stream=out)
+    assert bar.bar is not None  # tqdm
+    bar.photo_read()
+    assert "read 1/3" in out.getvalue()
+    bar.photos_done([("a.jpg", ""), ("b.jpg", "not an image")])
+    assert bar.bar.n == 2 and bar.failed == 1
+    bar.photos_done([("c.jpg", "")])
+    bar.close()
+    assert "3/3" in out.getvalue() and "captioning" in out.getvalue()
+
+
+def test_tag_threshold_and_the_tags_outputs(tiny_bundle, tmp_path, monkeypatch):
+    """A confident cat and a doubtful bed: the threshold decides which the CSV, metadata.jsonl and the tags file get."""
+    import json
+
+    import torch
+
+    from core import caption as caption_module
+    from core.library import LibraryConfig, caption_library
+
+    cap = Captioner(tiny_bundle, device="cpu")
+    cap.can_tag = True  # the tiny model's backbone has no ImageNet head: give it one that sees a cat and a bed
+    logits = torch.full((1000,), -20.0)
+    logits[281], logits[831] = 4.0, 2.5  # tabby cat, studio couch -> "cat" about 0.8, the couch's noun about 0.2
+    monkeypatch.setattr(type(cap.model.encoder), "classify", lambda self, feats: logits.expand(feats.size(0), -1),
+                        raising=False)
+    folder = tmp_path / "photos"
+    make_image(folder / "a.png", "red", "square")
+    make_image(folder / "sub" / "b.png", "blue", "square")
+
+    low = cap.caption([("a", folder / "a.png")], tag_threshold=0.05)[0].tags
+    high = cap.caption([("a", folder / "a.png")], tag_threshold=0.5)[0].tags
+    assert [n for n, _ in low][0] == "cat" and len(low) == 2 and [n for n, _ in high] == ["cat"]
+    couch = low[1][0]
+
+    cfg = LibraryConfig(str(folder), csv=str(tmp_path / "c.csv"), jsonl=True, jsonl_tags=True, tags_ext=".tags.txt",
+                        sidecar_ext=".txt", tag_threshold=0.05)
+    caption_library(cfg, cap)
+    assert (folder / "a.tags.txt").read_text(encoding="utf-8") == f"cat, {couch}\n"
+    assert (folder / "sub" / "b.tags.txt").read_text(encoding="utf-8") == f"cat, {couch}\n"
+    assert (folder / "a.txt").read_text(encoding="utf-8") == "a red square\n"  # the caption sidecar is its own file
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows[0] == {"file_name": "a.png", "text": "a red square", "tags": f"cat, {couch}"}
+    table = list(csv.DictReader((tmp_path / "c.csv").open(encoding="utf-8-sig")))
+    assert table[0]["tags"].startswith("cat 0.") and couch in table[0]["tags"]
+
+    (folder / "a.tags.txt").unlink()  # a rerun ("skip") writes only what is missing: the tags file
+    cfg = LibraryConfig(str(folder), tags_ext="tags.txt", tag_threshold=0.5)
+    assert caption_library(cfg, cap).done == 1
+    assert (folder / "a.tags.txt").read_text(encoding="utf-8") == "cat\n"
+    assert caption_module.TAG_MIN_PROB == 0.10
+
+
+def test_tags_options_are_checked():
+    from core.library import LibraryConfig
+
+    with pytest.raises(ValueError, match="overwrite images"):
+        LibraryConfig("x", tags_ext=".jpg")
+    with pytest.raises(ValueError, match="both be .txt"):
+        LibraryConfig("x", sidecar_ext=".txt", tags_ext=".txt")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        LibraryConfig("x", csv="c.csv", tag_threshold=5)
+    assert LibraryConfig("x", tags_ext="tags.txt").tags_ext == ".tags.txt"  # a tags file alone is an output
