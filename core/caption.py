@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
                    help=f"longest caption in words (default: {DEFAULT_MAX_LEN})")
     p.add_argument("--batch-size", type=int, default=LibraryConfig.batch_size,
-                   help=f"images per beam search and per progress line (default {LibraryConfig.batch_size})")
+                   help=f"images per beam search (default {LibraryConfig.batch_size}); progress moves per photo")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = p.parse_args(argv)
     team = TorchrunTeam(args.device) if launched_by_torchrun() else None

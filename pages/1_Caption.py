@@ -10,6 +10,7 @@ from ui.library_view import folder_flow
 from ui.loader import bundle_choices, decoder_label
 from ui.nav import sidebar_menu
 from ui.review import caption_uploads, detail_ui, review_ui
+from ui.tags import tag_threshold_ui
 
 
 def options_ui():
@@ -28,6 +29,7 @@ def options_ui():
         max_len = st.slider("Maximum length (words)", 5, 50, DEFAULT_MAX_LEN)
         object_words = st.toggle("Object words", True, help="Name the object the image classifier is sure of "
                                  "(e.g. cat 0.96) in the caption. The tags column shows what it sees either way.")
+        tag_threshold_ui()  # read where captions are made (ui.tags.tag_threshold)
     return bundle, beam, max_len, object_words
 
 

@@ -16,6 +16,7 @@ from core.library import EXISTING, LibraryConfig, Progress, caption_library, fin
 from core.worker_client import WorkerError
 from ui.images import thumbnail_data_url
 from ui.review import cancel_button, load_captioner, running, wait_until_stopped
+from ui.tags import tag_outputs_ui
 
 LATEST_ROWS = 50  # rows of the newest captions shown while a library is captioned
 # smaller than the command line's 32: the progress moves, and Cancel stops, every 16 photos (the browser test sets 2,
@@ -46,6 +47,7 @@ def folder_form(can_caption: bool) -> LibraryConfig | None:
     metadata = c[3].checkbox("the photo's own metadata (alt text)", key="lib-metadata",
                              help="XMP description and alt text, EXIF ImageDescription, PNG Description; "
                                   "JPEG and PNG only; the pixels are not touched")
+    tags = tag_outputs_ui()
     c = st.columns([2, 2, 2, 1])
     existing = c[0].selectbox("Photos that already have a caption", EXISTING, format_func=EXISTING_HELP.get,
                               key="lib-existing")
@@ -61,13 +63,14 @@ def folder_form(can_caption: bool) -> LibraryConfig | None:
             found = len(find_images(folder, recursive, _patterns(include), _patterns(exclude)))
             st.caption(f"{found:,} images found in {folder}.")
     start = st.button("Caption the folder", type="primary", key="lib-start",
-                      disabled=not (can_caption and found and (want_csv or sidecar or jsonl or metadata)))
+                      disabled=not (can_caption and found and (want_csv or sidecar or jsonl or metadata
+                                                                      or tags["tags_ext"])))
     if not start:
         return None
     return LibraryConfig(str(folder), recursive=recursive, include=_patterns(include), exclude=_patterns(exclude),
                          csv=str(folder / "captions.csv") if want_csv else None, sidecar_ext=".txt" if sidecar else None,
                          jsonl=jsonl, metadata=metadata, existing=existing, prefix=prefix, suffix=suffix,
-                         num_captions=int(k))
+                         num_captions=int(k), **tags)
 
 
 def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int, object_words: bool = True) -> None:

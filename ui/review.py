@@ -15,6 +15,7 @@ from core.worker_client import WorkerError
 from ui import warm
 from ui.images import attention_overlay, open_image, preview_bytes, thumbnail_data_url
 from ui.results import SHOW, find_replace, merge_edits, results_frame, with_captions
+from ui.tags import tag_threshold
 
 MAX_PICTURES = 1000  # rows beyond this keep no thumbnail or preview: a batch of 10,000 stays light in memory
 
@@ -88,7 +89,8 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
     started = time.perf_counter()
     with running(batch):
         try:
-            for results in captioner.iter_captions(items, beam=beam, max_len=max_len, object_words=object_words):
+            for results in captioner.iter_captions(items, beam=beam, max_len=max_len, object_words=object_words,
+                                                   tag_threshold=tag_threshold()):
                 for r in results:
                     if len(batch["thumbs"]) < MAX_PICTURES:
                         batch["images"][r.image] = preview_bytes(originals[r.image])
