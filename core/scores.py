@@ -118,7 +118,7 @@ def model_summary(metrics: dict, card: str = "") -> Summary:
     bad = _section(sections, ("weakness", "limitation", "bad at", "known problem"))
     if not good:
         data = next((k.split("/")[0] for k in metrics if "/" in k and isinstance(metrics[k], dict)), "")
-        good = (f"Photos like the ones it learned from ({data}); the further a photo is from them, the worse "
+        good = (f"Photos like the ones it learned from (the {data} dataset); the further a photo is from them, the worse "
                 "the caption." if data else
                 "Photos like the ones it learned from; the further a photo is from them, the worse the caption.")
     if not bad:
