@@ -99,8 +99,8 @@ def _fits(f: Field, value, default) -> bool:
         return False
     if f.options:
         return value in f.options
-    if isinstance(default, (int, float)) and not isinstance(default, bool) and f.low is not None:
-        return f.low <= value <= f.high
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        return (f.low is None or f.low <= value) and (f.high is None or value <= f.high)
     return True
 
 
@@ -133,8 +133,9 @@ def widget(where, f: Field, value):
         return where.text_input(f.label, value, help=f.help, key=key,
                                 placeholder="e.g. /home/me/data/flickr8k" if f.name == "data" else None)
     kind = type(value)
-    return where.number_input(f.label, kind(f.low), kind(f.high), value,
-                              step=kind(f.step) if f.step else None, format=f.fmt, help=f.help, key=key)
+    low, high = (None if x is None else kind(x) for x in (f.low, f.high))
+    return where.number_input(f.label, low, high, value, step=kind(f.step) if f.step else None, format=f.fmt,
+                              help=f.help, key=key)
 
 
 def device_choice(where, remembered: str) -> tuple[str, int]:
@@ -179,7 +180,7 @@ def train_form() -> dict | None:
                     values[f.name] = widget(col, f, start[f.name])
         if not st.form_submit_button("Start training", type="primary"):
             return None
-    values = {k: type(default_of(k))(v) for k, v in values.items()} | {"device": device}  # numpy ints -> int
+    values = {k: type(default_of(k))(v) for k, v in values.items()} | {"device": device}  # the config's types
     save_form_values(runs_dir(), values)
     name = model_name.strip() or f"{values['decoder']}-{values['backbone']}-{pd.Timestamp.now():%Y%m%d-%H%M}"
     return values | {"processes": int(processes), "model_name": name}
