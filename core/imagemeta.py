@@ -68,14 +68,18 @@ def _exiv2():
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """Which file content a caption belongs to: size, mtime and a hash of the first 64 KiB (cheap to take)."""
+    """Which file content a caption belongs to: size, mtime and a hash of the first 64 KiB (cheap to take), and
+    ctime + inode, which change with any write or replacement even when a copy keeps size and mtime."""
     size: int
     mtime_ns: int
+    ctime_ns: int
+    inode: int
     head: str
 
     @classmethod
     def of_bytes(cls, st: os.stat_result, data: bytes) -> "FileIdentity":
-        return cls(st.st_size, st.st_mtime_ns, hashlib.sha256(data[:HEAD_BYTES]).hexdigest()[:32])
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                   hashlib.sha256(data[:HEAD_BYTES]).hexdigest()[:32])
 
 
 def identity(path: Path | str) -> FileIdentity:
@@ -244,13 +248,14 @@ def write_caption(path: Path | str, text: str, *, existing: str = "overwrite", e
     _replace_checked(target, data, st, with_caption(data, text, existing), keep_mtime)
 
 
-def write_xmp_sidecar(image: Path | str, text: str, *, existing: str = "overwrite") -> Path:
+def write_xmp_sidecar(image: Path | str, text: str, *, existing: str = "overwrite", full_name: bool = False) -> Path:
     """Write `text` into the image's XMP sidecar, merging into one that exists, without touching the image.
 
     An existing `photo.jpg.xmp` (darktable, digiKam) or `photo.xmp` (Lightroom, Capture One) is edited; else
-    `photo.jpg.xmp` is created: it cannot collide between photo.jpg and photo.png."""
+    `photo.jpg.xmp` is created: it cannot collide between photo.jpg and photo.png. full_name: another image
+    shares this one's stem (a.jpg + a.png), so only `photo.jpg.xmp` is this image's."""
     image = Path(image)
-    side = xmp_sidecar_path(image)
+    side = xmp_sidecar_path(image, full_name)
     if side.exists():
         target = _target(side)
         if not os.stat(target).st_mode & 0o222:
@@ -262,19 +267,22 @@ def write_xmp_sidecar(image: Path | str, text: str, *, existing: str = "overwrit
     return side
 
 
-def xmp_sidecar_path(image: Path) -> Path:
-    for side in (image.with_name(image.name + ".xmp"), image.with_suffix(".xmp")):
+def xmp_sidecar_path(image: Path, full_name: bool = False) -> Path:
+    for side in (image.with_name(image.name + ".xmp"), *([] if full_name else [image.with_suffix(".xmp")])):
         if side.exists() or side.is_symlink():
             return side
     return image.with_name(image.name + ".xmp")
 
 
-def read_xmp_sidecar(image: Path | str) -> dict[str, str]:
-    """The descriptions in the image's XMP sidecar ({} when there is none)."""
-    side = xmp_sidecar_path(Path(image))
+def read_xmp_sidecar(image: Path | str, full_name: bool = False) -> dict[str, str]:
+    """The descriptions in the image's XMP sidecar ({} when there is none or it cannot be read)."""
+    side = xmp_sidecar_path(Path(image), full_name)
     if not side.is_file():
         return {}
-    return descriptions(side.read_bytes())
+    try:
+        return descriptions(side.read_bytes())
+    except (OSError, MetadataError):
+        return {}
 
 
 def _unchanged(target: Path, st: os.stat_result, data: bytes) -> bool:
