@@ -207,6 +207,8 @@ def _check_complete(data: bytes) -> None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
+    except Image.DecompressionBombError as e:
+        raise MetadataError(f"it is too large to check that it is whole ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise MetadataError(f"the file is incomplete or damaged ({e}); is another program still saving it?") from None
 
