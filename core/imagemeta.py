@@ -34,9 +34,12 @@ CAPT = "capt"
 X_DEFAULT = 'lang="x-default"'
 DESCRIPTION, ALT_TEXT = "Xmp.dc.description", "Xmp.iptc.AltTextAccessibility"
 EXIF_DESCRIPTION = "Exif.Image.ImageDescription"
+IPTC_CAPTION = "Iptc.Application2.Caption"  # IPTC IIM Caption-Abstract (Photoshop, older catalogues): read, and
+# replaced only where it exists (MWG: keep it in step with dc:description), so older tools do not show stale text
 OURS = f"Xmp.{CAPT}.Caption"
 PREVIOUS = {DESCRIPTION: f"Xmp.{CAPT}.PreviousDescription", ALT_TEXT: f"Xmp.{CAPT}.PreviousAltText",
-            EXIF_DESCRIPTION: f"Xmp.{CAPT}.PreviousExifDescription", "png": f"Xmp.{CAPT}.PreviousPngDescription"}
+            EXIF_DESCRIPTION: f"Xmp.{CAPT}.PreviousExifDescription", "png": f"Xmp.{CAPT}.PreviousPngDescription",
+            IPTC_CAPTION: f"Xmp.{CAPT}.PreviousIptcCaption"}
 HEAD_BYTES = 1 << 16  # the content-hash prefix of a FileIdentity
 BACKUP = ".caption-backup"  # <.name>.caption-backup: the original of a hard-linked file while it is rewritten in place
 # EXIF groups exiv2 names for the standard directories; any other group is a MakerNote exiv2 decoded (and re-encodes)
@@ -55,7 +58,10 @@ class KeptDescription(MetadataError):
 
 
 def _exiv2():
-    import pyexiv2  # function-local: the pages import core.library without needing the native library loaded
+    try:
+        import pyexiv2  # function-local: the pages import core.library without needing the native library loaded
+    except ImportError as e:
+        raise MetadataError(f"pyexiv2 is not installed ({e}); run: pip install -r requirements.txt") from None
 
     if not getattr(_exiv2, "ready", False):
         pyexiv2.registerNs(CAPT_NS, CAPT)
@@ -98,14 +104,14 @@ def _open(data: bytes):
 
 
 def _read(img) -> tuple[dict, dict]:
-    """(EXIF, XMP) of an open pyexiv2 image; text a camera stored in another code page is read as Latin-1."""
+    """(EXIF + IPTC, XMP) of an open pyexiv2 image; text a camera stored in another code page is read as Latin-1."""
     out = []
-    for reader in (img.read_exif, img.read_xmp):
+    for reader in (img.read_exif, img.read_xmp, img.read_iptc):
         try:
             out.append(reader())
         except UnicodeDecodeError:
             out.append(reader(encoding="latin-1"))
-    return out[0], out[1]
+    return out[0] | out[2], out[1]
 
 
 def _alt(value) -> dict[str, str]:
@@ -126,8 +132,9 @@ def descriptions(data: bytes) -> dict[str, str]:
         img.close()
     found = {f"{key} [{lang.split('=')[-1].strip(chr(34))}]": text
              for key in (DESCRIPTION, ALT_TEXT) for lang, text in _alt(xmp.get(key)).items()}
-    if str(exif.get(EXIF_DESCRIPTION, "")).strip("\x00 "):
-        found[EXIF_DESCRIPTION] = str(exif[EXIF_DESCRIPTION]).strip("\x00 ")
+    for key in (EXIF_DESCRIPTION, IPTC_CAPTION):
+        if str(exif.get(key, "")).strip("\x00 "):
+            found[key] = str(exif[key]).strip("\x00 ")
     if comment and comment.strip():
         found["PNG Description"] = comment
     ours = xmp.get(OURS)
@@ -176,14 +183,17 @@ def with_caption(data: bytes, text: str, existing: str = "overwrite") -> bytes:
             old = _alt(xmp.get(key))
             if old and not (ours and set(old.values()) == {ours}):
                 changes[PREVIOUS[key]] = old
-        old_exif = str(exif.get(EXIF_DESCRIPTION, "")).strip("\x00 ")
-        if old_exif and old_exif != ours:
-            changes[PREVIOUS[EXIF_DESCRIPTION]] = old_exif
+        for key in (EXIF_DESCRIPTION, IPTC_CAPTION):
+            old = str(exif.get(key, "")).strip("\x00 ")
+            if old and old != ours:
+                changes[PREVIOUS[key]] = old
         if comment and comment.strip() and comment != ours:
             changes[PREVIOUS["png"]] = comment
         img.modify_xmp(changes)
         if kind == "jpeg" and not _opaque_makernote(exif):
             img.modify_exif({EXIF_DESCRIPTION: text})
+        if IPTC_CAPTION in exif:
+            img.modify_iptc({IPTC_CAPTION: text})
         if kind == "png":
             img.modify_comment(text)  # exiv2 writes it as the PNG `Description` text chunk
         out = img.get_bytes()

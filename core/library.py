@@ -374,6 +374,20 @@ def coco_image_ids(root: Path) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------- the run
 
+def _sharing_sidecars(images: list[Path]) -> set[Path]:
+    """The images that would share a sidecar with another (a.jpg + a.png, b.jpg + b.JPG, case-insensitively as on
+    macOS and Windows): they get sidecars named after their whole name (a.jpg.txt). Repeated until no two share
+    one, since a.jpg's a.jpg.txt is also what a.jpg.png would use."""
+    full: set[Path] = set()
+    while True:
+        key = {p: (p.as_posix() if p in full else p.with_suffix("").as_posix()).casefold() for p in images}
+        counts = Counter(key.values())
+        more = {p for p in images if counts[key[p]] > 1} - full
+        if not more:
+            return full
+        full |= more
+
+
 class Library:
     """One library folder and its outputs: what is done, and writing new captions into every output."""
 
@@ -435,8 +449,7 @@ class Library:
             self._old_coco = {self.coco_id(p) for p in images} & {e.get("image_id") for e in self.coco}
         done_appending = self._append_resume() if cfg.existing == "append" else set()
         in_coco = {e.get("image_id") for e in self.coco}
-        # images that would share one sidecar (a.jpg + a.png, b.jpg + b.JPG) get sidecars named after the whole name
-        stems = Counter(p.with_suffix("").as_posix().casefold() for p in images)
+        full_names = _sharing_sidecars(images)
         plan = []
         for p in images:
             want = set()
@@ -452,7 +465,7 @@ class Library:
                 want.add("metadata")
             if cfg.xmp_sidecar:
                 want.add("xmp")
-            full = stems[p.with_suffix("").as_posix().casefold()] > 1
+            full = p in full_names
             name = self.name(p)
             if cfg.existing == "append" and name in done_appending:
                 continue
@@ -639,6 +652,8 @@ class Library:
         try:
             if "sidecar" in outputs:
                 side = self.sidecar(path, full)
+                if side.exists() and not os.stat(side).st_mode & 0o222:
+                    raise PermissionError(f"{side.name} is write-protected; left unchanged")
                 old = side.read_text(encoding="utf-8").rstrip("\n") if append and side.exists() else ""
                 atomic_write_bytes(side, ("\n".join(([old] if old else []) + captions) + "\n").encode("utf-8"))
         except (OSError, UnicodeDecodeError) as e:
@@ -648,6 +663,9 @@ class Library:
                            ("metadata", lambda: imagemeta.write_caption(path, meta, existing=cfg.existing,
                                                                          expect=seen, keep_mtime=cfg.keep_mtime))):
             if out not in outputs:
+                continue
+            if out == "metadata" and (sys_ := system_folder(os.path.dirname(os.path.realpath(path)))):
+                problems.append(f"the photo is a link into a system folder ({sys_}); left unchanged")
                 continue
             try:
                 write()
@@ -716,6 +734,17 @@ def caption_library(cfg: LibraryConfig, captioner, on_progress: Callable[[Progre
     `should_stop()` returning True ends the run after that batch with everything written so far kept.
     `team`: this process is one rank of several (torchrun); it captions its share and reports on that share.
     Raises LibraryError (an output that is not safe to use) or core.files.DiskFullError, both in plain words."""
+    try:
+        return _caption_library(cfg, captioner, on_progress, should_stop, team)
+    except DiskFullError:
+        raise
+    except OSError as e:  # a full disk, whichever write saw it first, in words
+        if isinstance(plain := plain_os_error(e, e.filename or "the outputs"), DiskFullError):
+            raise plain from e
+        raise
+
+
+def _caption_library(cfg: LibraryConfig, captioner, on_progress, should_stop, team) -> Progress:
     lead = team is None or team.rank == 0
     if lead:  # the other ranks neither walk the folder nor read the outputs: rank 0 tells them their share
         lib = Library(cfg)

@@ -129,14 +129,16 @@ def with_person_text(path, where):
         return photo(path, "JPEG", exif=exif)
     photo(path, "JPEG")
     with pyexiv2.Image(str(path)) as img:
-        if where == "xmp-pt":
+        if where == "iptc":
+            img.modify_iptc({"Iptc.Application2.Caption": PERSON})
+        elif where == "xmp-pt":
             img.modify_raw_xmp(PERSON_XMP.format(text=PERSON))
         else:
             img.modify_xmp({"Xmp.iptc.AltTextAccessibility": {'lang="x-default"': PERSON}})
     return path
 
 
-@pytest.mark.parametrize("where", ["xmp-pt", "alt-text", "exif", "png-description"])
+@pytest.mark.parametrize("where", ["xmp-pt", "alt-text", "exif", "iptc", "png-description"])
 def test_skip_never_replaces_a_description_a_person_wrote(tmp_path, where):
     path = with_person_text(tmp_path / ("p.png" if where.startswith("png") else "p.jpg"), where)
     before = path.read_bytes()
@@ -146,7 +148,7 @@ def test_skip_never_replaces_a_description_a_person_wrote(tmp_path, where):
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("where", ["xmp-pt", "exif", "png-description"])
+@pytest.mark.parametrize("where", ["xmp-pt", "exif", "iptc", "png-description"])
 def test_overwrite_keeps_the_old_text_recoverable_in_the_xmp(tmp_path, where):
     path = with_person_text(tmp_path / ("p.png" if where.startswith("png") else "p.jpg"), where)
     write_caption(path, "a red square", existing="overwrite")

@@ -31,13 +31,13 @@ def test_skip_keeps_the_description_a_person_wrote_in_any_field(captioner, tmp_p
     root = tmp_path / "lib"
     root.mkdir()
     photos = {where: with_person_text(root / f"{where}{'.png' if where.startswith('png') else '.jpg'}", where)
-              for where in ("xmp-pt", "alt-text", "exif", "png-description")}
+              for where in ("xmp-pt", "alt-text", "exif", "iptc", "png-description")}
     make_image(root / "plain.png", "red", "square")
     before = {p: p.read_bytes() for p in photos.values()}
     out = tmp_path / "out.csv"
     pr = caption_library(LibraryConfig(str(root), csv=str(out), metadata=True), captioner)
     assert {p: p.read_bytes() for p in photos.values()} == before  # not one byte of a person's photo changed
-    assert pr.kept == 4 and pr.done == 5  # every photo still gets its CSV row
+    assert pr.kept == 5 and pr.done == 6  # every photo still gets its CSV row
     assert imagemeta.read_caption(root / "plain.png") == "a red square"
 
     pr = caption_library(LibraryConfig(str(root), metadata=True, existing="overwrite"), captioner)
@@ -71,13 +71,32 @@ def test_sidecars_and_csvs_get_the_umask_mode(captioner, tmp_path):
         assert os.stat(p).st_mode & 0o777 == 0o644, p
 
 
-def test_a_read_only_photo_gets_a_row_saying_so(captioner, tmp_path):
+def test_a_read_only_photo_or_sidecar_gets_a_row_saying_so(captioner, tmp_path):
     root = tmp_path / "lib"
     photo = make_image(root / "r.jpg", "red", "square")
     os.chmod(photo, 0o444)
     before = photo.read_bytes()
     pr = caption_library(LibraryConfig(str(root), metadata=True, csv=str(tmp_path / "out.csv")), captioner)
     assert "write-protected" in pr.latest[0]["error"] and photo.read_bytes() == before
+    side = root / "r.txt"
+    side.write_text("my own caption\n", encoding="utf-8")
+    os.chmod(side, 0o444)
+    pr = caption_library(LibraryConfig(str(root), sidecar_ext=".txt", existing="overwrite"), captioner)
+    assert "write-protected" in pr.latest[0]["error"] and side.read_text(encoding="utf-8") == "my own caption\n"
+
+
+def test_a_link_into_a_system_folder_is_not_written_through(captioner, tmp_path, monkeypatch):
+    from core import library
+
+    system = tmp_path / "system"
+    target = make_image(system / "icon.png", "red", "square")
+    monkeypatch.setattr(library, "_SYSTEM_TREES", library._SYSTEM_TREES + (str(system),))
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "icon.png").symlink_to(target)
+    before = target.read_bytes()
+    pr = caption_library(LibraryConfig(str(root), metadata=True), captioner)
+    assert "system folder" in pr.latest[0]["error"] and target.read_bytes() == before
 
 
 def test_images_sharing_a_sidecar_name_each_get_their_own(captioner, tmp_path):
@@ -87,14 +106,16 @@ def test_images_sharing_a_sidecar_name_each_get_their_own(captioner, tmp_path):
     make_image(root / "b.jpg", "green", "square", seed=2)
     make_image(root / "b.JPG", "yellow", "square", seed=3)
     make_image(root / "c.png", "red", "square", seed=4)
+    make_image(root / "a.jpg.png", "red", "square", seed=5)  # its a.jpg.txt would be a.jpg's
     cfg = LibraryConfig(str(root), sidecar_ext=".txt", csv=str(tmp_path / "out.csv"))
-    assert caption_library(cfg, captioner).done == 5
+    assert caption_library(cfg, captioner).done == 6
     captions = {r["image"]: r["caption"] + "\n" for r in read_csv(tmp_path / "out.csv")}
     assert (root / "a.jpg.txt").read_text(encoding="utf-8") == captions["a.jpg"] == "a red square\n"
     assert (root / "a.png.txt").read_text(encoding="utf-8") == captions["a.png"] == "a blue stripe\n"
     assert (root / "b.jpg.txt").read_text(encoding="utf-8") == captions["b.jpg"]
     assert (root / "b.JPG.txt").read_text(encoding="utf-8") == captions["b.JPG"]
     assert (root / "c.txt").read_text(encoding="utf-8") == "a red square\n"  # no collision: the usual name
+    assert (root / "a.jpg.png.txt").read_text(encoding="utf-8") == captions["a.jpg.png"]
     assert not (root / "a.txt").exists() and not (root / "b.txt").exists()
     (root / "a.png.txt").unlink()
     assert caption_library(cfg, captioner).done == 1  # skip tells them apart: only the lost one again
@@ -217,14 +238,20 @@ def test_an_interrupted_append_resumes_without_appending_twice(captioner, tmp_pa
     assert len(read_csv(out)) == 18
 
 
-def test_a_full_disk_is_said_plainly(tiny_bundle, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("where", ["fsync", "journal write"])
+def test_a_full_disk_is_said_plainly(tiny_bundle, tmp_path, monkeypatch, capsys, where):
+    from core import library
+
     root = tmp_path / "lib"
     make_image(root / "r.png", "red", "square")
 
-    def full(fd):
+    def full(*_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", full)
+    if where == "fsync":
+        monkeypatch.setattr(os, "fsync", full)
+    else:
+        monkeypatch.setattr(library._Journal, "sync", full)
     rc = main([str(root), "--model", str(tiny_bundle), "--out", str(tmp_path / "out.csv"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 1 and "disk is full" in err and "Traceback" not in err
