@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,42 @@ def descriptions(data: bytes) -> dict[str, str]:
 def person_descriptions(data: bytes) -> dict[str, str]:
     """The descriptions this program did not write (a person's, a camera's, another tool's)."""
     return {k: v for k, v in descriptions(data).items() if k != "ours"}
+
+
+def metadata_bytes(path: Path | str) -> bytes:
+    """The file's metadata without its image data (a JPEG's segments before the scan, a PNG's chunks but IDAT):
+    what the skip check of a rerun needs, read without reading the megabytes of every photo."""
+    with open(path, "rb") as f:
+        sig = f.read(8)
+        if sig[:2] == b"\xff\xd8":
+            out, pos = [b"\xff\xd8"], 2
+            while True:
+                f.seek(pos)
+                hdr = f.read(4)
+                if len(hdr) < 4 or hdr[0] != 0xFF:
+                    break
+                if hdr[1] == 0xFF:  # a fill byte
+                    pos += 1
+                    continue
+                if hdr[1] in (0xDA, 0xD9):  # the scan (image data) starts: all metadata came before it
+                    break
+                (n,) = struct.unpack(">H", hdr[2:])
+                out.append(hdr + f.read(n - 2))
+                pos += 2 + n
+            return b"".join(out) + b"\xff\xd9"
+        if sig == b"\x89PNG\r\n\x1a\n":
+            out = [sig]
+            while len(hdr := f.read(8)) == 8:
+                n, kind = struct.unpack(">I4s", hdr)
+                if kind == b"IDAT":
+                    f.seek(n + 4, os.SEEK_CUR)
+                    continue
+                out.append(hdr + f.read(n + 4))
+                if kind == b"IEND":
+                    break
+            return b"".join(out)
+        f.seek(0)
+        return f.read()
 
 
 def _opaque_makernote(exif: dict) -> bool:
@@ -340,7 +377,7 @@ def can_write(path: Path | str) -> bool:
 def read_alt_text(path: Path | str) -> str | None:
     """The x-default XMP alt text (`Iptc4xmpCore:AltTextAccessibility`) of a JPEG or PNG file, or None."""
     try:
-        img = _open(Path(path).read_bytes())
+        img = _open(metadata_bytes(path))
     except (OSError, MetadataError):
         return None
     try:
@@ -354,7 +391,7 @@ def read_alt_text(path: Path | str) -> str | None:
 def read_caption(path: Path | str) -> str | None:
     """The description written into a JPEG or PNG file (XMP first, then EXIF / PNG text), or None."""
     try:
-        data = Path(path).read_bytes()
+        data = metadata_bytes(path)
         img = _open(data)
     except (OSError, MetadataError):
         return None
@@ -372,7 +409,7 @@ def read_caption(path: Path | str) -> str | None:
 def has_person_description(path: Path | str) -> bool:
     """Whether the file holds a description this program did not write; an unreadable file counts as one."""
     try:
-        return bool(person_descriptions(Path(path).read_bytes()))
+        return bool(person_descriptions(metadata_bytes(path)))
     except (OSError, MetadataError):
         return True
 
@@ -380,6 +417,6 @@ def has_person_description(path: Path | str) -> bool:
 def has_description(path: Path | str) -> bool:
     """Whether any description field the writer touches holds text (ours or not): "skip" leaves such files."""
     try:
-        return bool(descriptions(Path(path).read_bytes()))
+        return bool(descriptions(metadata_bytes(path)))
     except (OSError, MetadataError):
         return False

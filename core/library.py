@@ -319,6 +319,20 @@ def check_csv(path: Path) -> None:
                            "it is left unchanged: choose another output file")
 
 
+def check_coco(path: Path) -> None:
+    """An existing COCO results file must be a list of {"image_id", "caption"}: anything else (an annotation file
+    given by mistake) is a person's file, refused rather than replaced."""
+    if not path.exists():
+        return
+    try:
+        data = json.loads(_decoded(path))
+    except ValueError:
+        data = None
+    if not (isinstance(data, list) and all(isinstance(e, dict) and "image_id" in e and "caption" in e for e in data)):
+        raise LibraryError(f"{path} is not a COCO results list ([{{image_id, caption}}]); it is left unchanged: "
+                           "choose another output file")
+
+
 def _read_csv(path: Path) -> list[list[str]]:
     rows = list(csv.reader(io.StringIO(_complete_lines(path))))
     return [r for r in rows[1:] if len(r) in (_OLD_COLUMNS, len(CSV_COLUMNS))]
@@ -399,6 +413,8 @@ class Library:
         self.csv = _Journal(Path(f"{cfg.csv}{tail}"), BOM + csv_line(CSV_COLUMNS)) if cfg.csv else None
         if self.csv and part is None:
             check_csv(self.csv.path)
+        if cfg.coco_results and part is None:
+            check_coco(Path(cfg.coco_results))
         self.jsonl = _Journal(self.root / f"metadata.jsonl{tail}") if cfg.jsonl else None
         self.coco_path = Path(f"{cfg.coco_results}{tail}") if cfg.coco_results else None
         self.coco: list[dict] = []
@@ -434,7 +450,7 @@ class Library:
 
         Besides outputs, a set may hold "full-name" (its sidecars are named photo.jpg.txt / photo.jpg.xmp)."""
         cfg, names = self.cfg, {self.name(p) for p in images}
-        self._written = set()
+        self._written, self._names = set(), names
         csv_rows = _read_csv(self.csv.path) if self.csv else []
         # the CSV holds names as csv_line wrote them: "=x.png" as "'=x.png" (the formula guard), so compare those
         in_csv = {r[0] for r in csv_rows}
@@ -509,7 +525,8 @@ class Library:
                 except json.JSONDecodeError:  # a half-written last line
                     pass
             if self.csv and "csv_rows" in head:  # rows written after the last journal sync (a kill in between)
-                done |= {r[0].removeprefix("'") for r in _read_csv(self.csv.path)[head["csv_rows"]:]}
+                cells = {_safe_cell(n): n for n in self._names}
+                done |= {cells.get(r[0], r[0]) for r in _read_csv(self.csv.path)[head["csv_rows"]:]}
         if not any(p.exists() for p in paths) or not done:
             for path in paths:
                 path.unlink(missing_ok=True)
@@ -567,14 +584,23 @@ class Library:
             self.csv.rewrite([csv_line(r) for r in rows])
             merged += _remove(parts)
         if self.jsonl and (parts := _parts(self.jsonl.path)):
+            lines = [ln if ln.endswith("\n") else ln + "\n"
+                     for ln in _complete_lines(self.jsonl.path).splitlines(keepends=True)]  # as they are
             objs = _read_jsonl(self.jsonl.path)
             have = {json.dumps(o, sort_keys=True) for o in objs} if recovering else set()
             new = [o for part in parts for o in _read_jsonl(part) if json.dumps(o, sort_keys=True) not in have]
             self._written |= {o["file_name"] for o in new}
-            objs += new
-            objs.sort(key=lambda o: order.get(o["file_name"], len(order)))
+            lines += [json.dumps(o, ensure_ascii=False) + "\n" for o in new]
+
+            def position(line: str) -> int:  # lines that are not ours (not an image's object) keep their place first
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    return -1
+                return order.get(obj.get("file_name"), len(order)) if isinstance(obj, dict) else -1
+            lines.sort(key=position)
             self.jsonl.close()
-            self.jsonl.rewrite([json.dumps(o, ensure_ascii=False) + "\n" for o in objs])
+            self.jsonl.rewrite(lines)
             merged += _remove(parts)
         if self.coco_path and (parts := _parts(self.coco_path)):
             if not self._coco_loaded:  # else plan() has loaded it

@@ -318,3 +318,11 @@ def test_xmp_sidecar_is_merged_and_the_photo_untouched(tmp_path):
     assert imagemeta.write_xmp_sidecar(tmp_path / "q.jpg", "a caption") == lightroom
     text = lightroom.read_text(encoding="utf-8")
     assert "family|grandma" in text and 'foo:Bar="1"' in text and PERSON in text  # merged; the old text kept
+
+
+@pytest.mark.parametrize("where", ["xmp-pt", "exif", "iptc", "png-description"])
+def test_the_skip_check_reads_the_metadata_without_the_image_data(tmp_path, where):
+    path = with_person_text(tmp_path / ("p.png" if where.startswith("png") else "p.jpg"), where)
+    head = imagemeta.metadata_bytes(path)
+    assert len(head) < path.stat().st_size
+    assert imagemeta.descriptions(head) == imagemeta.descriptions(path.read_bytes()) != {}

@@ -131,6 +131,12 @@ def test_a_persons_files_are_read_never_repaired_or_reencoded(captioner, tmp_pat
     text = (root / "metadata.jsonl").read_bytes()
     assert text.startswith(theirs + b"\n") and b'"r.png"' in text  # their last line kept, ours after it
 
+    annotations = tmp_path / "captions_val2017.json"  # a COCO annotation file given as the results file
+    annotations.write_bytes(b'{"images": [], "annotations": [{"image_id": 1, "caption": "mine"}]}')
+    with pytest.raises(LibraryError, match="left unchanged"):
+        caption_library(LibraryConfig(str(root), coco_results=str(annotations)), captioner)
+    assert annotations.read_bytes() == b'{"images": [], "annotations": [{"image_id": 1, "caption": "mine"}]}'
+
     # a CSV saved by Excel in cp1252, and one with other columns: refused, byte-identical
     for name, data in (("excel.csv", "image,caption\r\ncaf\xe9.jpg,a caf\xe9".encode("cp1252")),
                        ("other.csv", b"file,notes\nx.jpg,keep me")):
