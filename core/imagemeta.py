@@ -12,9 +12,10 @@ What this module promises (issue 20):
   run tells its own caption from a person's text.
 - The file must be the one that was captioned (`expect`, a FileIdentity), complete, and unchanged between reading
   it and replacing it (size, mtime_ns, SHA-256 of what was read); otherwise it is left alone with a MetadataError.
-- Write-protected files are refused; a symlink is written through (the link stays a link); a hard-linked file is
-  rewritten in place after a verified backup copy (the links stay one file); otherwise a temporary copy replaces
-  it atomically, with the original's mode, owner/group (where permitted), extended attributes and mtime.
+- Write-protected files are refused; a symlink is written through (the link stays a link); a hard-linked file, or
+  another user's, is rewritten in place after a verified backup copy (the links stay one file, the owner stays);
+  otherwise a temporary copy replaces it atomically, with the original's mode, owner/group, extended attributes
+  and mtime.
 - An opaque MakerNote of a camera exiv2 does not know would be moved by a growing EXIF block and its internal
   offsets would then point at other data: such files get the XMP only (EXIF untouched).
 """
@@ -240,24 +241,52 @@ def with_caption(data: bytes, text: str, existing: str = "overwrite") -> bytes:
         raise MetadataError(f"exiv2 could not write its metadata ({e})") from None
     finally:
         img.close()
-    if kind in ("jpeg", "png"):
-        _check_complete(out)  # what goes to disk decodes, or nothing goes
+    if kind in ("jpeg", "png") and _image_data(out) != _image_data(data):  # the pixels, byte for byte, or nothing
+        raise MetadataError("exiv2 changed the image data; left unchanged")
+    if kind == "jpeg":
+        _open(out).close()  # what goes to disk reads back
     return out
 
 
 def _check_complete(data: bytes) -> None:
-    """A file another program is still saving is refused: it must decode to the last pixel."""
+    """A file another program is still saving is refused: it must decode to the end of its image data (a JPEG at
+    1/8 scale, which still reads every coded byte; a PNG's chunks through IEND with their checksums)."""
     from PIL import Image, ImageFile
 
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise MetadataError("Pillow is set to accept truncated images; refusing to judge whether the file is whole")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img.load()
+            if img.format == "PNG":
+                img.verify()
+            else:
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
     except Image.DecompressionBombError as e:
         raise MetadataError(f"it is too large to check that it is whole ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise MetadataError(f"the file is incomplete or damaged ({e}); is another program still saving it?") from None
+
+
+def _image_data(data: bytes) -> bytes:
+    """The coded pixels: a JPEG from its first scan on, a PNG's IHDR, PLTE, tRNS and IDAT chunks."""
+    if data.startswith(b"\x89PNG"):
+        out, pos = [], 8
+        while pos + 8 <= len(data):
+            n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+            if kind in (b"IHDR", b"PLTE", b"tRNS", b"IDAT"):
+                out.append(data[pos:pos + 12 + n])
+            pos += 12 + n
+        return b"".join(out)
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        if data[pos + 1] == 0xFF:
+            pos += 1
+        elif data[pos + 1] == 0xDA:
+            return data[pos:]
+        else:
+            pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    raise MetadataError("the JPEG file is damaged (no image data)")
 
 
 def _read_stable(path: Path) -> tuple[bytes, os.stat_result]:
@@ -347,7 +376,10 @@ def _replace_checked(target: Path, data: bytes, st: os.stat_result, new: bytes, 
     if not _unchanged(target, st, data):
         raise MetadataError("another program changed the file while its caption was written; left unchanged")
     times = (st.st_atime_ns, st.st_mtime_ns) if keep_mtime else None
-    if st.st_nlink > 1:  # a hard link: os.replace would split it, so write in place, a verified copy kept meanwhile
+    # a hard link (os.replace would split it), or a file of another user in a shared folder (a new file would be
+    # ours, not theirs): written in place, a verified copy kept beside it meanwhile
+    not_ours = hasattr(os, "geteuid") and os.geteuid() not in (0, st.st_uid)
+    if st.st_nlink > 1 or not_ours:
         backup = target.parent / f".{target.name}{BACKUP}"
         atomic_write_bytes(backup, data)
         if backup.read_bytes() != data:

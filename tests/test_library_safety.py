@@ -244,6 +244,21 @@ def test_an_interrupted_append_resumes_without_appending_twice(captioner, tmp_pa
     assert len(read_csv(out)) == 18
 
 
+def test_an_append_killed_before_its_journal_was_synced_still_resumes(captioner, tmp_path):
+    root = tmp_path / "lib"
+    for i in range(4):
+        make_image(root / f"{i}.png", "red", "square", seed=i)
+    out = tmp_path / "out.csv"
+    caption_library(LibraryConfig(str(root), csv=str(out)), captioner)
+    on, stop = stop_after(1)
+    cfg = LibraryConfig(str(root), csv=str(out), existing="append", batch_size=2)
+    caption_library(cfg, captioner, on_progress=on, should_stop=stop)
+    journal = tmp_path / ".out.csv.append-run"
+    journal.write_text(journal.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")  # rows, no names
+    assert caption_library(cfg, captioner).done == 2
+    assert sorted(r["image"] for r in read_csv(out)) == sorted([f"{i}.png" for i in range(4)] * 2)
+
+
 @pytest.mark.parametrize("where", ["fsync", "journal write"])
 def test_a_full_disk_is_said_plainly(tiny_bundle, tmp_path, monkeypatch, capsys, where):
     from core import library
