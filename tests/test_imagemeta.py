@@ -326,3 +326,14 @@ def test_the_skip_check_reads_the_metadata_without_the_image_data(tmp_path, wher
     head = imagemeta.metadata_bytes(path)
     assert len(head) < path.stat().st_size
     assert imagemeta.descriptions(head) == imagemeta.descriptions(path.read_bytes()) != {}
+
+
+def test_another_users_photo_is_written_in_place_so_it_stays_theirs(tmp_path, monkeypatch):
+    import os
+
+    path = photo(tmp_path / "p.jpg", "JPEG")
+    inode = os.stat(path).st_ino
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(path).st_uid + 1)  # we are not its owner (nor root)
+    write_caption(path, "a caption")
+    assert os.stat(path).st_ino == inode and read_caption(path) == "a caption"
+    assert not list(tmp_path.glob(".*caption-backup"))
