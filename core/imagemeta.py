@@ -345,11 +345,21 @@ def write_xmp_sidecar(image: Path | str, text: str, *, existing: str = "overwrit
     return side
 
 
+RAW_SUFFIXES = (".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".pef",
+                ".dng", ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".erf", ".mrw", ".kdc")
+
+
 def xmp_sidecar_path(image: Path, full_name: bool = False) -> Path:
-    for side in (image.with_name(image.name + ".xmp"), *([] if full_name else [image.with_suffix(".xmp")])):
-        if side.exists() or side.is_symlink():
-            return side
-    return image.with_name(image.name + ".xmp")
+    """photo.jpg.xmp if it exists; else photo.xmp if it exists and is not a raw file's (Lightroom writes IMG_1.xmp
+    for IMG_1.CR2: the camera's IMG_1.JPG beside it must not take it over); else photo.jpg.xmp, to be created."""
+    own = image.with_name(image.name + ".xmp")
+    if own.exists() or own.is_symlink() or full_name:
+        return own
+    short = image.with_suffix(".xmp")
+    if (short.exists() or short.is_symlink()) and not any(
+            image.with_suffix(ext).exists() for raw in RAW_SUFFIXES for ext in (raw, raw.upper())):
+        return short
+    return own
 
 
 def read_xmp_sidecar(image: Path | str, full_name: bool = False) -> dict[str, str]:

@@ -337,3 +337,13 @@ def test_another_users_photo_is_written_in_place_so_it_stays_theirs(tmp_path, mo
     write_caption(path, "a caption")
     assert os.stat(path).st_ino == inode and read_caption(path) == "a caption"
     assert not list(tmp_path.glob(".*caption-backup"))
+
+
+def test_a_raw_files_xmp_sidecar_is_not_taken_over_by_the_jpeg_beside_it(tmp_path):
+    jpeg = photo(tmp_path / "IMG_1.JPG", "JPEG")
+    (tmp_path / "IMG_1.CR2").write_bytes(b"raw")
+    lightroom = tmp_path / "IMG_1.xmp"
+    lightroom.write_text(PERSON_XMP.format(text=PERSON), encoding="utf-8")
+    before = lightroom.read_bytes()
+    assert imagemeta.write_xmp_sidecar(jpeg, "a caption") == tmp_path / "IMG_1.JPG.xmp"
+    assert lightroom.read_bytes() == before
