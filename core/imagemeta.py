@@ -391,7 +391,7 @@ def _replace_checked(target: Path, data: bytes, st: os.stat_result, new: bytes, 
     not_ours = hasattr(os, "geteuid") and os.geteuid() not in (0, st.st_uid)
     if st.st_nlink > 1 or not_ours:
         backup = target.parent / f".{target.name}{BACKUP}"
-        atomic_write_bytes(backup, data)
+        atomic_write_bytes(backup, data, like=st)  # as private as the photo
         if backup.read_bytes() != data:
             backup.unlink()
             raise MetadataError("the safety copy could not be verified; left unchanged")
