@@ -53,13 +53,13 @@ class LibraryError(ValueError):
 
 # the system's own folders: photos there belong to the system, and outputs written there could break it
 _SYSTEM_TREES = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev", "/proc",
-                 "/sys", "/run", "/snap", "/System", "/Library", "/Applications", "/private/etc", "/private/var",
+                 "/sys", "/run", "/snap", "/System", "/Library", "/Applications", "/private/etc",
                  "/var/lib", "/var/cache", "/var/log", "/var/spool")
 _SYSTEM_ROOTS = ("/home", "/Users", "/var", "/mnt", "/media", "/Volumes", "/opt", "/srv", "/root")  # only themselves
 
 
 def system_folder(path: Path | str) -> str | None:
-    """The system folder `path` is or lies in (`/`, `/usr/share`, `C:\\Windows`...), or None for a folder of a person."""
+    """The system folder `path` is or lies in (`/`, `/usr/share`, `C:\\Windows`...), or None for a person's folder."""
     p = os.path.normcase(os.path.realpath(os.path.expanduser(str(path))))
     if os.path.dirname(p) == p:  # a file system's or drive's root
         return p
@@ -430,7 +430,8 @@ class Library:
         self._appended: list[str] = []  # "append": names done since the last sync, for the run journal
         self._append_log = None
         if cfg.existing == "append":
-            first = Path(cfg.csv) if cfg.csv else Path(cfg.coco_results) if cfg.coco_results else self.root / "metadata.jsonl"
+            first = (Path(cfg.csv) if cfg.csv else Path(cfg.coco_results) if cfg.coco_results
+                     else self.root / "metadata.jsonl")
             self.append_path = first.with_name(f".{first.name}{APPEND_RUN}{tail}")
 
     def name(self, path: Path) -> str:
@@ -539,7 +540,8 @@ class Library:
         journal when every image of it is done (else a rerun resumes it)."""
         self.close()
         if self._old_rows and self.csv:
-            budget = Counter({t: n for t, n in self._old_rows.items() if t[0] in {_safe_cell(w) for w in self._written}})
+            written = {_safe_cell(w) for w in self._written}
+            budget = Counter({t: n for t, n in self._old_rows.items() if t[0] in written})
             keep = []
             for r in _read_csv(self.csv.path):
                 if budget[tuple(r)] > 0:
