@@ -31,7 +31,7 @@ from pathlib import Path
 from .files import atomic_write_bytes
 
 METADATA_SUFFIXES = (".jpg", ".jpeg", ".png")
-CAPT_NS = "https://github.com/captioner/ns/1.0/"  # our own XMP namespace: what we wrote and what it replaced
+CAPT_NS = "https://captioner.invalid/ns/1.0/"  # our own XMP namespace (.invalid: a domain no one can own)
 CAPT = "capt"
 X_DEFAULT = 'lang="x-default"'
 DESCRIPTION, ALT_TEXT = "Xmp.dc.description", "Xmp.iptc.AltTextAccessibility"
