@@ -213,7 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--jsonl", action="store_true", help="also write FOLDER/metadata.jsonl (file_name, text)")
     p.add_argument("--coco-results", default=None, help="also write a COCO results JSON ([{image_id, caption}])")
     p.add_argument("--metadata", action="store_true", help="also write the caption into each JPEG/PNG's metadata "
-                   "(XMP description and alt text, EXIF ImageDescription, PNG Description); pixels are not touched")
+                   "(XMP description and alt text, EXIF ImageDescription, PNG Description); pixels are not touched; "
+                   "a description already there is kept unless --existing overwrite (which keeps the old text in XMP)")
     p.add_argument("--xmp-sidecar", action="store_true", help="also write the caption into an XMP sidecar per image "
                    "(photo.jpg.xmp, or merged into an existing photo.xmp), which Lightroom, darktable and digiKam read; "
                    "the photo is not touched (recommended over --metadata)")
