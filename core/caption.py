@@ -271,6 +271,9 @@ def _main(args, team: TorchrunTeam | None) -> int:
     who, shown = (f"rank {team.rank}/{team.world}: " if team else ""), [0.0]
 
     def report(pr) -> None:
+        for row in pr.latest:  # which photo was left unchanged, and why (a CSV row keeps only the caption)
+            if row["error"]:
+                print(f"\r{who}{row['image']}: {row['error']}", file=sys.stderr, flush=True)
         eta = f", about {pr.eta_s:.0f} s left" if pr.eta_s else ""
         line = f"{who}captioned {pr.done}/{pr.total} ({pr.images_per_s:.1f} images/s{eta})"
         if not team:
@@ -292,7 +295,8 @@ def _main(args, team: TorchrunTeam | None) -> int:
         print(file=sys.stderr)
     print(f"{who}captioned {pr.done} images ({pr.skipped} already done)"
           + (f", {pr.failed} could not be read or written" if pr.failed else "")
-          + (f"; {pr.kept} photos kept their own description (--existing overwrite replaces it)" if pr.kept else ""),
+          + (f"; {pr.kept} photo{'s' * (pr.kept != 1)} kept the description already there (--existing overwrite "
+             "replaces it)" if pr.kept else ""),
           file=sys.stderr)
     return 0
 

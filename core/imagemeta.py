@@ -444,8 +444,9 @@ def read_caption(path: Path | str) -> str | None:
         return None
     finally:
         img.close()
-    return (_alt(xmp.get(DESCRIPTION)).get(X_DEFAULT) or str(exif.get(EXIF_DESCRIPTION, "")).strip("\x00 ")
-            or comment or None)
+    alt = _alt(xmp.get(DESCRIPTION))
+    return (alt.get(X_DEFAULT) or next(iter(alt.values()), None) or str(exif.get(EXIF_DESCRIPTION, "")).strip("\x00 ")
+            or str(exif.get(IPTC_CAPTION, "")).strip() or comment or None)
 
 
 def has_person_description(path: Path | str) -> bool:
