@@ -347,3 +347,10 @@ def test_a_raw_files_xmp_sidecar_is_not_taken_over_by_the_jpeg_beside_it(tmp_pat
     before = lightroom.read_bytes()
     assert imagemeta.write_xmp_sidecar(jpeg, "a caption") == tmp_path / "IMG_1.JPG.xmp"
     assert lightroom.read_bytes() == before
+
+
+def test_a_safety_copy_left_by_an_interrupted_write_stops_the_next_one(tmp_path):
+    path = photo(tmp_path / "p.jpg", "JPEG")
+    (tmp_path / ".p.jpg.caption-backup").write_bytes(path.read_bytes())  # a crash while writing in place
+    with pytest.raises(MetadataError, match="interrupted write"):
+        write_caption(path, "a caption")
