@@ -5,9 +5,9 @@ by the background warm-up (ui.warm), which also loads the active model for the C
 """
 import streamlit as st
 
-from core.bundle import headline_metrics
 from core.data import inspect_dataset
 from core.paths import COCO_DIR, models_dir
+from core.scores import METRIC_HELP, demote_headings, format_metric, model_summary
 from ui import warm
 from ui.device import device_report_ui
 from ui.loader import bundle_choices, decoder_label
@@ -33,17 +33,25 @@ def model_section() -> None:
         st.error(f"The model **{b.name}** cannot be used: {b.problem}")
         return
     st.markdown(f"**{b.name}** — {b.config.get('backbone', '?')} encoder, {decoder_label(b.config)}")
-    source, figures = headline_metrics(b.metrics)
+    summary_ui(b)
+
+
+def summary_ui(b) -> None:
+    """What the model is good and bad at, and how good its captions are, in plain words (core.scores reads its
+    metrics.json and card); the two main figures, each explained in a line; the full card one click further."""
+    s = model_summary(b.metrics, b.card)
+    st.markdown(f"**How good its captions are: {s.quality}.** {s.how_good}  \n"
+                f"**Good at:** {s.good_at}  \n**Bad at:** {s.bad_at}")
+    figures = {k: v for k, v in s.figures.items() if k in ("BLEU-4", "CIDEr")}
     if figures:
-        cols = st.columns(len(figures))
-        for col, (name, value) in zip(cols, figures.items()):
-            col.metric(name, f"{value:.1f}" if value > 1 else f"{value:.3f}")
-        st.caption(f"Scores from {source}.")
+        for col, (name, value) in zip(st.columns(len(figures) + 2), figures.items()):
+            col.metric(name, format_metric(name, value), help=METRIC_HELP[name])
+        st.caption("  \n".join([METRIC_HELP[n] for n in figures] + [f"Scores from {s.source}."]))
     # on request: the card (13 KB of tables for the default model) is rendered by the browser even inside a collapsed
     # expander, and that made Home appear about a second later (bench/bench_first_impression.py)
-    if b.card and st.toggle("Show the model card", key="show-card", help="How it was trained, its scores by "
-                            "dataset, what it does well and badly"):
-        st.markdown(b.card)
+    if b.card and st.toggle("Show the full model card", key="show-card", help="How it was trained, its scores by "
+                            "dataset, what was tried"):
+        st.markdown(demote_headings(b.card, below=3))  # its headings smaller than the page's own
 
 
 def device_line() -> None:

@@ -8,8 +8,11 @@
 #   2. creates a private environment in .venv (first start only);
 #   3. installs requirements.txt into it, but only when that file changed since
 #      the last install (tools/env_check.py keeps a hash of it inside .venv);
-#      with CAPTION_TORCH_CUDA=1 and an NVIDIA GPU, the CUDA build of PyTorch
-#      from PyTorch's own index first (Linux normally needs none: PyPI's has CUDA);
+#      on Linux without an NVIDIA GPU (no nvidia-smi, no /proc/driver/nvidia) the
+#      CPU build of PyTorch from PyTorch's own index first, about 4 GB smaller than
+#      PyPI's, which carries CUDA (the standard build when that fails); with
+#      CAPTION_TORCH_CUDA=1 and an NVIDIA GPU, its CUDA build for the driver instead
+#      (Linux normally needs none: PyPI's has CUDA); macOS: PyPI's build (Apple GPU);
 #   4. runs "python -m ui.serve" (Streamlit's "streamlit run app.py", with the model
 #      loading in the background from the start) on 127.0.0.1 only, which opens your browser.
 #
@@ -18,6 +21,7 @@
 #   CAPTION_NO_BROWSER=1              do not open a browser (--server.headless true)
 #   CAPTION_FORCE_CPU=1               never use the GPU (and install no CUDA build)
 #   CAPTION_TORCH_CUDA=1              install PyTorch's CUDA build for this driver from its index
+#   CAPTION_TORCH_INDEX=URL           a mirror of https://download.pytorch.org/whl (its cpu/, cu128/ ...)
 #
 # Written for the bash 3.2 that macOS ships: no bash 4 features.
 

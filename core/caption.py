@@ -22,7 +22,8 @@ from .confidence import Calibration
 from .data import collect_images, iter_image_batches
 from .decode import Hypothesis, beam_search, sample_captions
 from .device import encoder_autocast, pick_device
-from .files import atomic_write_bytes
+from .files import DiskFullError, atomic_write_bytes
+from .library import LibraryError
 from .library import (CSV_COLUMNS, EXISTING, LibraryConfig, caption_library, csv_bytes, csv_rows,  # noqa: F401 (API)
                       csv_table, write_csv)
 from .paths import models_dir
@@ -221,7 +222,16 @@ def main(argv=None) -> int:
     p.add_argument("--jsonl", action="store_true", help="also write FOLDER/metadata.jsonl (file_name, text)")
     p.add_argument("--coco-results", default=None, help="also write a COCO results JSON ([{image_id, caption}])")
     p.add_argument("--metadata", action="store_true", help="also write the caption into each JPEG/PNG's metadata "
-                   "(XMP description and alt text, EXIF ImageDescription, PNG Description); pixels are not touched")
+                   "(XMP description and alt text, EXIF ImageDescription, PNG Description); pixels are not touched; "
+                   "a description already there is kept unless --existing overwrite (which keeps the old text in XMP)")
+    p.add_argument("--xmp-sidecar", action="store_true", help="also write the caption into an XMP sidecar per image "
+                   "(photo.jpg.xmp, or merged into an existing photo.xmp), which Lightroom, darktable and digiKam read; "
+                   "the photo is not touched (recommended over --metadata)")
+    p.add_argument("--prefix-in-metadata", action="store_true",
+                   help="also put --prefix/--suffix into the photo's metadata and XMP (default: only CSV, sidecars, "
+                   "JSON Lines and COCO, which trainers read)")
+    p.add_argument("--keep-mtime", action=argparse.BooleanOptionalAction, default=True,
+                   help="photos whose metadata is written keep their modification time (default: keep)")
     p.add_argument("--existing", choices=EXISTING, default="skip",
                    help="images that already have a caption: skip (default; resumes a run), overwrite or append")
     p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True)
@@ -332,8 +342,10 @@ def _main(args, team: TorchrunTeam | None) -> int:
                             coco_results=args.coco_results, metadata=args.metadata, existing=args.existing,
                             prefix=args.prefix, suffix=args.suffix, num_captions=args.num_captions, top_p=args.top_p,
                             min_len=args.min_len, beam=args.beam, max_len=args.max_len, batch_size=args.batch_size,
-                            object_words=args.object_words == "on", tag_threshold=args.tag_threshold,
-                            max_tags=args.max_tags, tags_ext=args.tags_ext, jsonl_tags=args.jsonl_tags)
+                            object_words=args.object_words == "on", xmp_sidecar=args.xmp_sidecar,
+                            affix_metadata=args.prefix_in_metadata, keep_mtime=args.keep_mtime,
+                            tag_threshold=args.tag_threshold, max_tags=args.max_tags, tags_ext=args.tags_ext,
+                            jsonl_tags=args.jsonl_tags)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -345,6 +357,10 @@ def _main(args, team: TorchrunTeam | None) -> int:
     try:
         pr = caption_library(cfg, reporting, team=team,
                              on_progress=lambda pr: reporting.done([(r["image"], r["error"]) for r in pr.latest]))
+    except (LibraryError, DiskFullError) as e:  # an output not safe to use, a full disk: said plainly
+        reporting.close()
+        print(f"\n{e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         reporting.close()
         print("\nstopped; everything captioned so far is written. Run the same command again to continue.",
@@ -352,7 +368,10 @@ def _main(args, team: TorchrunTeam | None) -> int:
         return 130
     reporting.close()
     print(f"{who}captioned {pr.done} images ({pr.skipped} already done)"
-          + (f", {pr.failed} could not be read or written" if pr.failed else ""), file=sys.stderr)
+          + (f", {pr.failed} could not be read or written" if pr.failed else "")
+          + (f"; {pr.kept} photo{'s' * (pr.kept != 1)} kept the description already there (--existing overwrite "
+             "replaces it)" if pr.kept else ""),
+          file=sys.stderr)
     return 0
 
 

@@ -34,6 +34,8 @@ TORCH_CUDA_ENV = "CAPTION_TORCH_CUDA"  # "1": install the CUDA build from PyTorc
 TORCH_INDEX_ENV = "CAPTION_TORCH_INDEX"  # PyTorch's wheel index, or a mirror of it
 TORCH_INDEX = "https://download.pytorch.org/whl"
 DRIVER_URL = "https://www.nvidia.com/Download/index.aspx"
+CPU_BUILD = "cpu"  # PyTorch's CPU-only build (torch==X+cpu on its index): Linux without an NVIDIA GPU
+NVIDIA_PROC = "/proc/driver/nvidia"  # the Linux driver's folder: there whenever its kernel module is loaded
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 
 # The CUDA builds PyTorch publishes on its own index, per release, oldest CUDA first (pytorch.org, "Previous
@@ -150,6 +152,11 @@ def forced_cpu() -> bool:
     return os.environ.get(FORCE_CPU_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def nvidia_driver_present() -> bool:
+    """An NVIDIA driver on this (Linux) computer, without running anything: nvidia-smi or the driver's folder."""
+    return _nvidia_smi_path() is not None or os.path.isdir(NVIDIA_PROC)
+
+
 def describe_nvidia(nvidia: NvidiaInfo) -> str:
     gpus = "; ".join(f"{g.name} ({g.memory_mib / 1024:.1f} GB)" for g in nvidia.gpus)
     return f"{gpus}, driver {nvidia.driver or '?'}, runs CUDA up to {nvidia.cuda or '?'}"
@@ -157,13 +164,20 @@ def describe_nvidia(nvidia: NvidiaInfo) -> str:
 
 def wanted_torch_build(pins: dict[str, str], nvidia: NvidiaInfo | None | str = "query",
                        system: str | None = None) -> tuple[str | None, str]:
-    """The CUDA build of PyTorch the launcher installs from PyTorch's index ("cu128"), or None for the standard
-    build from requirements.txt (None also keeps a CUDA build installed earlier: it runs on the CPU as well);
-    and why, in plain words.
+    """The build of PyTorch the launcher installs from PyTorch's index: a CUDA build ("cu128"), the CPU build
+    ("cpu": Linux without an NVIDIA driver, where PyPI's wheel would bring 4 GB of unused CUDA libraries), or
+    None for the standard build from requirements.txt (None also keeps a CUDA build installed earlier: it runs
+    on the CPU as well); and why, in plain words.
 
     nvidia-smi runs only where the answer matters (Windows, or CAPTION_TORCH_CUDA=1), so that other
     systems start without waiting for it."""
     system = system or platform.system()
+    if system == "Linux" and os.environ.get(TORCH_CUDA_ENV, "").strip() != "1" and not nvidia_driver_present():
+        if "torch" not in pins or "torchvision" not in pins:
+            return None, "requirements.txt pins no torch and torchvision versions: the standard build."
+        # PyPI's Linux wheel carries the CUDA libraries (4.1 GB of the 6.4 GB .venv: nvidia-* 3.2 GB, triton 0.9 GB)
+        return CPU_BUILD, (f"No NVIDIA GPU found (no nvidia-smi, no {NVIDIA_PROC}): the CPU build of PyTorch, "
+                           "without the CUDA libraries of the standard Linux build (about 4 GB less).")
     if forced_cpu():
         return None, f"{FORCE_CPU_ENV}=1 is set: the app uses the CPU, and no CUDA build is downloaded."
     if system != "Windows" and os.environ.get(TORCH_CUDA_ENV, "").strip() != "1":

@@ -19,19 +19,22 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
+import hashlib
 import io
 import json
 import os
 import re
+import sys
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 from . import imagemeta
 from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
 from .data import IMAGE_EXTENSIONS
-from .files import atomic_write_bytes, atomic_write_json
+from .files import DiskFullError, atomic_write_bytes, atomic_write_json, plain_os_error
 from .tags import MAX_TAGS, TAG_MIN_PROB, format_tags, tag_list
 
 CSV_COLUMNS = ["image", "caption", "score", "alternatives", "error", "tags", "confidence", "check"]
@@ -39,6 +42,37 @@ _OLD_COLUMNS = 5  # CSVs written before tags/confidence/check: still read when a
 EXISTING = ("skip", "overwrite", "append")
 BOM = "\ufeff"  # spreadsheets on Windows read a CSV as UTF-8 only when it starts with one
 PART = ".part-"  # <shared output>.part-<rank>: one rank's rows of a shared output under torchrun
+MARK = ".captioner"  # .<output>.captioner beside a CSV / JSON Lines file: this program created it (and may repair it)
+APPEND_RUN = ".append-run"  # .<output>.append-run: the images an unfinished "append" run has done
+AHEAD = 3  # batches whose file identities are taken before the captioner reads them (it reads < 2 batches ahead)
+
+
+class LibraryError(ValueError):
+    """An output cannot be used safely; the message says why and what to do. Nothing was changed."""
+
+
+# the system's own folders: photos there belong to the system, and outputs written there could break it
+_SYSTEM_TREES = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev", "/proc",
+                 "/sys", "/run", "/snap", "/System", "/Library", "/Applications", "/private/etc",
+                 "/var/lib", "/var/cache", "/var/log", "/var/spool")
+_SYSTEM_ROOTS = ("/home", "/Users", "/var", "/mnt", "/media", "/Volumes", "/opt", "/srv", "/root")  # only themselves
+
+
+def system_folder(path: Path | str) -> str | None:
+    """The system folder `path` is or lies in (`/`, `/usr/share`, `C:\\Windows`...), or None for a person's folder."""
+    p = os.path.normcase(os.path.realpath(os.path.expanduser(str(path))))
+    if os.path.dirname(p) == p:  # a file system's or drive's root
+        return p
+    trees = list(_SYSTEM_TREES) if os.name != "nt" else []
+    trees += [sys.base_prefix, sys.prefix]  # the Python installation
+    trees += [os.environ[v] for v in ("SystemRoot", "windir", "ProgramFiles", "ProgramFiles(x86)", "ProgramData")
+              if os.environ.get(v)]
+    for tree in trees:
+        t = os.path.normcase(os.path.realpath(tree))
+        if p == t or p.startswith(t.rstrip(os.sep) + os.sep):
+            return tree
+    roots = _SYSTEM_ROOTS if os.name != "nt" else ()
+    return next((r for r in roots if p == os.path.normcase(os.path.realpath(r))), None)
 
 
 @dataclass
@@ -62,6 +96,10 @@ class LibraryConfig:
     max_len: int = DEFAULT_MAX_LEN
     object_words: bool = True  # name a confidently recognised object in the caption (core.tags)
     batch_size: int = 128  # images per beam search and per progress step (core.caption encodes them 32 at a time)
+    xmp_sidecar: bool = False  # write the caption into photo.jpg.xmp (or merge into photo.xmp), not the photo
+    affix_metadata: bool = False  # prefix/suffix also into metadata and XMP (else only CSV, sidecars, JSON Lines, COCO)
+    keep_mtime: bool = True  # a photo whose metadata is written keeps its modification time
+    run_id: str | None = None  # names an "append" run so that rerunning it resumes it (default: from the settings)
     tag_threshold: float = TAG_MIN_PROB  # tags at least this probable are kept (core.tags)
     max_tags: int = MAX_TAGS
     tags_ext: str | None = None  # e.g. ".tags.txt": the tags beside each image as a WD14-style comma list
@@ -75,8 +113,25 @@ class LibraryConfig:
         if self.sidecar_ext and self.sidecar_ext.lower() in IMAGE_EXTENSIONS:
             raise ValueError(f"the sidecar extension {self.sidecar_ext} would overwrite images")
         self._check_tags()
-        if not (self.csv or self.sidecar_ext or self.jsonl or self.coco_results or self.metadata or self.tags_ext):
-            raise ValueError("choose at least one output: CSV, sidecar text files, metadata.jsonl, COCO JSON or metadata")
+        if not (self.csv or self.sidecar_ext or self.jsonl or self.coco_results or self.metadata or self.xmp_sidecar
+                or self.tags_ext):
+            raise ValueError("choose at least one output: CSV, sidecar text files, metadata.jsonl, COCO JSON, "
+                             "metadata, XMP sidecars or tags files")
+        if ((self.sidecar_ext or self.jsonl or self.metadata or self.xmp_sidecar or self.tags_ext)
+                and (sys_ := system_folder(self.root))):
+            raise ValueError(f"{self.root} is a system folder ({sys_}): no captions are written there. Copy the photos "
+                             "into a folder of yours, or write only a CSV elsewhere (--out)")
+        for out in (self.csv, self.coco_results):
+            if out and (sys_ := system_folder(os.path.dirname(os.path.abspath(os.path.expanduser(out))))):
+                raise ValueError(f"{out} lies in a system folder ({sys_}): choose a place of yours for it")
+
+    def append_run_id(self) -> str:
+        """The id of an "append" run: its settings, so that the same command run again resumes it."""
+        if self.run_id:
+            return self.run_id
+        keys = ("root", "csv", "sidecar_ext", "jsonl", "coco_results", "metadata", "xmp_sidecar", "prefix", "suffix",
+                "num_captions", "top_p", "min_len", "beam", "max_len", "object_words", "include", "exclude")
+        return hashlib.sha256(json.dumps({k: asdict(self)[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
     def _check_tags(self) -> None:
         if not 0 <= self.tag_threshold <= 1:
@@ -100,6 +155,7 @@ class Progress:
     images_per_s: float
     eta_s: float | None
     latest: list[dict]  # the rows of the last batch: {"image", "path", "caption", "score", "error"}
+    kept: int = 0  # photos whose own description (a person's) was kept, not replaced ("skip")
 
 
 # ------------------------------------------------------------------------------------------- finding
@@ -125,6 +181,16 @@ def find_images(root: Path | str, recursive: bool = True, include=(), exclude=()
                 continue
             found.append((rel, path))
     return [p for _, p in sorted(found)]
+
+
+def display_name(rel: str) -> str:
+    """A relative path as text for the rows: a name that is not UTF-8 (`caf\\xe9.jpg`, kept by Python as a lone
+    surrogate) gets backslash escapes, which every output can hold."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def _matches(rel: str, patterns) -> bool:
@@ -185,14 +251,29 @@ def write_csv(results, path: Path) -> None:
     atomic_write_bytes(Path(path), csv_bytes(results))
 
 
+def _mark(path: Path) -> Path:
+    return path.with_name(f".{path.name}{MARK}")
+
+
+def _decoded(path: Path, raw: bytes | None = None) -> str:
+    """A journal's text; one in another encoding (a cp1252 CSV from Excel) is refused, never rewritten."""
+    try:
+        return (path.read_bytes() if raw is None else raw).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LibraryError(f"{path} is not UTF-8 text (saved by another program?); it is left unchanged: "
+                           "choose another output file") from None
+
+
 def _complete_lines(path: Path) -> str:
-    """A journal's text up to its last complete line; a half-written last line (a crash) is cut off the file."""
+    """A journal's text. A half-written last line (a crash) is cut off the file, but only in a file this program
+    created (its mark is beside it): in anyone else's file the last line counts as it is, and nothing changes."""
     if not path.exists():
         return ""
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
-    if text and not text.endswith("\n"):
+    raw = path.read_bytes()
+    text = _decoded(path, raw)
+    if text and not text.endswith("\n") and _mark(path).exists():
         text = text[: text.rfind("\n") + 1]
-        atomic_write_bytes(path, ((BOM if path.suffix == ".csv" else "") + text).encode("utf-8"))
+        atomic_write_bytes(path, ((BOM if raw.startswith(BOM.encode()) else "") + text).encode("utf-8"))
     return text
 
 
@@ -208,25 +289,67 @@ class _Journal:
 
     def append(self, lines: list[str]) -> None:
         """Add whole lines; on disk at the next sync()."""
-        if self.f is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            self.f = open(self.path, "a", encoding="utf-8", newline="")
-            if new:
-                self.f.write(self.header)
-        self.f.write("".join(lines))
+        try:
+            if self.f is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                new = not self.path.exists() or self.path.stat().st_size == 0
+                if new:
+                    atomic_write_bytes(_mark(self.path), b"created by the captioner; it may repair this file\n")
+                    atomic_write_bytes(self.path, self.header.encode("utf-8"))
+                else:
+                    with open(self.path, "rb") as f:
+                        f.seek(-1, os.SEEK_END)
+                        unfinished = f.read(1) != b"\n"  # someone's file without a final newline: keep its last line
+                self.f = open(self.path, "a", encoding="utf-8", newline="")
+                if not new and unfinished:
+                    self.f.write("\n")
+            self.f.write("".join(lines))
+        except OSError as e:
+            raise plain_os_error(e, self.path) from e
 
     def sync(self) -> None:
         """Flush to disk: once per batch, not per image (an fsync costs milliseconds on many laptop disks)."""
         if self.f:
-            self.f.flush()
-            os.fsync(self.f.fileno())
+            try:
+                self.f.flush()
+                os.fsync(self.f.fileno())
+            except OSError as e:
+                raise plain_os_error(e, self.path) from e
 
     def close(self) -> None:
         if self.f:
-            self.sync()
-            self.f.close()
-            self.f = None
+            try:
+                self.sync()
+            finally:
+                f, self.f = self.f, None
+                try:
+                    f.close()
+                except OSError:  # the flush in close() fails as sync() did; the error is already raised
+                    pass
+
+
+def check_csv(path: Path) -> None:
+    """An existing CSV must be one this program writes (its columns), else it is refused: it is a person's file."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    first = _decoded(path).split("\n", 1)[0].rstrip("\r")
+    if next(csv.reader([first]), []) not in (CSV_COLUMNS, CSV_COLUMNS[:_OLD_COLUMNS]):
+        raise LibraryError(f"{path} is not a captions CSV of this program (its first line is {first[:80]!r}); "
+                           "it is left unchanged: choose another output file")
+
+
+def check_coco(path: Path) -> None:
+    """An existing COCO results file must be a list of {"image_id", "caption"}: anything else (an annotation file
+    given by mistake) is a person's file, refused rather than replaced."""
+    if not path.exists():
+        return
+    try:
+        data = json.loads(_decoded(path))
+    except ValueError:
+        data = None
+    if not (isinstance(data, list) and all(isinstance(e, dict) and "image_id" in e and "caption" in e for e in data)):
+        raise LibraryError(f"{path} is not a COCO results list ([{{image_id, caption}}]); it is left unchanged: "
+                           "choose another output file")
 
 
 def _read_csv(path: Path) -> list[list[str]]:
@@ -262,6 +385,7 @@ def _parts(path: Path) -> list[Path]:
 def _remove(parts: list[Path]) -> int:
     for p in parts:
         p.unlink(missing_ok=True)
+        _mark(p).unlink(missing_ok=True)
     return len(parts)
 
 
@@ -283,6 +407,20 @@ def coco_image_ids(root: Path) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------- the run
 
+def _sharing_sidecars(images: list[Path]) -> set[Path]:
+    """The images that would share a sidecar with another (a.jpg + a.png, b.jpg + b.JPG, case-insensitively as on
+    macOS and Windows): they get sidecars named after their whole name (a.jpg.txt). Repeated until no two share
+    one, since a.jpg's a.jpg.txt is also what a.jpg.png would use."""
+    full: set[Path] = set()
+    while True:
+        key = {p: (p.as_posix() if p in full else p.with_suffix("").as_posix()).casefold() for p in images}
+        counts = Counter(key.values())
+        more = {p for p in images if counts[key[p]] > 1} - full
+        if not more:
+            return full
+        full |= more
+
+
 class Library:
     """One library folder and its outputs: what is done, and writing new captions into every output."""
 
@@ -292,35 +430,62 @@ class Library:
         self.root = Path(os.path.abspath(Path(cfg.root).expanduser()))  # not resolve(): links inside stay inside
         tail = "" if part is None else f"{PART}{part}"
         self.csv = _Journal(Path(f"{cfg.csv}{tail}"), BOM + csv_line(CSV_COLUMNS)) if cfg.csv else None
+        if self.csv and part is None:
+            check_csv(self.csv.path)
+        if cfg.coco_results and part is None:
+            check_coco(Path(cfg.coco_results))
         self.jsonl = _Journal(self.root / f"metadata.jsonl{tail}") if cfg.jsonl else None
         self.coco_path = Path(f"{cfg.coco_results}{tail}") if cfg.coco_results else None
         self.coco: list[dict] = []
         self._coco_loaded = False
         self.coco_ids = coco_image_ids(self.root) if cfg.coco_results else {}
         self._coco_saved = 0.0
+        self.kept = 0  # photos whose own description "skip" kept
+        # "overwrite": the old rows of the images captioned again, dropped once their new rows are on disk
+        self._old_rows: Counter = Counter()
+        self._old_lines: Counter = Counter()
+        self._old_coco: set = set()
+        self._written: set[str] = set()  # names with new rows in this run (or in the merged parts)
+        self._appended: list[str] = []  # "append": names done since the last sync, for the run journal
+        self._append_log = None
+        if cfg.existing == "append":
+            first = (Path(cfg.csv) if cfg.csv else Path(cfg.coco_results) if cfg.coco_results
+                     else self.root / "metadata.jsonl")
+            self.append_path = first.with_name(f".{first.name}{APPEND_RUN}{tail}")
 
     def name(self, path: Path) -> str:
+        """The image's name in every output: its path relative to the library, as text."""
+        return display_name(self.rel(path))
+
+    def rel(self, path: Path) -> str:
+        """Its path relative to the library as the file system spells it (a lone surrogate for a non-UTF-8 byte)."""
         return Path(os.path.abspath(path)).relative_to(self.root).as_posix()
 
+    def sidecar(self, path: Path, full_name: bool = False) -> Path:
+        """photo.jpg -> photo.txt; photo.jpg.txt when another image would share photo.txt (a.jpg + a.png)."""
+        return path.with_name(path.name + self.cfg.sidecar_ext) if full_name else path.with_suffix(self.cfg.sidecar_ext)
+
     def plan(self, images: list[Path]) -> list[tuple[Path, set[str]]]:
-        """(image, outputs to write) for each image this run captions; with "skip", only outputs still lacking it."""
+        """(image, outputs to write) for each image this run captions; with "skip", only outputs still lacking it.
+
+        Besides outputs, a set may hold "full-name" (its sidecars are named photo.jpg.txt / photo.jpg.xmp)."""
         cfg, names = self.cfg, {self.name(p) for p in images}
+        self._written, self._names = set(), names
         csv_rows = _read_csv(self.csv.path) if self.csv else []
         # the CSV holds names as csv_line wrote them: "=x.png" as "'=x.png" (the formula guard), so compare those
         in_csv = {r[0] for r in csv_rows}
         failed = {r[0] for r in csv_rows if r[4]}  # unreadable last time: recorded, not retried on every run
-        in_jsonl = {o["file_name"] for o in _read_jsonl(self.jsonl.path)} if self.jsonl else set()
+        jsonl = _read_jsonl(self.jsonl.path) if self.jsonl else []
+        in_jsonl = {o["file_name"] for o in jsonl}
         self._load_coco()
-        if cfg.existing == "overwrite":  # rows of the images about to be captioned again go; the others stay
+        if cfg.existing == "overwrite":  # old rows stay until the new ones are written (finish())
             cells = {_safe_cell(n) for n in names}
-            if self.csv and in_csv & cells:
-                self.csv.rewrite([csv_line(r) for r in _read_csv(self.csv.path) if r[0] not in cells])
-            if self.jsonl and in_jsonl & names:
-                self.jsonl.rewrite([json.dumps(o, ensure_ascii=False) + "\n" for o in _read_jsonl(self.jsonl.path)
-                                    if o["file_name"] not in names])
-            ids = {self.coco_id(p) for p in images}
-            self.coco = [e for e in self.coco if e.get("image_id") not in ids]
+            self._old_rows = Counter(tuple(r) for r in csv_rows if r[0] in cells)
+            self._old_lines = Counter(json.dumps(o, sort_keys=True) for o in jsonl if o["file_name"] in names)
+            self._old_coco = {self.coco_id(p) for p in images} & {e.get("image_id") for e in self.coco}
+        done_appending = self._append_resume() if cfg.existing == "append" else set()
         in_coco = {e.get("image_id") for e in self.coco}
+        full_names = _sharing_sidecars(images)
         plan = []
         for p in images:
             want = set()
@@ -336,24 +501,92 @@ class Library:
                 want.add("coco")
             if cfg.metadata and imagemeta.can_write(p):
                 want.add("metadata")
+            if cfg.xmp_sidecar:
+                want.add("xmp")
+            full = p in full_names
+            name = self.name(p)
+            if cfg.existing == "append" and name in done_appending:
+                continue
             if cfg.existing == "skip":
-                name = self.name(p)
                 cell = _safe_cell(name)  # as the CSV spells it
                 if cell in failed:
                     continue
                 have = {"csv"} if cell in in_csv else set()
                 have |= {"jsonl"} if name in in_jsonl else set()
-                have |= {"sidecar"} if cfg.sidecar_ext and p.with_suffix(cfg.sidecar_ext).exists() else set()
-                have |= {"tags"} if cfg.tags_ext and tags_path(p, cfg.tags_ext).exists() else set()
+                have |= {"sidecar"} if cfg.sidecar_ext and self.sidecar(p, full).exists() else set()
+                have |= {"tags"} if cfg.tags_ext and tags_path(p, cfg.tags_ext, full).exists() else set()
                 have |= {"coco"} if self.coco_id(p) in in_coco else set()
-                have |= {"metadata"} if "metadata" in want and imagemeta.read_alt_text(p) else set()
+                if "metadata" in want and imagemeta.has_description(p):  # ours, or a person's, which is kept
+                    have.add("metadata")
+                    self.kept += imagemeta.has_person_description(p)
+                if "xmp" in want and imagemeta.read_xmp_sidecar(p, full):
+                    have.add("xmp")
                 want -= have
             if want:
-                plan.append((p, want))
+                plan.append((p, want | ({"full-name"} if full else set())))
         return plan
 
     def _load_coco(self) -> None:
         self.coco, self._coco_loaded = _read_coco(self.coco_path) if self.coco_path else [], True
+
+    # ------------------------------------------------------------------- "append" resumes, "overwrite" drops last
+
+    def _append_resume(self) -> set[str]:
+        """The names an interrupted "append" run of the same settings already did; starts this run's journal."""
+        run, done, paths = self.cfg.append_run_id(), set(), [self.append_path, *_parts(self.append_path)]
+        for path in paths:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
+            try:
+                head = json.loads(lines[0]) if lines else {}
+            except json.JSONDecodeError:
+                head = {}
+            if head.get("run") != run:
+                continue
+            for line in lines[1:]:
+                try:
+                    done.add(json.loads(line))
+                except json.JSONDecodeError:  # a half-written last line
+                    pass
+            if self.csv and "csv_rows" in head:  # rows written after the last journal sync (a kill in between)
+                cells = {_safe_cell(n): n for n in self._names}
+                done |= {cells.get(r[0], r[0]) for r in _read_csv(self.csv.path)[head["csv_rows"]:]}
+        if not any(p.exists() for p in paths) or not done:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            head = {"run": run} | ({"csv_rows": len(_read_csv(self.csv.path))} if self.csv else {})
+            atomic_write_bytes(self.append_path, (json.dumps(head) + "\n").encode("utf-8"))
+        return done
+
+    def finish(self, complete: bool) -> None:
+        """After the run: drop the rows "overwrite" replaced (their new rows are on disk); end an "append" run's
+        journal when every image of it is done (else a rerun resumes it)."""
+        self.close()
+        if self._old_rows and self.csv:
+            written = {_safe_cell(w) for w in self._written}
+            budget = Counter({t: n for t, n in self._old_rows.items() if t[0] in written})
+            keep = []
+            for r in _read_csv(self.csv.path):
+                if budget[tuple(r)] > 0:
+                    budget[tuple(r)] -= 1
+                    continue
+                keep.append(r)
+            self.csv.rewrite([csv_line(r) for r in keep])
+        if self._old_lines and self.jsonl:
+            budget = Counter({t: n for t, n in self._old_lines.items() if json.loads(t)["file_name"] in self._written})
+            keep = []
+            for line in _complete_lines(self.jsonl.path).splitlines(keepends=True):
+                try:
+                    key = json.dumps(json.loads(line), sort_keys=True)
+                except json.JSONDecodeError:
+                    key = None
+                if key is not None and budget[key] > 0:
+                    budget[key] -= 1
+                    continue
+                keep.append(line)  # another program's lines stay exactly as they were
+            self.jsonl.rewrite(keep)
+        if self.cfg.existing == "append" and complete:
+            for path in [self.append_path, *_parts(self.append_path)]:
+                path.unlink(missing_ok=True)
 
     def merge_parts(self, order: dict[str, int], recovering: bool = False) -> int:
         """Merge the ranks' parts of the shared outputs into them, rows in input order (`order`: name -> position;
@@ -365,26 +598,41 @@ class Library:
         if self.csv and (parts := _parts(self.csv.path)):
             rows = _read_csv(self.csv.path)
             have = {tuple(r) for r in rows} if recovering else set()
-            rows += [r for part in parts for r in _read_csv(part) if tuple(r) not in have]
+            new = [r for part in parts for r in _read_csv(part) if tuple(r) not in have]
+            cell_names = {_safe_cell(n): n for n in order}
+            self._written |= {cell_names.get(r[0], r[0]) for r in new}
+            rows += new
             cell_order = {_safe_cell(name): i for name, i in order.items()}  # names as the CSV spells them
             rows.sort(key=lambda r: cell_order.get(r[0], len(order)))  # stable: an image's K rows keep their order
             self.csv.close()
             self.csv.rewrite([csv_line(r) for r in rows])
             merged += _remove(parts)
         if self.jsonl and (parts := _parts(self.jsonl.path)):
+            lines = [ln if ln.endswith("\n") else ln + "\n"
+                     for ln in _complete_lines(self.jsonl.path).splitlines(keepends=True)]  # as they are
             objs = _read_jsonl(self.jsonl.path)
             have = {json.dumps(o, sort_keys=True) for o in objs} if recovering else set()
-            objs += [o for part in parts for o in _read_jsonl(part) if json.dumps(o, sort_keys=True) not in have]
-            objs.sort(key=lambda o: order.get(o["file_name"], len(order)))
+            new = [o for part in parts for o in _read_jsonl(part) if json.dumps(o, sort_keys=True) not in have]
+            self._written |= {o["file_name"] for o in new}
+            lines += [json.dumps(o, ensure_ascii=False) + "\n" for o in new]
+
+            def position(line: str) -> int:  # lines that are not ours (not an image's object) keep their place first
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    return -1
+                return order.get(obj.get("file_name"), len(order)) if isinstance(obj, dict) else -1
+            lines.sort(key=position)
             self.jsonl.close()
-            self.jsonl.rewrite([json.dumps(o, ensure_ascii=False) + "\n" for o in objs])
+            self.jsonl.rewrite(lines)
             merged += _remove(parts)
         if self.coco_path and (parts := _parts(self.coco_path)):
-            if not self._coco_loaded:  # else plan() has loaded it, less what "overwrite" captions again
+            if not self._coco_loaded:  # else plan() has loaded it
                 self._load_coco()
-            entries = {(e.get("image_id"), e.get("caption")): e for e in self.coco}
-            for part in parts:
-                entries.update({(e.get("image_id"), e.get("caption")): e for e in _read_coco(part)})
+            new = [e for part in parts for e in _read_coco(part)]
+            fresh = {e.get("image_id") for e in new} & self._old_coco  # "overwrite": their old entries go now
+            entries = {(e.get("image_id"), e.get("caption")): e for e in self.coco if e.get("image_id") not in fresh}
+            entries.update({(e.get("image_id"), e.get("caption")): e for e in new})
             self.coco = list(entries.values())
             self.save_coco(force=True)
             merged += _remove(parts)
@@ -396,12 +644,29 @@ class Library:
         digits = re.fullmatch(r"0*(\d+)", path.stem)  # COCO's own file names are the zero-padded id
         return int(digits.group(1)) if digits else None
 
-    def write(self, path: Path, outputs: set[str], result) -> dict:
-        """Write one image's result to the outputs named; returns its row for the page."""
+    # ------------------------------------------------------------------------------------------ writing
+
+    def write(self, path: Path, outputs: set[str], result, seen: "imagemeta.FileIdentity | None" = None) -> dict:
+        """Write one image's result to the outputs named; returns its row for the page.
+
+        seen: the file's identity before it was captioned; a file changed since gets no caption anywhere (and no
+        CSV row, so that the next run captions it)."""
         cfg, name = self.cfg, self.name(path)
         captions = [result.caption] + [c for c, _ in result.alternatives][: cfg.num_captions - 1]
-        captions = [f"{cfg.prefix}{c}{cfg.suffix}" for c in captions if c] if not result.error else []
+        plain = [c for c in captions if c] if not result.error else []
+        captions = [f"{cfg.prefix}{c}{cfg.suffix}" for c in plain]
         error = result.error or ""
+        row = {"image": name, "path": str(path), "caption": captions[0] if captions else "",
+               "score": result.score, "error": error, "tags": format_tags(result.tags),
+               "confidence": result.confidence, "check": result.check}
+        if seen is not None and not result.error:
+            try:
+                now = imagemeta.identity(path)
+            except OSError:
+                now = None
+            if now != seen:
+                return row | {"caption": "", "error": "the photo changed while it was being captioned; "
+                                                       "nothing was written (run again to caption it)"}
         if "csv" in outputs:
             if captions:
                 scores = [result.score] + [s for _, s in result.alternatives]
@@ -411,37 +676,81 @@ class Library:
             else:
                 self.csv.append([csv_line([name, "", "", "", error, "", "", ""])])
         if captions:
-            try:
-                self._write_files(path, name, outputs, captions, tags=result.tags)
-            except (OSError, imagemeta.MetadataError) as e:
-                error = f"the caption could not be written ({e})"
-        return {"image": name, "path": str(path), "caption": captions[0] if captions else "",
-                "score": result.score, "error": error, "tags": format_tags(result.tags),
-                "confidence": result.confidence, "check": result.check}
+            meta = captions[0] if cfg.affix_metadata else plain[0]  # a trigger word is for trainers, not alt text
+            problems = self._write_files(path, name, outputs, captions, meta, seen, tags=result.tags)
+            if problems:
+                row["error"] = "; ".join(problems)
+        self._written.add(name)
+        if cfg.existing == "append":
+            self._appended.append(name)
+        return row
 
-    def _write_files(self, path: Path, name: str, outputs: set[str], captions: list[str], tags=()) -> None:
-        cfg, append = self.cfg, self.cfg.existing == "append"
+    def _write_files(self, path: Path, name: str, outputs: set[str], captions: list[str], meta: str,
+                     seen, tags=()) -> list[str]:
+        """Every file output of one image; returns what could not be written, in words (the others are written)."""
+        cfg, append, problems = self.cfg, self.cfg.existing == "append", []
+        full = "full-name" in outputs
         if "jsonl" in outputs:
             obj = {"file_name": name, "text": captions[0]} | ({"texts": captions} if len(captions) > 1 else {})
             obj |= {"tags": tag_list(tags)} if cfg.jsonl_tags else {}
             self.jsonl.append([json.dumps(obj, ensure_ascii=False) + "\n"])
         if "coco" in outputs:
-            self.coco.append({"image_id": self.coco_id(path), "caption": captions[0]})
-        if "sidecar" in outputs:
-            side = path.with_suffix(cfg.sidecar_ext)
-            old = side.read_text(encoding="utf-8").rstrip("\n") if append and side.exists() else ""
-            atomic_write_bytes(side, ("\n".join(([old] if old else []) + captions) + "\n").encode("utf-8"))
+            cid = self.coco_id(path)
+            if cid in self._old_coco:  # "overwrite": the old entry goes as the new one comes
+                self.coco = [e for e in self.coco if e.get("image_id") != cid]
+                self._old_coco.discard(cid)
+            self.coco.append({"image_id": cid, "caption": captions[0]})
+        try:
+            if "sidecar" in outputs:
+                side = self.sidecar(path, full)
+                if side.exists() and not os.stat(side).st_mode & 0o222:
+                    raise PermissionError(f"{side.name} is write-protected; left unchanged")
+                old = side.read_text(encoding="utf-8").rstrip("\n") if append and side.exists() else ""
+                atomic_write_bytes(side, ("\n".join(([old] if old else []) + captions) + "\n").encode("utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(f"the sidecar could not be written ({e})")
         if "tags" in outputs:
-            write_tags_file(path, cfg.tags_ext, tags)
-        if "metadata" in outputs:
-            old = imagemeta.read_caption(path) if append else None
-            imagemeta.write_caption(path, f"{old} {captions[0]}" if old else captions[0])
+            try:
+                write_tags_file(path, cfg.tags_ext, tags, full)
+            except OSError as e:
+                problems.append(f"the tags file could not be written ({e})")
+        for out, write in (("xmp", lambda: imagemeta.write_xmp_sidecar(path, meta, existing=cfg.existing,
+                                                                        full_name=full)),
+                           ("metadata", lambda: imagemeta.write_caption(path, meta, existing=cfg.existing,
+                                                                         expect=seen, keep_mtime=cfg.keep_mtime))):
+            if out not in outputs:
+                continue
+            if out == "metadata" and (sys_ := system_folder(os.path.dirname(os.path.realpath(path)))):
+                problems.append(f"the photo is a link into a system folder ({sys_}); left unchanged")
+                continue
+            try:
+                write()
+            except imagemeta.KeptDescription as e:
+                self.kept += 1
+                problems.append(f"not written into the {'XMP sidecar' if out == 'xmp' else 'photo'}: {e}")
+            except (OSError, imagemeta.MetadataError) as e:
+                problems.append(f"the caption could not be written into the "
+                                f"{'XMP sidecar' if out == 'xmp' else 'photo'} ({e})")
+        return problems
 
     def sync(self) -> None:
-        """The rows written so far, on disk (after each batch)."""
+        """The rows written so far, on disk (after each batch); then the "append" run's journal."""
         for j in (self.csv, self.jsonl):
             if j:
                 j.sync()
+        if self._appended:
+            try:
+                if self._append_log is None:
+                    new = not self.append_path.exists() or self.append_path.stat().st_size == 0
+                    self._append_log = open(self.append_path, "a", encoding="utf-8")
+                    if new:  # a rank's part: the run it belongs to first
+                        self._append_log.write(json.dumps({"run": self.cfg.append_run_id()}) + "\n")
+                self._append_log.write("".join(json.dumps(n) + "\n" for n in self._appended))
+                self._append_log.flush()
+                os.fsync(self._append_log.fileno())
+            except OSError as e:
+                raise plain_os_error(e, self.append_path) from e
+            self._appended = []
 
     def save_coco(self, force: bool = False) -> None:
         """The COCO JSON is one array: rewritten atomically every few seconds and at the end, not per image."""
@@ -450,22 +759,29 @@ class Library:
             self._coco_saved = time.monotonic()
 
     def close(self) -> None:
-        for j in (self.csv, self.jsonl):
-            if j:
-                j.close()
+        try:
+            self.sync()
+        finally:
+            for j in (self.csv, self.jsonl):
+                if j:
+                    j.close()
+            if self._append_log:
+                self._append_log.close()
+                self._append_log = None
         self.save_coco(force=True)
 
 
-def tags_path(image: Path, tags_ext: str) -> Path:
+def tags_path(image: Path, tags_ext: str, full_name: bool = False) -> Path:
     """photo.jpg + ".tags.txt" -> photo.tags.txt (what kohya's merge_dd_tags_to_metadata.py reads with
-    `--caption_extension .tags.txt`; its default .txt is this app's caption sidecar)."""
-    return image.with_name(image.stem + tags_ext)
+    `--caption_extension .tags.txt`; its default .txt is this app's caption sidecar); photo.jpg.tags.txt when
+    another image would share the name (a.jpg + a.png), as the sidecars do."""
+    return image.with_name((image.name if full_name else image.stem) + tags_ext)
 
 
-def write_tags_file(image: Path, tags_ext: str, tags) -> None:
+def write_tags_file(image: Path, tags_ext: str, tags, full_name: bool = False) -> None:
     """The image's tags as one comma-separated line ("cat, bed"), replaced whole, atomically; an image with no
     tag above the threshold gets an empty file, so a dataset tool finds a tags file for every image."""
-    atomic_write_bytes(tags_path(image, tags_ext), (tag_list(tags) + "\n").encode("utf-8"))
+    atomic_write_bytes(tags_path(image, tags_ext, full_name), (tag_list(tags) + "\n").encode("utf-8"))
 
 
 class Team(Protocol):
@@ -485,7 +801,19 @@ def caption_library(cfg: LibraryConfig, captioner, on_progress: Callable[[Progre
 
     `on_progress` is called after each batch; an exception raised there (Ctrl+C, the page's Cancel) or
     `should_stop()` returning True ends the run after that batch with everything written so far kept.
-    `team`: this process is one rank of several (torchrun); it captions its share and reports on that share."""
+    `team`: this process is one rank of several (torchrun); it captions its share and reports on that share.
+    Raises LibraryError (an output that is not safe to use) or core.files.DiskFullError, both in plain words."""
+    try:
+        return _caption_library(cfg, captioner, on_progress, should_stop, team)
+    except DiskFullError:
+        raise
+    except OSError as e:  # a full disk, whichever write saw it first, in words
+        if isinstance(plain := plain_os_error(e, e.filename or "the outputs"), DiskFullError):
+            raise plain from e
+        raise
+
+
+def _caption_library(cfg: LibraryConfig, captioner, on_progress, should_stop, team) -> Progress:
     lead = team is None or team.rank == 0
     if lead:  # the other ranks neither walk the folder nor read the outputs: rank 0 tells them their share
         lib = Library(cfg)
@@ -494,14 +822,17 @@ def caption_library(cfg: LibraryConfig, captioner, on_progress: Callable[[Progre
         lib.merge_parts(order, recovering=True)  # what the ranks of a killed torchrun run had written
         plan = lib.plan(images)
     if team is None:
+        progress = None
         try:
-            return _caption_plan(lib, plan, len(images) - len(plan), captioner, on_progress, should_stop)
+            progress = _caption_plan(lib, plan, len(images) - len(plan), captioner, on_progress, should_stop)
         finally:
-            lib.close()
+            lib.finish(complete=progress is not None and progress.done == progress.total)
+        progress.kept = lib.kept
+        return progress
     share = Library(cfg, part=team.rank)
-    told = team.broadcast({"skipped": len(images) - len(plan), "plan": [[lib.name(p), sorted(o)] for p, o in plan]}
-                          if lead else None)
-    mine = [(share.root / name, set(outs)) for name, outs in told["plan"][team.rank::team.world]]
+    told = team.broadcast({"skipped": len(images) - len(plan), "kept": lib.kept,
+                           "plan": [[lib.rel(p), sorted(o)] for p, o in plan]} if lead else None)
+    mine = [(share.root / rel, set(outs)) for rel, outs in told["plan"][team.rank::team.world]]
     try:
         progress = _caption_plan(share, mine, told["skipped"], captioner, on_progress, should_stop)
     finally:
@@ -509,7 +840,8 @@ def caption_library(cfg: LibraryConfig, captioner, on_progress: Callable[[Progre
     team.barrier()  # every rank's parts are complete
     if lead:
         lib.merge_parts(order)
-        lib.close()
+        lib.finish(complete=progress.done == progress.total)
+    progress.kept = told["kept"] + share.kept
     return progress
 
 
@@ -517,6 +849,18 @@ def _caption_plan(lib: Library, plan: list[tuple[Path, set[str]]], skipped: int,
                   should_stop) -> Progress:
     cfg = lib.cfg
     progress = Progress(0, len(plan), skipped, 0, 0.0, None, [])
+    seen: dict[int, imagemeta.FileIdentity | None] = {}  # plan index -> identity, for the images not written yet
+    taken = [0]
+
+    def identify(upto: int) -> None:
+        """Take the identities of the images up to `upto` before the captioner can read them (it reads ahead)."""
+        for i in range(taken[0], min(upto, len(plan))):
+            try:
+                seen[i] = imagemeta.identity(plan[i][0])
+            except OSError:
+                seen[i] = None  # unreadable: the captioner reports it
+        taken[0] = max(taken[0], min(upto, len(plan)))
+    identify(AHEAD * cfg.batch_size)
     t0 = time.perf_counter()
     batches = captioner.iter_captions([(str(p), p) for p, _ in plan], beam=cfg.beam, max_len=cfg.max_len,
                                       batch_size=cfg.batch_size, num_captions=cfg.num_captions,
@@ -524,10 +868,13 @@ def _caption_plan(lib: Library, plan: list[tuple[Path, set[str]]], skipped: int,
                                       tag_threshold=cfg.tag_threshold, max_tags=cfg.max_tags)
     for results in batches:
         start = progress.done
-        progress.latest = [lib.write(plan[start + i][0], plan[start + i][1], r) for i, r in enumerate(results)]
+        progress.latest = [lib.write(plan[start + i][0], plan[start + i][1], r, seen.pop(start + i, None))
+                           for i, r in enumerate(results)]
         lib.sync()
         progress.done += len(results)
+        identify(progress.done + AHEAD * cfg.batch_size)
         progress.failed += sum(1 for row in progress.latest if row["error"])
+        progress.kept = lib.kept
         elapsed = time.perf_counter() - t0
         progress.images_per_s = progress.done / max(elapsed, 1e-9)
         progress.eta_s = (progress.total - progress.done) / progress.images_per_s if progress.images_per_s else None

@@ -46,8 +46,11 @@ class PhotoProgress:
                 self.done += 1
                 self.failed += bool(error)
                 if self.bar is not None:
+                    if error:  # which photo was left unchanged, and why, above the bar
+                        self.bar.write(f"{self.label}{name}: {error}", file=self.stream)
                     self.bar.update(1)
-                elif not self.every_s or self.done == self.total or time.monotonic() - self._shown >= self.every_s:
+                elif (error or not self.every_s or self.done == self.total
+                      or time.monotonic() - self._shown >= self.every_s):
                     self._shown = time.monotonic()
                     what = f" -- not captioned: {error}" if error else ""
                     print(f"{self.label}captioned {self.done}/{self.total} ({self._speed()}): {name}{what}",

@@ -322,3 +322,27 @@ def format_eta(seconds: float | None) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+# --- the Train form's last values (one JSON file beside the run folders) ---------------------------------
+
+FORM_MEMORY = "last_form.json"  # not a run folder (list_runs reads folders only)
+MAX_FORM_BYTES = 100_000
+
+
+def save_form_values(root: Path | str, values: dict) -> None:
+    """Remember the Train form's values (plain JSON types only), so that the next visit starts from them."""
+    plain = {k: v for k, v in values.items() if isinstance(v, (str, int, float, bool))}
+    atomic_write_json(Path(root) / FORM_MEMORY, plain)
+
+
+def load_form_values(root: Path | str) -> dict:
+    """The values save_form_values kept; {} when there are none or the file is damaged (the form's defaults)."""
+    path = Path(root) / FORM_MEMORY
+    try:
+        if path.stat().st_size > MAX_FORM_BYTES:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

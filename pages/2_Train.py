@@ -1,91 +1,37 @@
 """Train page: start a training run in the background, watch it live, stop and resume it, pick the model."""
-import os
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from core.bundle import BundleError, set_active
-from core.config import (BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, NAME_RULE, ConfigError, ModelConfig,
-                         TrainConfig, name_problem)
+from core.bundle import BundleError, inspect_bundle, set_active
+from core.config import ConfigError, TrainConfig, name_problem
 from core.data import COCO_HELP, inspect_dataset
 from core.jobs import JobError, current_job, enforce_stop, processes_of, resume_job, start_job, stop_job
 from core.paths import models_dir, runs_dir
 from core.runs import Job, list_runs, run_status
-from ui import warm
-from ui.device import device_report_ui
+from core.scores import compare_models, dataset_outlook, format_metric, metric_label
+from ui.loader import bundle_choices
 from ui.monitor import draw_run
 from ui.nav import sidebar_menu
+from ui.train_form import train_form
 
+RUN_COLUMNS = ("epoch", "BLEU-4", "CIDEr", "distinct_captions")  # of a run's last (or final) metrics
 STOP_GRACE_S = 120  # after a Stop, how long the trainer may take to checkpoint before it gets SIGTERM
 
 
-def device_choice(where) -> tuple[str, int]:
-    """The compute device for the run, with what was found on this computer beside it; and how many processes:
-    with several CUDA GPUs, one or all of them (one process each, through torchrun)."""
-    device = where.selectbox("Device", DEVICES, help="auto: CUDA, then Apple MPS, then the CPU")
-    dev = warm.device_info()  # the server's warm-up made one already, unless this is its very first page
-    report = device_report_ui(where, report=dev if dev and "error" not in dev else None)
-    if report.gpus < 2 or os.name == "nt":  # PyTorch's Windows builds have no NCCL, which several GPUs train over
-        return device, 1
-    processes = where.selectbox("GPUs", (1, report.gpus),
-                                format_func=lambda n: "one GPU" if n == 1 else f"all {n} GPUs",
-                                help="All: one training process per GPU (torchrun, DistributedDataParallel); "
-                                "the batch size is the total over all of them")
-    return device, processes
-
-
-def train_form() -> dict | None:
-    """The run's settings (TrainConfig fields, defaults from TrainConfig) when the form is submitted, else None."""
-    d, m = TrainConfig(), ModelConfig()
-    with st.form("train"):
-        data = st.text_input("Dataset folder (COCO-2017 or Flickr layout)", d.data)
-        c = st.columns(3)
-        backbone = c[0].selectbox("Backbone", BACKBONE_NAMES, index=BACKBONE_NAMES.index(m.backbone))
-        decoder = c[1].selectbox("Decoder", DECODERS, index=DECODERS.index(m.decoder), format_func=DECODER_NAMES.get)
-        device, processes = device_choice(c[2])
-        c = st.columns(4)
-        embed_dim = c[0].number_input("Embedding size", 8, 2048, m.embed_dim, step=8)
-        hidden_dim = c[1].number_input("Hidden size", 8, 4096, m.hidden_dim, step=8)
-        min_word_count = c[2].number_input("Vocabulary threshold (min. word count)", 1, 100, d.min_word_count)
-        epochs = c[3].number_input("Epochs", 1, 200, d.epochs)
-        c = st.columns(4)
-        batch_size = c[0].number_input("Batch size", 1, 1024, d.batch_size)
-        lr = c[1].number_input("Learning rate", 1e-6, 1.0, d.lr, step=1e-4, format="%.0e")
-        subset = c[2].slider("Quick run: fraction of the data", 0.01, 1.0, d.subset, help="e.g. 0.05 for a first try")
-        model_name = c[3].text_input("Model name", "", placeholder=NAME_RULE)
-        with st.expander("Advanced"):
-            c = st.columns(4)
-            label_smoothing = c[0].number_input("Label smoothing", 0.0, 0.5, d.label_smoothing, step=0.05)
-            scst_epochs = c[1].number_input("SCST passes over the data (CIDEr reward, after the others)", 0, 50,
-                                            d.scst_epochs)
-            val_images = c[2].number_input("Validation images", 1, 100_000, d.val_images)
-            fine_tune = c[3].checkbox("Fine-tune the backbone too", m.fine_tune, help="No feature cache; needs a GPU")
-            c = st.columns(4)
-            checkpoint_every = c[0].number_input("Checkpoint every (steps)", 1, 1_000_000, d.checkpoint_every)
-            checkpoint_minutes = c[1].number_input("... or every (minutes)", 0.5, 1440.0, d.checkpoint_minutes)
-            attention_dim = c[2].number_input("Attention size", 8, 2048, m.attention_dim, step=8)
-            dropout = c[3].number_input("Dropout", 0.0, 0.9, m.dropout, step=0.05)
-            allow_missing = st.checkbox("Train even when more than 1% of a split's images are missing",
-                                        d.allow_missing, help="e.g. on a COCO folder whose unzip is not finished")
-        if not st.form_submit_button("Start training", type="primary"):
-            return None
-    return dict(data=data, backbone=backbone, decoder=decoder, device=device, processes=int(processes),
-                embed_dim=int(embed_dim),
-                hidden_dim=int(hidden_dim), min_word_count=int(min_word_count), epochs=int(epochs),
-                batch_size=int(batch_size), lr=float(lr), subset=float(subset), label_smoothing=float(label_smoothing),
-                scst_epochs=int(scst_epochs), val_images=int(val_images), fine_tune=bool(fine_tune),
-                checkpoint_every=int(checkpoint_every), checkpoint_minutes=float(checkpoint_minutes),
-                attention_dim=int(attention_dim), dropout=float(dropout), allow_missing=bool(allow_missing),
-                model_name=model_name.strip() or f"{decoder}-{backbone}-{pd.Timestamp.now():%Y%m%d-%H%M}")
-
-
-def start(values: dict) -> bool:
-    """Validate, then start the run (and redraw); False when the dataset is the problem."""
+def start(values: dict, confirmed: bool = False) -> bool:
+    """Validate, then start the run (and redraw); False when the dataset is the problem. A dataset too small to
+    learn captions from asks first (confirm_small_run), unless `confirmed`."""
+    st.session_state.pop("small_run", None)  # a new submit replaces an unanswered question
+    values = dict(values)
     processes = values.pop("processes", 1)
     if processes > 1 and values["device"] not in ("auto", "cuda"):
         st.error(f"All {processes} GPUs need the device auto or cuda, not {values['device']}.")
         return True
+    if not values["data"].strip():
+        st.error("Choose the dataset folder first: the folder with the photos and their captions.")
+        return False
     if name_problem(values["model_name"]):
         st.error(name_problem(values["model_name"]))
         return True
@@ -101,13 +47,34 @@ def start(values: dict) -> bool:
     if not info.ok:
         st.error("This dataset cannot be used yet:\n" + "\n".join(f"- {p}" for p in info.problems))
         return False
-    st.session_state["dataset_notes"] = info.notes  # a few missing images, train/val overlap: shown above the monitor
+    photos = round(info.splits.get(config.train_split, 0) * config.subset)
+    outlook = dataset_outlook(photos, config.epochs)
+    if outlook.level == "warning" and not confirmed:
+        st.session_state["small_run"] = {"values": dict(values, processes=processes), "text": outlook.text}
+        return True
+    # a few missing images, train/val overlap, what to expect: shown above the monitor
+    st.session_state["dataset_notes"] = info.notes + ([outlook.text] if outlook.text else [])
     try:
         start_job(config.to_dict(), runs_dir(), processes=processes)
     except JobError as e:
         st.error(str(e))
         return True
     st.rerun()
+
+
+def confirm_small_run() -> None:
+    """The question start() left: this dataset is too small to learn captions; start anyway?"""
+    pending = st.session_state.get("small_run")
+    if not pending:
+        return
+    st.warning(pending["text"])
+    buttons = st.container(horizontal=True)
+    if buttons.button("Start anyway", type="primary"):
+        del st.session_state["small_run"]
+        start(pending["values"], confirmed=True)
+    if buttons.button("Change the settings"):
+        del st.session_state["small_run"]
+        st.rerun()
 
 
 def live_job() -> Job | None:
@@ -132,18 +99,41 @@ def monitor(run_dir: str) -> None:
     draw_run(Path(run_dir))
 
 
+def use_allowed(bundle: str, run_name: str) -> bool:
+    """The run's model beside the active one (figures measured the same way where possible); True when "Use this
+    model" may apply, which for a model scoring lower than the active one takes a confirmation first."""
+    bundles, i = bundle_choices(models_dir())
+    active = bundles[i] if bundles and bundles[i].usable else None
+    if active is None:
+        return True
+    if active.path.resolve() == Path(bundle).resolve():
+        st.caption(f"This run's model ({active.name}) is the active model.")
+        return True
+    c = compare_models(inspect_bundle(Path(bundle)).metrics, active.metrics)
+    if not c.rows:
+        return True
+    st.markdown(f"This run's model beside the active model ({c.basis}):")
+    st.table(pd.DataFrame({"": [metric_label(n) for n, _, _ in c.rows],
+                           "this run's model": [format_metric(n, v) for n, v, _ in c.rows],
+                           f"active: {active.name}": [format_metric(n, v) for n, _, v in c.rows]}).set_index(""))
+    if not c.worse:
+        return True
+    st.warning(f"This model scores lower than the active one ({active.name}): its captions would be worse.")
+    return st.checkbox("Use it anyway, although it scores lower", key=f"use-worse-{run_name}")
+
+
 def runs_ui(live: Job | None) -> None:
     runs = [r for r in list_runs(runs_dir()) if live is None or r.path != live.run_dir]  # the live one is above
     if not runs:
         return
     st.subheader("Earlier runs" if live else "Runs")
     st.dataframe(pd.DataFrame([{"run": r.name, "status": r.status, "model": r.config.get("model_name", ""),
-                                **{("best epoch" if k == "epoch" else k): round(v, 3) for k, v in r.metrics.items()
-                                   if isinstance(v, (int, float))}}
-                               for r in runs]), hide_index=True)
+                                **{"best epoch" if k == "epoch" else metric_label(k): format_metric(k, r.metrics.get(k))
+                                   for k in RUN_COLUMNS}} for r in runs]), hide_index=True)
     # keyed by the newest run: when a run ends (or a new one appears) the choice moves to it, instead of Streamlit
     # keeping an older choice, after which "Use this model" would have applied to the older run's model
     run = {r.name: r for r in runs}[st.selectbox("Run", [r.name for r in runs], key=f"run-{runs[0].name}")]
+    allowed = use_allowed(run.bundle, run.name) if run.bundle else False
     buttons = st.container(horizontal=True)
     if run.resumable and buttons.button("Resume", type="primary", help="Continue from the last checkpoint, "
                                         "with as many processes (GPUs) as it had"):
@@ -152,7 +142,7 @@ def runs_ui(live: Job | None) -> None:
             st.rerun()
         except JobError as e:
             st.error(str(e))
-    if run.bundle and buttons.button("Use this model for captioning", type="primary"):
+    if run.bundle and buttons.button("Use this model for captioning", type="primary", disabled=not allowed):
         try:
             set_active(Path(run.bundle).name, models_dir())
             st.success(f"{Path(run.bundle).name} is now the active model on the Caption page.")
@@ -179,6 +169,7 @@ def main() -> None:
         st.subheader("New run")
         config = train_form()
         dataset_ok = start(config) if config is not None else True
+        confirm_small_run()
         with st.expander("How to get COCO-2017", expanded=not dataset_ok):
             st.markdown(COCO_HELP)
 

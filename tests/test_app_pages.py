@@ -76,6 +76,7 @@ def test_home_shows_model_device_dataset_and_links(models, runs):
     body = texts(at)
     assert "tiny-attention" in body and "Compute device" in body and "cocoapi/" in body
     assert [m.label for m in at.metric] == ["BLEU-4", "CIDEr"] and "Scores from validation" in body
+    assert "How good its captions are" in body
     assert [p.proto.label for p in at.sidebar.get("page_link")] == ["Home", "Caption", "Train"]  # not "app"
     assert len(at.get("page_link")) == 5  # and two links in the page
     assert "A random test model." not in body  # the card on request only: it is slow for the browser to draw
@@ -163,7 +164,7 @@ def test_train_page_rejects_a_bad_dataset(models, runs, tmp_path):
     assert not at.exception
     assert "cannot be used" in at.error[0].value and "does not exist" in at.error[0].value
     assert any("cocodataset.org" in m.value for m in at.markdown)  # COCO_HELP
-    assert not runs.exists() or not any(runs.iterdir())
+    assert not any(p.is_dir() for p in runs.iterdir())  # no run folder (the form's values are remembered)
     at.text_input[1].set_value("bad/name")
     at.button[0].click().run()
     assert "model name" in at.error[0].value
@@ -178,6 +179,8 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
     at.number_input[0].set_value(16)
     at.text_input[1].set_value("tiny-run")
     at.button[0].click().run()
+    assert not at.exception and jobs.current_job(runs) is None  # a 10-photo dataset: asked first
+    next(b for b in at.button if b.label == "Start anyway").click().run()
     assert not at.exception
     job = jobs.current_job(runs)
     assert job is not None
@@ -238,6 +241,7 @@ def test_train_page_runs_on_all_gpus_through_torchrun(models, runs, tmp_path, mo
     assert "All 2 GPUs need the device auto or cuda" in at.error[0].value and jobs.current_job(runs) is None
     next(s for s in at.selectbox if s.label == "Device").select("auto")
     at.button[0].click().run()
+    next(b for b in at.button if b.label == "Start anyway").click().run()  # a 10-photo dataset
     assert not at.exception
     job = jobs.current_job(runs)
     assert job is not None and jobs.processes_of(job.command) == 2 and job.command[1].endswith("fake_torchrun.py")
@@ -463,3 +467,140 @@ def test_an_ensemble_is_named_on_home_and_captions_the_samples(tmp_path, monkeyp
     at.button[1].click().run()  # Try sample images
     assert not at.exception and len(at.session_state.batch["results"]) == 4
     assert all(r.caption and not r.error for r in at.session_state.batch["results"])
+
+
+def test_train_page_warns_before_a_run_too_small_to_learn(models, runs, tmp_path):
+    """Regression (issue 21): 300 photos x 3 epochs started at once and wrote "a man in a man and a red"."""
+    data = make_flickr_dataset(tmp_path / "data")
+    at = open_page(TRAIN).run()
+    at.text_input[0].set_value(str(data))
+    at.button[0].click().run()
+    assert not at.exception and jobs.current_job(runs) is None
+    warning = at.warning[-1].value
+    assert "10 photos x 10 epochs is too little to learn" in warning and "a man in a man and a red" in warning
+    assert "6,000 photos x 6 epochs" in warning  # what the default model had, for comparison
+    next(b for b in at.button if b.label == "Change the settings").click().run()
+    assert not at.exception and jobs.current_job(runs) is None
+    assert not any("too little" in w.value for w in at.warning) and "Start anyway" not in [b.label for b in at.button]
+
+
+def test_train_page_remembers_the_last_values(models, runs, tmp_path):
+    """Regression (issue 21): the form went back to cocoapi/ (no dataset there) and 10 epochs on every visit."""
+    at = open_page(TRAIN).run()
+    assert at.text_input[0].value == ""  # no dataset in cocoapi/: an empty field, not a folder without one
+    at.text_input[0].set_value(str(tmp_path / "my-photos"))
+    at.number_input(key="train-epochs").set_value(3)
+    at.number_input(key="train-embed_dim").set_value(32)
+    at.number_input(key="train-dropout").set_value(0.2)
+    at.selectbox(key="train-decoder").select("show_tell")
+    at.checkbox(key="train-allow_missing").check()
+    at.button[0].click().run()  # the folder does not exist: no run, but the values are kept
+    assert "does not exist" in at.error[0].value
+    again = open_page(TRAIN).run()  # a new session (a reload, another day)
+    assert not again.exception
+    assert again.text_input[0].value == str(tmp_path / "my-photos")
+    assert (again.number_input(key="train-epochs").value, again.number_input(key="train-embed_dim").value) == (3, 32)
+    assert again.number_input(key="train-dropout").value == 0.2 and again.checkbox(key="train-allow_missing").value
+    assert again.selectbox(key="train-decoder").value == "show_tell"
+    assert again.text_input[1].value == ""  # not the model name: a new run gets a new one
+    # a value the form cannot show (edited by hand, or from an older version): that field's default, no error
+    memory = json.loads((runs / "last_form.json").read_text())
+    (runs / "last_form.json").write_text(json.dumps({**memory, "epochs": 100_000, "decoder": "gone", "lr": "x"}))
+    third = open_page(TRAIN).run()
+    assert not third.exception and third.number_input(key="train-epochs").value == 10
+    assert third.selectbox(key="train-decoder").value == "attention" and third.number_input(key="train-embed_dim").value == 32
+    (runs / "last_form.json").write_text("{not json")
+    assert not open_page(TRAIN).run().exception
+
+
+def test_train_form_explains_every_field_in_plain_words(models, runs):
+    at = open_page(TRAIN).run()
+    inputs = [w for kind in ("text_input", "number_input", "selectbox", "slider", "checkbox") for w in getattr(at, kind)
+              if (w.key or "").startswith("train-")]
+    assert len(inputs) >= 20 and all(len(w.proto.help) > 20 for w in inputs), [w.label for w in inputs if not w.proto.help]
+    helps = {w.key: w.proto.help for w in inputs}
+    assert "each word" in helps["train-embed_dim"] and "memory" in helps["train-hidden_dim"]
+    assert "fewer times than this" in helps["train-min_word_count"]
+    assert "self-critical" in helps["train-scst_epochs"] and "rewarded" in helps["train-scst_epochs"]
+
+
+def _bundle_with(folder: Path, metrics: dict) -> Path:
+    make_tiny_bundle(folder)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_use_this_model_shows_both_models_figures_and_asks_when_worse(tmp_path, monkeypatch, runs):
+    """Regression (issue 21): one click made a model with broken captions the active one, no figures shown."""
+    from core.bundle import set_active
+
+    models = tmp_path / "models"
+    _bundle_with(models / "good", {"val_greedy": {"BLEU-4": 17.7, "CIDEr": 44.7, "distinct_captions": 759}})
+    _bundle_with(models / "weak", {"val_greedy": {"BLEU-4": 0.0, "CIDEr": 3.0, "distinct_captions": 4}})
+    set_active("good", models)
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(models))
+    _finished_run(runs, "20260101-000000-weak", models / "weak", 1000.0)
+    at = open_page(TRAIN).run()
+    assert not at.exception
+    table = at.table[0].value
+    assert list(table["this run's model"]) == ["0.0", "3.0", "4"] and list(table["active: good"]) == ["17.7", "44.7", "759"]
+    assert list(table.index) == ["BLEU-4", "CIDEr", "different captions"]
+    assert any("scores lower than the active one (good)" in w.value for w in at.warning)
+    use = next(b for b in at.button if b.label == "Use this model for captioning")
+    assert use.disabled
+    at.checkbox(key="use-worse-20260101-000000-weak").check().run()
+    next(b for b in at.button if b.label == "Use this model for captioning").click().run()
+    assert not at.exception and get_active(models).name == "weak"
+
+    # a better model: the figures, and no question
+    _bundle_with(models / "better", {"val_greedy": {"BLEU-4": 19.0, "CIDEr": 50.0}})
+    _finished_run(runs, "20260102-000000-better", models / "better", 2000.0)
+    at = open_page(TRAIN).run()
+    assert list(at.table[0].value["this run's model"]) == ["19.0", "50.0", "—"]
+    assert not any("scores lower" in w.value for w in at.warning)
+    assert not next(b for b in at.button if b.label == "Use this model for captioning").disabled
+
+
+def test_runs_table_and_charts_of_a_one_epoch_run(models, runs):
+    """Regression (issue 21): one epoch drew an axis "0.000000 / 1.000000", the runs table a raw distinct_captions
+    column and figures with three decimals."""
+    run = runs / "20260101-000000-one"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model_name": "one"}))
+    events = [{"event": "start", "time": 1000.0, "config": {}, "pid": 0, "resumed": False},
+              {"event": "step", "time": 1001.0, "step": 1, "epoch": 1, "epochs": 1, "total_steps": 1, "loss": 5.1},
+              {"event": "epoch", "time": 1002.0, "epoch": 1, "train_loss": 5.1,
+               "metrics": {"BLEU-4": 0.0, "CIDEr": 1.234, "distinct_captions": 2}},
+              {"event": "stopped", "time": 1003.0}]
+    (run / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    at = open_page(TRAIN).run()
+    assert not at.exception
+    row = at.dataframe[0].value.iloc[0].to_dict()
+    assert {k: row[k] for k in ("best epoch", "BLEU-4", "CIDEr", "different captions")} == {
+        "best epoch": "—", "BLEU-4": "0.0", "CIDEr": "1.2", "different captions": "2"}  # best: known when done
+    assert [m.value for m in at.metric if "last epoch" in m.label] == ["0.0", "1.2"]
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert len(specs) == 2 and all(s["encoding"]["x"]["axis"]["format"] == "d" for s in specs)
+    assert specs[1]["encoding"]["x"]["title"] == "epoch" and specs[1]["encoding"]["x"]["scale"]["domain"] == [0, 1]
+
+
+def test_home_summarises_the_model_in_plain_words(tmp_path, monkeypatch, runs):
+    """Home says how good the captions are and what the model is good and bad at, from the bundle's own files;
+    the card one click further, its headings smaller than the page's title."""
+    models = tmp_path / "models"
+    bundle = _bundle_with(models / "dogs", {"val_greedy": {"BLEU-4": 0.0, "CIDEr": 12.0},
+                                            "dogs/val": {"BLEU-4": 21.04, "CIDEr": 62.0, "images": 500, "beam": 3}})
+    (bundle / "card.md").write_text("# Dogs model\n\n## Good at\n\nDogs on beaches.\n\n## Known weaknesses\n\n"
+                                    "Cats: it calls them dogs.\n")
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(models))
+    at = open_page(HOME).run()
+    assert not at.exception
+    body = texts(at)
+    assert "How good its captions are: good." in body and "Good at:** Dogs on beaches." in body
+    assert "Bad at:** Cats: it calls them dogs." in body
+    assert [(m.label, m.value) for m in at.metric] == [("BLEU-4", "21.0"), ("CIDEr", "62.0")]
+    assert "BLEU-4: how many of the caption's runs of four words" in body and "CIDEr: how well" in body
+    assert "# Dogs model" not in body  # the card on request only
+    at.toggle(key="show-card").set_value(True).run()
+    assert any(m.value.startswith("#### Dogs model") for m in at.markdown)
+    assert not any(line.startswith(("# ", "## ", "### ")) for m in at.markdown for line in m.value.splitlines())

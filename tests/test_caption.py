@@ -185,6 +185,7 @@ def test_progress_bar_on_a_terminal_moves_per_photo():
     assert "read 1/3" in out.getvalue()
     bar.photos_done([("a.jpg", ""), ("b.jpg", "not an image")])
     assert bar.bar.n == 2 and bar.failed == 1
+    assert "b.jpg: not an image\n" in out.getvalue()  # which photo was left out, above the bar
     bar.photos_done([("c.jpg", "")])
     bar.close()
     assert "3/3" in out.getvalue() and "captioning" in out.getvalue()
@@ -242,3 +243,16 @@ def test_tags_options_are_checked():
     with pytest.raises(ValueError, match="between 0 and 1"):
         LibraryConfig("x", csv="c.csv", tag_threshold=5)
     assert LibraryConfig("x", tags_ext="tags.txt").tags_ext == ".tags.txt"  # a tags file alone is an output
+
+
+def test_two_photos_sharing_a_name_get_a_tags_file_each(tiny_bundle, tmp_path):
+    from core.library import LibraryConfig, caption_library
+
+    folder = tmp_path / "photos"
+    make_image(folder / "a.jpg", "red", "square")
+    make_image(folder / "a.png", "blue", "square")
+    make_image(folder / "b.png", "green", "square")
+    caption_library(LibraryConfig(str(folder), tags_ext=".tags.txt", tag_threshold=0.0),
+                    Captioner(tiny_bundle, device="cpu"))
+    assert sorted(p.name for p in folder.glob("*.tags.txt")) == ["a.jpg.tags.txt", "a.png.tags.txt", "b.tags.txt"]
+    assert len((folder / "b.tags.txt").read_text(encoding="utf-8").split(", ")) == 3  # threshold 0: the top 3

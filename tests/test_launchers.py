@@ -475,6 +475,78 @@ def test_bash_launcher_installs_the_cuda_build_for_an_nvidia_gpu(project, fake_s
     assert "already installed" in launch("after-failure", False)
 
 
+def test_linux_without_an_nvidia_driver_wants_the_cpu_build(monkeypatch):
+    """PyPI's Linux torch wheel carries 4 GB of CUDA libraries: without an NVIDIA driver, PyTorch's CPU build."""
+    from core import device
+
+    for name in (device.FORCE_CPU_ENV, device.TORCH_CUDA_ENV, device.TORCH_INDEX_ENV):
+        monkeypatch.delenv(name, raising=False)
+    pins = {"torch": "2.14.1", "torchvision": "0.29.1"}
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: False)
+    build, why = device.wanted_torch_build(pins, system="Linux")
+    assert build == "cpu" and "No NVIDIA GPU found" in why and "/proc/driver/nvidia" in why
+    assert device.cuda_install_args(build, pins) == ["install", "torch==2.14.1+cpu", "torchvision==0.29.1+cpu",
+                                                     "--index-url", "https://download.pytorch.org/whl/cpu"]
+    monkeypatch.setenv(device.FORCE_CPU_ENV, "1")  # forced CPU: still no CUDA libraries to download
+    assert device.wanted_torch_build(pins, system="Linux")[0] == "cpu"
+    monkeypatch.delenv(device.FORCE_CPU_ENV)
+    assert device.wanted_torch_build({}, system="Linux")[0] is None  # nothing pinned: nothing to choose
+    for system in ("Darwin", "Windows"):  # PyPI's wheels there are CPU (and Apple GPU) builds already
+        assert device.wanted_torch_build(pins, nvidia=None, system=system)[0] is None
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: True)  # a driver: PyPI's wheel, with CUDA
+    assert device.wanted_torch_build(pins, system="Linux")[0] is None
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: False)
+    monkeypatch.setenv(device.TORCH_CUDA_ENV, "1")  # CAPTION_TORCH_CUDA=1 keeps asking nvidia-smi for a GPU
+    assert device.wanted_torch_build(pins, nvidia=None, system="Linux")[0] is None
+
+
+@needs_bash
+@pytest.mark.skipif(sys.platform != "linux" or os.path.isdir("/proc/driver/nvidia") or shutil.which("nvidia-smi"),
+                    reason="the CPU-build path is Linux without an NVIDIA driver")
+def test_bash_launcher_installs_the_cpu_build_without_an_nvidia_gpu(project, fake_streamlit, tmp_path):
+    """The whole path, for real: stand-in torch/torchvision wheels, PyTorch's CPU index as a local folder."""
+    wheels = project / "wheels"  # the standard builds, as on PyPI (there: with CUDA)
+    make_wheel(wheels, "2.14.1", "torch")
+    make_wheel(wheels, "0.29.1", "torchvision")
+    cpu_wheels = [make_wheel(tmp_path / "cpu-wheels", "2.14.1+cpu", "torch"),
+                  make_wheel(tmp_path / "cpu-wheels", "0.29.1+cpu", "torchvision")]
+    torch_index = local_index(tmp_path / "torch-index" / "cpu", cpu_wheels)
+    (project / "requirements.txt").write_text("--find-links ./wheels\ntorch==2.14.1\ntorchvision==0.29.1\n")
+    calls = tmp_path / "streamlit-call.json"
+    env = launcher_env(tmp_path, PYTHONPATH=str(fake_streamlit), FAKE_STREAMLIT_LOG=str(calls),
+                       CAPTION_TORCH_INDEX=torch_index.rsplit("/", 1)[0],
+                       PIP_INDEX_URL=local_index(tmp_path / "empty-index", []))  # PyPI stand-in: nothing on it
+    del env["PIP_NO_INDEX"]  # the CPU build comes from an index (a local folder: still no download)
+    stamp = project / ".venv" / "requirements.sha256"
+
+    def launch(run_name, expect_pip, **extra):
+        pip_log = tmp_path / f"pip-{run_name}.log"
+        result = run_launcher(project, dict(env, PIP_LOG=str(pip_log), **extra))
+        assert result.returncode == 0, f"{run_name}:\n{result.stdout}\n{result.stderr}"
+        assert pip_log.exists() == expect_pip, f"{run_name}:\n{result.stdout}\n{result.stderr}"
+        assert calls.exists()  # the app started
+        calls.unlink()
+        return result.stdout
+
+    out = launch("cpu", True)
+    assert "No NVIDIA GPU found" in out and "Installing the CPU build of PyTorch from " + torch_index in out
+    assert installed_version(project, "torch") == "2.14.1+cpu"  # requirements.txt's torch==2.14.1 keeps it
+    assert installed_version(project, "torchvision") == "0.29.1+cpu"
+    assert stamp.read_text().splitlines()[1] == "torch-build: cpu"
+    assert "already installed" in launch("again", False)
+
+    # The CPU index cannot be reached: the standard build, said in plain words, and remembered.
+    shutil.rmtree(project / ".venv")
+    out = launch("cpu-fails", True, CAPTION_TORCH_INDEX=(tmp_path / "no-such-index").as_uri())
+    assert "Could not install the CPU build of PyTorch" in out and "Going on with the standard PyTorch build" in out
+    assert installed_version(project, "torch") == "2.14.1"
+    assert stamp.read_text().splitlines()[1] == "torch-build: default (cpu failed)"
+    assert "already installed" in launch("after-failure", False)
+    # An install of the standard build made before this change is kept (swapping torch alone saves nothing).
+    stamp.write_text(stamp.read_text().replace("default (cpu failed)", "default"))
+    assert "already installed" in launch("older-install", False)
+
+
 @needs_bash
 def test_bash_launcher_without_python_says_so(project, tmp_path):
     empty_bin = tmp_path / "empty-bin"

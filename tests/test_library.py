@@ -72,7 +72,7 @@ def test_every_output_format(captioner, tmp_path):
     assert {"file_name": "yellow_square_2.png", "text": "sks, a yellow square."} in lines and len(lines) == 4
     for p, pix in before.items():
         colour, shape, _ = p.stem.split("_")
-        assert imagemeta.read_caption(p) == f"sks, a {colour} {shape}."
+        assert imagemeta.read_caption(p) == f"a {colour} {shape}"  # the trigger word is for trainers, not alt text
         assert (np.asarray(Image.open(p).convert("RGB")) == pix).all()  # the pixels are untouched
 
 

@@ -47,3 +47,17 @@ def test_backbone_names_match_the_registry():
     from core.config import BACKBONE_NAMES
 
     assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
+def test_form_values_round_trip_and_damage(tmp_path):
+    """The Train form's memory: plain values kept beside the run folders, not seen as a run; damage -> {}."""
+    from core.runs import FORM_MEMORY, list_runs, load_form_values, save_form_values
+
+    assert load_form_values(tmp_path / "none-yet") == {}
+    save_form_values(tmp_path, {"data": "/photos", "epochs": 3, "lr": 4e-4, "fine_tune": True, "odd": [1, 2]})
+    assert load_form_values(tmp_path) == {"data": "/photos", "epochs": 3, "lr": 4e-4, "fine_tune": True}
+    assert list_runs(tmp_path) == []
+    (tmp_path / FORM_MEMORY).write_text("[1, 2]")
+    assert load_form_values(tmp_path) == {}
+    (tmp_path / FORM_MEMORY).write_text('{"data": "' + "x" * 200_000 + '"}')
+    assert load_form_values(tmp_path) == {}

@@ -5,7 +5,8 @@ as well as with the venv's Python. Run it from the app's folder:
 
     python tools/env_check.py check-python     is this Python 3.10 or newer?
     python tools/env_check.py needs-install    must requirements.txt be installed into .venv?
-    python tools/env_check.py install-torch    on Windows with an NVIDIA GPU: install the CUDA build of PyTorch
+    python tools/env_check.py install-torch    the CUDA build of PyTorch (Windows with an NVIDIA GPU), or its CPU
+                                               build (Linux without one), from PyTorch's index
     python tools/env_check.py mark-installed   remember that requirements.txt is now installed
     python tools/env_check.py torch-build      which PyTorch build this computer gets, and why
 
@@ -22,15 +23,17 @@ from LF to CRLF (a git checkout on Windows, an editor) does not cause a reinstal
 Files pulled in with "-r other.txt" or "-c constraints.txt" are part of the hash.
 
 The stamp's second line remembers which PyTorch build is installed ("torch-build: cu128" for
-one from PyTorch's CUDA index, "torch-build: default" otherwise) and a CUDA build that failed
-to install ("torch-build: default (cu128 failed)"). The default PyPI wheel has no CUDA on
-Windows, so there install-torch first installs the pinned torch and torchvision from PyTorch's
-own index when nvidia-smi lists a GPU; if that fails, the standard build is used and the failure
-is remembered, so later starts do not download again. needs-install also answers "install" when
-a CUDA build is wanted that is neither installed nor remembered as failed (a GPU appeared, a
-stamp from before this check). Which build fits this computer is decided in core/device.py,
-loaded from the app folder (it needs only the standard library); nvidia-smi runs only on Windows
-(or with CAPTION_TORCH_CUDA=1).
+one from PyTorch's CUDA index, "torch-build: cpu" for its CPU build, "torch-build: default"
+otherwise) and a build that failed to install ("torch-build: default (cu128 failed)"). The
+default PyPI wheel has no CUDA on Windows, so there install-torch first installs the pinned torch
+and torchvision from PyTorch's own index when nvidia-smi lists a GPU. On Linux it is the other way
+round: PyPI's wheel brings about 4 GB of CUDA libraries, so without an NVIDIA driver (no
+nvidia-smi, no /proc/driver/nvidia) install-torch installs the CPU build from PyTorch's index.
+If either fails, the standard build is used and the failure is remembered, so later starts do not
+download again. needs-install also answers "install" when a CUDA build is wanted that is neither
+installed nor remembered as failed (a GPU appeared, a stamp from before this check). Which build
+fits this computer is decided in core/device.py, loaded from the app folder (it needs only the
+standard library); nvidia-smi runs only on Windows (or with CAPTION_TORCH_CUDA=1).
 
 The syntax stays compatible with old Pythons on purpose: a too-old Python must
 be able to run "check-python" and say in plain words that it is too old.
@@ -191,19 +194,21 @@ def needs_install(venv, requirements):
         return True, "%s changed since the last install." % requirements
     installed, failed = read_build(venv)
     wanted, why = wanted_build(requirements)
-    if wanted is not None and wanted not in (installed, failed):
+    # Not for the CPU build: pip would swap torch itself, but keep the CUDA libraries it pulled in, so a working
+    # install would download again and stay as big; a new install (or a changed requirements.txt) gets it.
+    if wanted not in (None, "cpu") and wanted not in (installed, failed):
         return True, "The PyTorch build changes (%s now %s): %s" % (installed, wanted, why)
     return False, "The packages in %s are already installed." % requirements
 
 
 def installed_torch_build():
-    """"cu128" for a torch from PyTorch's CUDA index (its version ends in +cu128), else "default"."""
+    """"cu128" or "cpu" for a torch from PyTorch's index (its version ends in +cu128, +cpu), else "default"."""
     try:
         from importlib import metadata
         version = metadata.version("torch")
     except Exception:  # no torch (yet), or no importlib.metadata
         return "default"
-    match = re.search(r"\+(cu\d+)$", version)
+    match = re.search(r"\+(cu\d+|cpu)$", version)
     return match.group(1) if match else "default"
 
 
@@ -218,7 +223,8 @@ def pip(*args):
 
 
 def install_torch(venv, requirements):
-    """Install the CUDA build of PyTorch where it is wanted; on failure say so and go on. Return the build or None."""
+    """Install the CUDA or CPU build of PyTorch where it is wanted; on failure say so and go on. Return the build
+    or None."""
     if not os.path.isdir(venv):
         raise CheckError("The environment folder %s does not exist." % venv)
     device = device_module()
@@ -228,16 +234,25 @@ def install_torch(venv, requirements):
     print("PyTorch: " + why)
     if wanted is None:
         return None
-    print("Installing the CUDA build of PyTorch (%s) from %s." % (wanted, device.index_url(wanted)))
-    print("The first time this downloads about 3 GB and can take a while ...")
+    if wanted == device.CPU_BUILD:
+        print("Installing the CPU build of PyTorch from %s." % device.index_url(wanted))
+    else:
+        print("Installing the CUDA build of PyTorch (%s) from %s." % (wanted, device.index_url(wanted)))
+        print("The first time this downloads about 3 GB and can take a while ...")
     if pip(*device.cuda_install_args(wanted, device.pinned_versions(requirements))) == 0:
         return wanted
     print("")
-    print("Could not install the CUDA build of PyTorch (pip's messages above say why).")
-    print("Going on with the standard PyTorch build: the app works on the CPU, training is slower.")
+    if wanted == device.CPU_BUILD:
+        print("Could not install the CPU build of PyTorch (pip's messages above say why).")
+        print("Going on with the standard PyTorch build: the app works the same, but the install")
+        print("takes about 4 GB more (the CUDA libraries, which this computer does not use).")
+    else:
+        print("Could not install the CUDA build of PyTorch (pip's messages above say why).")
+        print("Going on with the standard PyTorch build: the app works on the CPU, training is slower.")
     print("This is remembered, so later starts do not try again. To try again: delete the file")
     print("%s and start the launcher again." % stamp_path(venv))
-    print("The Home page of the app shows the command that installs the CUDA build by hand.")
+    if wanted != device.CPU_BUILD:
+        print("The Home page of the app shows the command that installs the CUDA build by hand.")
     print("")
     write_failed(venv, wanted)
     return None
@@ -271,7 +286,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("check-python", help="is this Python %s or newer?" % version_text(MIN_VERSION))
     for name, text in (("needs-install", "exit 0 when requirements.txt must be installed, 1 when up to date"),
-                       ("install-torch", "the CUDA build of PyTorch where it is wanted (Windows with an NVIDIA GPU)"),
+                       ("install-torch", "the CUDA build of PyTorch (Windows with an NVIDIA GPU) or the CPU build "
+                        "(Linux without one) from PyTorch's index"),
                        ("mark-installed", "store the hash of requirements.txt inside the venv"),
                        ("torch-build", "which PyTorch build this computer gets, and why")):
         command = sub.add_parser(name, help=text)

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
 from core.runs import LIVE, format_eta, read_progress, run_status, summarize, tail_log
+from core.scores import format_metric
+
+CHART_METRICS = ("BLEU-4", "CIDEr")  # the per-epoch scores drawn (x100); the rest are in the runs table
 
 PHASES = {"starting": "starting up", "loading": "loading the dataset", "encoding": "encoding image features",
           "training": "training", "validating": "validating", "scst": "fine-tuning on CIDEr (SCST)",
@@ -17,6 +21,20 @@ PHASES = {"starting": "starting up", "loading": "loading the dataset", "encoding
 STATUS_WORDS = {"crashed": "The training process ended without saying why; the last log lines below may tell.",
                 "stopping": "Stopping: the trainer saves a checkpoint, then exits.",
                 "stopped": "Stopped. Resume continues from the last checkpoint."}
+
+
+def chart(frame: pd.DataFrame, x: str, ys: list[str], x_title: str, y_format: str) -> alt.Chart:
+    """Lines with a dot per point, whole numbers along x: one epoch is one dot at "1", not an axis of
+    "0.000000 / 1.000000" (st.line_chart's, with a single point)."""
+    long = frame.melt(id_vars=[x], value_vars=ys, var_name="score", value_name="value").dropna()
+    last = max(int(long[x].max()), 1) if len(long) else 1
+    return alt.Chart(long, height=220).mark_line(point=True).encode(
+        x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(domain=[0, last]),
+                axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("value:Q", title=None, axis=alt.Axis(format=y_format)),
+        color=alt.Color("score:N", title=None, legend=alt.Legend(orient="bottom")),
+        tooltip=[alt.Tooltip(f"{x}:Q", title=x_title, format="d"), alt.Tooltip("score:N"),
+                 alt.Tooltip("value:Q", format=y_format)])
 
 
 def draw_run(run_dir: Path, log_lines: int = 12) -> str:
@@ -36,17 +54,17 @@ def draw_run(run_dir: Path, log_lines: int = 12) -> str:
     if p.error:
         st.error(f"Training failed: {p.error}")
     cols = st.columns(4)
-    cols[0].metric("Loss", f"{p.losses[-1]['loss']:.3f}" if p.losses else "—")
+    cols[0].metric("Loss", format_metric("loss", p.losses[-1]["loss"]) if p.losses else "—")
     cols[1].metric("Throughput", f"{p.images_per_s:.1f} img/s" if p.images_per_s else "—")
     last = p.epochs[-1] if p.epochs else {}
-    for col, name in zip(cols[2:], ("BLEU-4", "CIDEr")):
-        col.metric(f"{name} (last epoch)", f"{last[name]:.3f}" if isinstance(last.get(name), (int, float)) else "—")
+    for col, name in zip(cols[2:], CHART_METRICS):
+        col.metric(f"{name} (last epoch)", format_metric(name, last.get(name)))
     left, right = st.columns(2)
     if p.losses:
-        left.line_chart(pd.DataFrame(p.losses), x="step", y="loss", height=220)
-    metric_names = [k for k in ("BLEU-4", "CIDEr") if any(k in e for e in p.epochs)]
+        left.altair_chart(chart(pd.DataFrame(p.losses), "step", ["loss"], "training step", ".2f"))
+    metric_names = [k for k in CHART_METRICS if any(k in e for e in p.epochs)]
     if metric_names:
-        right.line_chart(pd.DataFrame(p.epochs), x="epoch", y=metric_names, height=220)
+        right.altair_chart(chart(pd.DataFrame(p.epochs), "epoch", metric_names, "epoch", ".1f"))
     if p.samples:
         st.markdown("Sample captions on validation images:")
         for col, s in zip(st.columns(min(len(p.samples), 4)), p.samples[:4]):
