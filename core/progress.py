@@ -15,15 +15,17 @@ from typing import TextIO
 
 class PhotoProgress:
     def __init__(self, total: int, stream: TextIO | None = None, tty: bool | None = None, label: str = "",
-                 every_s: float = 0.0):
+                 every_s: float = 0.0, read_every_s: float = 5.0):
         """total: photos this run captions. tty: draw a bar (default: when `stream` is a terminal). label: what
         each line starts with (a torchrun rank's "rank 1/2: "). every_s: plain lines at most this often (ranks
-        share one terminal), else one per photo."""
+        share one terminal), else one per photo. read_every_s: without a bar, a `read N/M` line at most this often
+        while a batch is being captioned, so that a log shows the work before the batch's captions come."""
         self.stream = stream or sys.stderr
         self.tty = _isatty(self.stream) if tty is None else tty
-        self.total, self.label, self.every_s = total, label, every_s
+        self.total, self.label, self.every_s, self.read_every_s = total, label, every_s, read_every_s
         self.done = self.failed = self.read = 0
-        self._t0, self._shown = time.monotonic(), 0.0
+        self._t0 = self._read_shown = time.monotonic()
+        self._shown = 0.0
         self._lock = threading.Lock()  # photo_read comes from the image-reading threads
         self.bar = None
         if self.tty:
@@ -33,11 +35,17 @@ class PhotoProgress:
                             dynamic_ncols=True, smoothing=0.1)
 
     def photo_read(self, *_) -> None:
-        """One more photo read and decoded (or found unreadable): on the bar only, a line per photo is enough."""
+        """One more photo read and decoded (or found unreadable): on the bar, or a line now and then."""
         with self._lock:
             self.read += 1
-            if self.bar is not None and self.read <= self.total:
+            if self.read > self.total:
+                return
+            if self.bar is not None:
                 self.bar.set_postfix_str(f"read {self.read}/{self.total}")
+            elif self.read > self.done and time.monotonic() - self._read_shown >= self.read_every_s:
+                self._read_shown = time.monotonic()
+                print(f"{self.label}read {self.read}/{self.total} photos, captioning them", file=self.stream,
+                      flush=True)
 
     def photos_done(self, rows: list[tuple[str, str]]) -> None:
         """(name, error or "") of each photo of a finished batch, in order: the bar or a line moves per photo."""

@@ -169,6 +169,22 @@ def test_command_line_progress_is_a_line_per_photo_without_a_terminal(tiny_bundl
     assert "\r" not in proc.stderr and "it/s" not in proc.stderr  # no bar redrawn into a log
 
 
+def test_plain_lines_also_say_how_many_photos_are_read():
+    import io
+
+    from core.progress import PhotoProgress
+
+    out = io.StringIO()  # not a terminal
+    lines = PhotoProgress(2, stream=out, read_every_s=0)
+    assert lines.bar is None
+    lines.photo_read()
+    lines.photo_read()
+    lines.photos_done([("a.jpg", ""), ("b.jpg", "the file is empty")])
+    assert out.getvalue().splitlines()[:2] == ["read 1/2 photos, captioning them", "read 2/2 photos, captioning them"]
+    assert out.getvalue().splitlines()[3].endswith("): b.jpg -- not captioned: the file is empty")
+    assert "\r" not in out.getvalue()
+
+
 def test_progress_bar_on_a_terminal_moves_per_photo():
     import io
 
