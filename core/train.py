@@ -526,17 +526,23 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, listeners=()) -> 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = dist.env_rank()  # under torchrun; the process group is joined in `prepare`
-    # before the first event: it tells a fresh STOP from an earlier one
-    should_stop = runs.Stopper(run_dir, owner=rank == 0, watch_parent=dist.requested_world() > 1)
-    emit = runs.Reporter(run_dir, listeners) if rank == 0 else _silent
+    # first of all, before anything is written: a second trainer on this folder stops here (runs.RunInUse)
+    lock = runs.hold_run_lock(run_dir) if rank == 0 else None  # under torchrun rank 0 holds it for the job
     try:
-        result = _run(cfg, run_dir, resume, emit, should_stop)
-    except Exception as e:
-        _report_error(run_dir, rank, emit, f"{type(e).__name__}: {e}", traceback.format_exc())
-        raise  # no teardown: the group may be broken, and the process ends anyway
-    # the ranks leave together (rank 0 may still be writing): a group torn down under a peer aborts it
-    dist.barrier()
-    dist.teardown()
+        # before the first event: it tells a fresh STOP from an earlier one
+        should_stop = runs.Stopper(run_dir, owner=rank == 0, watch_parent=dist.requested_world() > 1)
+        emit = runs.Reporter(run_dir, listeners) if rank == 0 else _silent
+        try:
+            result = _run(cfg, run_dir, resume, emit, should_stop)
+        except Exception as e:
+            _report_error(run_dir, rank, emit, f"{type(e).__name__}: {e}", traceback.format_exc())
+            raise  # no teardown: the group may be broken, and the process ends anyway
+        # the ranks leave together (rank 0 may still be writing): a group torn down under a peer aborts it
+        dist.barrier()
+        dist.teardown()
+    finally:
+        if lock is not None:
+            lock.release()
     return result
 
 
@@ -681,6 +687,9 @@ def main(argv=None) -> int:
         return 0
     try:
         bundle = run(cfg, run_dir, resume=args.resume, listeners=[lambda e: print(json.dumps(e), flush=True)])
+    except runs.RunInUse as e:
+        print(f"training not started: {e}", file=sys.stderr)
+        return 3
     except Exception as e:
         print(f"training failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
