@@ -251,6 +251,15 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tupl
     return FeatureSource(cache_array=cache.array(), rows=rows), [i for i, r in enumerate(rows) if r is not None]
 
 
+def _require_readable_images(cfg: TrainConfig, n_train: int, usable_train: int, n_val: int, usable_val: int) -> None:
+    """A split none of whose images could be read (all corrupt or not images at all) stops the run in plain words,
+    before an empty epoch fails deep inside the scorer ("max() arg is an empty sequence")."""
+    for split, listed, usable in ((cfg.train_split, n_train, usable_train), (cfg.val_split, n_val, usable_val)):
+        if listed and not usable:
+            raise ValueError(f"none of the {listed:,} images of the {split} split could be read as an image (damaged "
+                             f"or not images at all); the log names each one. Replace them and start again.")
+
+
 ARCHITECTURE_KEYS = ("backbone", "decoder", "embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim",
                      "fine_tune")
 
@@ -316,6 +325,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     usable_set = set(usable)
     train_ids = [i for i in range(len(train_items)) if i in usable_set]
     val_ids = [i for i in range(len(train_items), len(items)) if i in usable_set]
+    _require_readable_images(cfg, len(train_items), len(train_ids), len(val_items), len(val_ids))
     caption_image = np.repeat(np.arange(len(train_items), dtype=np.int32), np.diff(first_caption))  # (all captions,)
     usable_train = np.zeros(len(train_items), dtype=bool)
     usable_train[train_ids] = True
