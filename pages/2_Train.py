@@ -9,6 +9,7 @@ from core.bundle import BundleError, set_active
 from core.config import (BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, NAME_RULE, ConfigError, ModelConfig,
                          TrainConfig, name_problem)
 from core.data import COCO_HELP, inspect_dataset
+from core.form_ranges import out_of_range
 from core.jobs import JobError, current_job, enforce_stop, processes_of, resume_job, start_job, stop_job
 from core.paths import models_dir, runs_dir
 from core.runs import Job, list_runs, run_status
@@ -45,27 +46,27 @@ def train_form() -> dict | None:
         decoder = c[1].selectbox("Decoder", DECODERS, index=DECODERS.index(m.decoder), format_func=DECODER_NAMES.get)
         device, processes = device_choice(c[2])
         c = st.columns(4)
-        embed_dim = c[0].number_input("Embedding size", 8, 2048, m.embed_dim, step=8)
-        hidden_dim = c[1].number_input("Hidden size", 8, 4096, m.hidden_dim, step=8)
-        min_word_count = c[2].number_input("Vocabulary threshold (min. word count)", 1, 100, d.min_word_count)
-        epochs = c[3].number_input("Epochs", 1, 200, d.epochs)
+        embed_dim = c[0].number_input("Embedding size", value=m.embed_dim, step=8)
+        hidden_dim = c[1].number_input("Hidden size", value=m.hidden_dim, step=8)
+        min_word_count = c[2].number_input("Vocabulary threshold (min. word count)", value=d.min_word_count)
+        epochs = c[3].number_input("Epochs", value=d.epochs)
         c = st.columns(4)
-        batch_size = c[0].number_input("Batch size", 1, 1024, d.batch_size)
-        lr = c[1].number_input("Learning rate", 1e-6, 1.0, d.lr, step=1e-4, format="%.0e")
+        batch_size = c[0].number_input("Batch size", value=d.batch_size)
+        lr = c[1].number_input("Learning rate", value=d.lr, step=1e-4, format="%.0e")
         subset = c[2].slider("Quick run: fraction of the data", 0.01, 1.0, d.subset, help="e.g. 0.05 for a first try")
         model_name = c[3].text_input("Model name", "", placeholder=NAME_RULE)
         with st.expander("Advanced"):
             c = st.columns(4)
-            label_smoothing = c[0].number_input("Label smoothing", 0.0, 0.5, d.label_smoothing, step=0.05)
-            scst_epochs = c[1].number_input("SCST passes over the data (CIDEr reward, after the others)", 0, 50,
-                                            d.scst_epochs)
-            val_images = c[2].number_input("Validation images", 1, 100_000, d.val_images)
+            label_smoothing = c[0].number_input("Label smoothing", value=d.label_smoothing, step=0.05)
+            scst_epochs = c[1].number_input("SCST passes over the data (CIDEr reward, after the others)",
+                                            value=d.scst_epochs)
+            val_images = c[2].number_input("Validation images", value=d.val_images)
             fine_tune = c[3].checkbox("Fine-tune the backbone too", m.fine_tune, help="No feature cache; needs a GPU")
             c = st.columns(4)
-            checkpoint_every = c[0].number_input("Checkpoint every (steps)", 1, 1_000_000, d.checkpoint_every)
-            checkpoint_minutes = c[1].number_input("... or every (minutes)", 0.5, 1440.0, d.checkpoint_minutes)
-            attention_dim = c[2].number_input("Attention size", 8, 2048, m.attention_dim, step=8)
-            dropout = c[3].number_input("Dropout", 0.0, 0.9, m.dropout, step=0.05)
+            checkpoint_every = c[0].number_input("Checkpoint every (steps)", value=d.checkpoint_every)
+            checkpoint_minutes = c[1].number_input("... or every (minutes)", value=d.checkpoint_minutes)
+            attention_dim = c[2].number_input("Attention size", value=m.attention_dim, step=8)
+            dropout = c[3].number_input("Dropout", value=m.dropout, step=0.05)
             allow_missing = st.checkbox("Train even when more than 1% of a split's images are missing",
                                         d.allow_missing, help="e.g. on a COCO folder whose unzip is not finished")
         if not st.form_submit_button("Start training", type="primary"):
@@ -83,6 +84,9 @@ def train_form() -> dict | None:
 def start(values: dict) -> bool:
     """Validate, then start the run (and redraw); False when the dataset is the problem."""
     processes = values.pop("processes", 1)
+    if out_of_range(values):  # the inputs have no bounds of their own (core.form_ranges says why)
+        st.error("These settings cannot start a run:\n" + "\n".join(f"- {p}" for p in out_of_range(values)))
+        return True
     if processes > 1 and values["device"] not in ("auto", "cuda"):
         st.error(f"All {processes} GPUs need the device auto or cuda, not {values['device']}.")
         return True

@@ -59,3 +59,32 @@ def test_resuming_after_config_json_was_edited_names_the_mismatch(tmp_path):
     assert "Error(s) in loading state_dict" not in message and "\n" not in message
     assert isinstance(e.value, ValueError)  # what the trainer reports as an error event
     json.dumps(message)
+
+
+def test_the_train_form_refuses_out_of_range_values_instead_of_using_defaults(tmp_path, monkeypatch):
+    """Hidden size 5000 (the form allows up to 4096) and 0 epochs: the page says so and starts nothing (before: the
+    widget kept its previous value, so the run started with the defaults the person had changed)."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from app_fixtures import make_flickr_dataset
+    from core.form_ranges import out_of_range
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("CAPTION_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CAPTION_WORKER", "0")
+    data = make_flickr_dataset(tmp_path / "data")
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=120).switch_page("pages/2_Train.py").run()
+    at.text_input[0].set_value(str(data))
+    fields = {n.label: n for n in at.number_input}
+    fields["Hidden size"].set_value(5000)
+    fields["Epochs"].set_value(0)
+    at.button[0].click().run()
+    assert not at.exception
+    shown = " ".join(e.value for e in at.error)
+    assert "Hidden size must be from 8 to 4096 (it is 5000)" in shown and "Epochs must be from 1 to 200 (it is 0)" in shown
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert out_of_range({"hidden_dim": 512, "lr": 1e-3, "dropout": 0.5}) == []
+    assert out_of_range({"lr": float("nan")}) == ["Learning rate must be a number from 1e-06 to 1 (it is nan)."]
