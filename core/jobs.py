@@ -7,8 +7,9 @@ no job runs, however the last one ended (SIGKILL and power cuts included); nothi
 file's contents. Starters take RUNS_DIR/.start.lock while they launch a trainer and wait for it to take the
 job lock, so two starts at once give one job.
 
-Several processes (one per GPU) run under torchrun on this machine: the job's process is then torchrun, its
-workers are its children (stopping reaches them: core.process), and rank 0 alone holds the job lock.
+Several processes (one per GPU) run under torchrun on this machine (through core.launch, which keeps its stores
+on loopback): the job's process is then torchrun, its workers are its children (stopping reaches them:
+core.process), and rank 0 alone holds the job lock.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from .paths import JOB_LOCK_ENV, REPO_ROOT, runs_dir
 from .runs import CONFIG, LOG, STOP, Job, run_status
 
 TRAIN_COMMAND = (sys.executable, "-m", "core.train")
-TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")  # one machine, a free port of its own
+# torchrun for one machine, a free port of its own, listening on loopback only (core.launch: torchrun's own
+# --standalone listens on every address of the machine)
+TORCHRUN = (sys.executable, "-m", "core.launch", "--standalone")
 NPROC_FLAG = "--nproc-per-node"
 LOCK_NAME = "train.lock"  # held by the running trainer
 START_LOCK_NAME = ".start.lock"  # held by a starter from its check to the trainer's taking LOCK_NAME
