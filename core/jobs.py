@@ -26,7 +26,7 @@ from . import process
 from .config import ConfigError, TrainConfig, slug
 from .files import atomic_write_json, atomic_write_text
 from .paths import JOB_LOCK_ENV, REPO_ROOT, runs_dir
-from .runs import CONFIG, LOG, STOP, Job, run_status
+from .runs import CONFIG, LOG, RUN_LOCK, STOP, Job, run_holder, run_status
 
 TRAIN_COMMAND = (sys.executable, "-m", "core.train")
 # torchrun for one machine, a free port of its own, listening on loopback only (core.launch: torchrun's own
@@ -213,6 +213,8 @@ def resume_job(run_dir: Path | str, root: Path | str | None = None, command=None
             raise JobError(f"{run_dir.name} is still running.")
         if status == "done":
             raise JobError(f"{run_dir.name} has finished; start a new run instead.")
+        if lock_held(run_dir / RUN_LOCK):  # a trainer started elsewhere (a terminal) works on it
+            raise JobError(f"{run_dir.name} is in use by another trainer ({run_holder(run_dir)}); stop that one first.")
         if processes is None:
             last = Job.load(run_dir)
             processes = processes_of(last.command) if last else 1

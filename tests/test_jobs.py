@@ -348,3 +348,19 @@ def test_real_torchrun_runs_the_job(runs_root, fake):
         assert "fake rank 1 ends" in "\n".join(runs.tail_log(job.run_dir, 50))
     finally:
         kill_family(job, family)
+
+
+def test_resume_refuses_a_run_folder_a_trainer_from_a_terminal_works_on(runs_root, fake):
+    """The run folder's own lock (core.runs.hold_run_lock, taken by every trainer) is held by a process this app did
+    not start: Resume says who has it instead of launching a trainer that would stop at once."""
+    import os
+
+    job = jobs.start_job({}, runs_root, command=fake)
+    jobs.stop_job(job)
+    assert jobs.wait_for_exit(job, 30)
+    held = runs.hold_run_lock(job.run_dir)
+    try:
+        with pytest.raises(jobs.JobError, match=f"in use by another trainer \\(process {os.getpid()}, started"):
+            jobs.resume_job(job.run_dir, runs_root, command=fake)
+    finally:
+        held.release()
