@@ -106,3 +106,27 @@ def test_only_rank_0_takes_the_run_lock_under_torchrun(tmp_path, monkeypatch):
     train.run(cfg, tmp_path / "run")
     assert len(taken) == 2
 
+
+
+def test_a_torchrun_job_on_a_run_folder_in_use_stops_at_once(tmp_path):
+    """Under torchrun (through core.launch, as the app starts it): rank 0 finds the folder held and exits saying
+    so; torchrun then ends the other rank, and nothing is written into the run."""
+    import time
+
+    from conftest import make_flickr, tiny_train_config
+    from core import runs
+
+    data = make_flickr(tmp_path / "data")
+    (tmp_path / "cfg.json").write_text(json.dumps(tiny_train_config(data, tmp_path, epochs=2).to_dict()))
+    (tmp_path / "run").mkdir()
+    held = runs.hold_run_lock(tmp_path / "run")  # another trainer: this test process
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "CAPTION_JOB_LOCK")}
+    cmd = [sys.executable, "-m", "core.launch", "--standalone", "--nproc-per-node", "2", "-m", "core.train",
+           "--config", str(tmp_path / "cfg.json"), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
+    started = time.time()
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        held.release()
+    assert out.returncode != 0 and f"in use by another trainer (process {os.getpid()}" in out.stderr
+    assert runs.read_progress(tmp_path / "run") == [] and time.time() - started < 200
