@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
 _MODEL_FILES = ("model.safetensors", "config.json", "vocab.json")
 MAX_JSON_BYTES = 50_000_000  # config, vocab and metrics files are kilobytes; a bigger one is not ours
 MAX_CARD_BYTES = 1_000_000
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on its JSON header (the Rust crate refuses larger ones)
 STALE_PARTIAL_SECONDS = 600  # a publish copies a bundle in seconds; a `.partial` folder this old was interrupted
 # sane ranges of config.json's numbers: a typo such as hidden_dim 80000 is refused before anything is allocated
 SIZE_LIMITS = {"vocab_size": (len(SPECIALS) + 1, 1_000_000), "embed_dim": (1, 8192), "hidden_dim": (1, 8192),
@@ -82,12 +84,42 @@ def save_bundle(folder: Path, model: CaptionModel, vocab: Vocabulary, metrics: d
     return folder
 
 
+def _open_regular(path: Path):
+    """(open binary file, its size) when `path` (after links) is a regular file. Anything else is refused before a
+    byte is read: a FIFO would block the reader forever and a device such as /dev/zero never ends (its size reads
+    0). O_NONBLOCK lets even the open of a FIFO return at once; on a regular file it changes nothing."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path} is not a regular file (it is {_file_kind(info.st_mode)}); a model's files must "
+                              "be plain files")
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+    return next((words for test, words in kinds if test(mode)), "not a plain file")
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit` of them (BundleError beyond: a file that big is not ours)."""
+    f, size = _open_regular(path)
+    with f:
+        data = f.read(limit + 1)  # the size may have changed since fstat: the limit holds on what is read
+    if max(size, len(data)) > limit:
+        raise BundleError(f"{path} is {max(size, len(data)):,} bytes, too large for a model's {path.name}")
+    return data
+
+
 def _read_json(path: Path) -> dict:
     """A JSON object from a bundle file; anything else is a BundleError naming the file."""
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise BundleError(f"{path} is {path.stat().st_size:,} bytes, too large for a model's {path.name}")
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(_read_limited(path, MAX_JSON_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{path.name} is missing in {path.parent}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -100,20 +132,53 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_text(path: Path, limit: int = MAX_CARD_BYTES) -> str:
-    """A text file such as card.md, never raising: bytes that are not UTF-8 (a Latin-1 edit) show as �."""
+    """A text file such as card.md, never raising: bytes that are not UTF-8 (a Latin-1 edit) show as �; a file that
+    is not a regular one (a FIFO...) or too large reads as ""."""
     try:
-        with open(path, "rb") as f:
+        f, _ = _open_regular(path)
+        with f:
             return f.read(limit).decode("utf-8", errors="replace")
-    except OSError:
+    except (OSError, BundleError):
         return ""
 
 
+def _safetensors_header(f, size: int) -> dict | None:
+    """The JSON header when the open file has safetensors' structure: an 8-byte little-endian length n, then n bytes
+    of a JSON object, all within the file. None otherwise. Only the header is read."""
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    n = int.from_bytes(head, "little")
+    if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
+        return None
+    header = f.read(n)
+    if header[:1] != b"{":
+        return None
+    try:
+        value = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _check_not_pickle(weights: Path) -> None:
-    with open(weights, "rb") as f:  # the first bytes tell; never read a weights file whole just to look
-        head = f.read(8)
+    """model.safetensors must be a regular file with safetensors' structure. The structure is checked first: its
+    first byte is the header length's low byte, 0x80 whenever that length is 128 mod 256, which is also how a raw
+    pickle starts; so only a file that is not safetensors is told to be a pickle by its first bytes."""
+    try:
+        f, size = _open_regular(weights)
+        with f:
+            if _safetensors_header(f, size) is not None:
+                return
+            f.seek(0)
+            head = f.read(8)
+    except OSError as e:
+        raise BundleError(f"{weights} cannot be read ({e.strerror or e})") from None
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip / raw pickle protocol >= 2
         raise BundleError(f"{weights} is a pickle (torch.save) file, not safetensors; pickles can run code when "
                           "loaded, so they are refused. Convert it to safetensors with the code that made it.")
+    raise BundleError(f"{weights} cannot be read as safetensors (no 8-byte header length followed by a JSON header "
+                      f"within its {size:,} bytes)")
 
 
 def _check_config(raw: dict, path: Path) -> ModelConfig:
@@ -312,10 +377,10 @@ def get_active(models_dir: Path | None = None) -> Path:
     """The bundle the Caption page starts with: chosen with set_active, else models/default."""
     models_dir = Path(models_dir or MODELS_DIR)
     try:
-        name = json.loads((models_dir / "active.json").read_text(encoding="utf-8"))["name"]
+        name = json.loads(_read_limited(models_dir / "active.json", MAX_CARD_BYTES))["name"]
         if Path(name).name == name and _is_listed(models_dir / name) and (models_dir / name / "model.safetensors").exists():
             return models_dir / name
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # BundleError is a ValueError: a FIFO, a huge file
         pass
     return models_dir / "default"
 

@@ -26,6 +26,22 @@ def clean_state_dict(state: dict) -> dict:
     return out
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint made for a model of another shape (its run's config.json edited since)."""
+
+
+def _first_difference(saved: dict, expected: dict) -> str:
+    """The first weight that differs between a checkpoint and a model, in words."""
+    for k in sorted(set(saved) | set(expected)):
+        if k not in expected:
+            return f"it holds {k}, which this model does not have"
+        if k not in saved:
+            return f"it lacks {k}, which this model needs"
+        if tuple(saved[k].shape) != tuple(expected[k].shape):
+            return f"{k} is {tuple(saved[k].shape)} there, {tuple(expected[k].shape)} here"
+    return ""
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict,
                     rng: dict[str, torch.Tensor] | None = None) -> None:
     """rng: the random states to keep (default: this process's); under torchrun every rank's, gathered by
@@ -58,14 +74,21 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if meta.get("version") != VERSION:
         raise ValueError(f"checkpoint {path} has version {meta.get('version')}, this trainer writes {VERSION}")
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
-    if optimizer is not None:
-        state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim/"):
-                _, pid, name = k.split("/", 2)
-                state.setdefault(int(pid), {})[name] = v
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(weights)
+        if optimizer is not None:
+            state: dict[int, dict] = {}
+            for k, v in tensors.items():
+                if k.startswith("optim/"):
+                    _, pid, name = k.split("/", 2)
+                    state.setdefault(int(pid), {})[name] = v
+            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (RuntimeError, ValueError, KeyError) as e:  # torch's own words list every tensor: name the first one
+        raise CheckpointMismatch(f"the checkpoint {path} does not fit the model that config.json now describes "
+                                 f"({_first_difference(weights, model.state_dict()) or str(e).splitlines()[0]}); "
+                                 "was config.json edited? Resume with the settings the run started with, or start "
+                                 "a new run.") from None
     if rank is not None:
         torch.set_rng_state(tensors.get(f"rng/rank/{rank}/torch", tensors["rng/torch"]))
         if f"rng/rank/{rank}/cuda" in tensors and torch.cuda.is_available():

@@ -373,8 +373,12 @@ def inspect_dataset(path: Path | str, splits=("train", "val"), allow_missing: bo
             continue
         try:
             items, missing = load_split(root, split)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:  # csv.Error: a NUL byte, a huge field
             info.problems.append(f"the {split} split cannot be read: {e}")
+            continue
+        except RecursionError:  # json's parser on an annotation file nested thousands deep
+            info.problems.append(f"the {split} split cannot be read: its annotation file is nested too deeply to "
+                                 "be a COCO caption file")
             continue
         info.splits[split] = len(items)
         info.n_captions += sum(len(it.captions) for it in items)

@@ -7,8 +7,9 @@ no job runs, however the last one ended (SIGKILL and power cuts included); nothi
 file's contents. Starters take RUNS_DIR/.start.lock while they launch a trainer and wait for it to take the
 job lock, so two starts at once give one job.
 
-Several processes (one per GPU) run under torchrun on this machine: the job's process is then torchrun, its
-workers are its children (stopping reaches them: core.process), and rank 0 alone holds the job lock.
+Several processes (one per GPU) run under torchrun on this machine (through core.launch, which keeps its stores
+on loopback): the job's process is then torchrun, its workers are its children (stopping reaches them:
+core.process), and rank 0 alone holds the job lock.
 """
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from . import process
 from .config import ConfigError, TrainConfig, slug
 from .files import atomic_write_json, atomic_write_text
 from .paths import JOB_LOCK_ENV, REPO_ROOT, runs_dir
-from .runs import CONFIG, LOG, STOP, Job, run_status
+from .runs import CONFIG, LOG, RUN_LOCK, STOP, Job, run_holder, run_status
 
 TRAIN_COMMAND = (sys.executable, "-m", "core.train")
-TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")  # one machine, a free port of its own
+# torchrun for one machine, a free port of its own, listening on loopback only (core.launch: torchrun's own
+# --standalone listens on every address of the machine)
+TORCHRUN = (sys.executable, "-m", "core.launch", "--standalone")
 NPROC_FLAG = "--nproc-per-node"
 LOCK_NAME = "train.lock"  # held by the running trainer
 START_LOCK_NAME = ".start.lock"  # held by a starter from its check to the trainer's taking LOCK_NAME
@@ -210,6 +213,8 @@ def resume_job(run_dir: Path | str, root: Path | str | None = None, command=None
             raise JobError(f"{run_dir.name} is still running.")
         if status == "done":
             raise JobError(f"{run_dir.name} has finished; start a new run instead.")
+        if lock_held(run_dir / RUN_LOCK):  # a trainer started elsewhere (a terminal) works on it
+            raise JobError(f"{run_dir.name} is in use by another trainer ({run_holder(run_dir)}); stop that one first.")
         if processes is None:
             last = Job.load(run_dir)
             processes = processes_of(last.command) if last else 1

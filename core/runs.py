@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from filelock import FileLock, Timeout
+
 from . import process
 from .files import atomic_write_json
 
@@ -26,6 +28,8 @@ JOB = "job.json"
 CHECKPOINT = "checkpoint.safetensors"
 VOCAB = "vocab.json"
 BEST = "best"
+RUN_LOCK = ".run.lock"  # held by the trainer working on the folder, for its life (rank 0 under torchrun)
+RUN_OWNER = ".run.owner.json"  # pid + start time of that trainer: who holds the lock, for the message
 
 # Events (schema: docs/core_api.md). Every event has "event" and "time".
 START, PHASE, ENCODE, STEP, SAMPLE, EPOCH, SAVED, RESUMED, LOG_EVENT = (
@@ -100,6 +104,37 @@ class Stopper:
         """The stop was carried out: the request is spent (a later resume must not stop on it)."""
         if self.owner:
             self.file.unlink(missing_ok=True)
+
+
+class RunInUse(RuntimeError):
+    """Another trainer works on this run folder; the message says which process."""
+
+
+def hold_run_lock(run_dir: Path) -> FileLock:
+    """Take the run folder's OS lock without waiting, for the trainer's life (released by the OS however the process
+    ends); RunInUse naming the holder when another trainer has it. Two trainers on one folder would interleave
+    events, write one checkpoint together and publish two models."""
+    run_dir = Path(run_dir)
+    lock = FileLock(str(run_dir / RUN_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunInUse(f"The run folder {run_dir} is in use by another trainer ({run_holder(run_dir)}); this one does "
+                       "not start. Stop that one first, or give another --run-dir.") from None
+    atomic_write_json(run_dir / RUN_OWNER, {"pid": os.getpid(), "start_time": process.start_time(os.getpid())})
+    return lock
+
+
+def run_holder(run_dir: Path) -> str:
+    """The trainer that holds the run folder's lock, in words: "process 1234, started 19:02:11"."""
+    try:
+        owner = json.loads((Path(run_dir) / RUN_OWNER).read_text(encoding="utf-8"))
+        pid, started = owner["pid"], owner["start_time"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not recorded itself yet"
+    if not process.is_alive(pid, started):  # the holder started a moment ago and has not recorded itself yet
+        return "a process that has not recorded itself yet"
+    return f"process {pid}, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"
 
 
 def clean_partial_writes(run_dir: Path) -> list[Path]:

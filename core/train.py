@@ -251,6 +251,15 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tupl
     return FeatureSource(cache_array=cache.array(), rows=rows), [i for i, r in enumerate(rows) if r is not None]
 
 
+def _require_readable_images(cfg: TrainConfig, n_train: int, usable_train: int, n_val: int, usable_val: int) -> None:
+    """A split none of whose images could be read (all corrupt or not images at all) stops the run in plain words,
+    before an empty epoch fails deep inside the scorer ("max() arg is an empty sequence")."""
+    for split, listed, usable in ((cfg.train_split, n_train, usable_train), (cfg.val_split, n_val, usable_val)):
+        if listed and not usable:
+            raise ValueError(f"none of the {listed:,} images of the {split} split could be read as an image (damaged "
+                             f"or not images at all); the log names each one. Replace them and start again.")
+
+
 ARCHITECTURE_KEYS = ("backbone", "decoder", "embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim",
                      "fine_tune")
 
@@ -316,6 +325,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     usable_set = set(usable)
     train_ids = [i for i in range(len(train_items)) if i in usable_set]
     val_ids = [i for i in range(len(train_items), len(items)) if i in usable_set]
+    _require_readable_images(cfg, len(train_items), len(train_ids), len(val_items), len(val_ids))
     caption_image = np.repeat(np.arange(len(train_items), dtype=np.int32), np.diff(first_caption))  # (all captions,)
     usable_train = np.zeros(len(train_items), dtype=bool)
     usable_train[train_ids] = True
@@ -526,17 +536,23 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, listeners=()) -> 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = dist.env_rank()  # under torchrun; the process group is joined in `prepare`
-    # before the first event: it tells a fresh STOP from an earlier one
-    should_stop = runs.Stopper(run_dir, owner=rank == 0, watch_parent=dist.requested_world() > 1)
-    emit = runs.Reporter(run_dir, listeners) if rank == 0 else _silent
+    # first of all, before anything is written: a second trainer on this folder stops here (runs.RunInUse)
+    lock = runs.hold_run_lock(run_dir) if rank == 0 else None  # under torchrun rank 0 holds it for the job
     try:
-        result = _run(cfg, run_dir, resume, emit, should_stop)
-    except Exception as e:
-        _report_error(run_dir, rank, emit, f"{type(e).__name__}: {e}", traceback.format_exc())
-        raise  # no teardown: the group may be broken, and the process ends anyway
-    # the ranks leave together (rank 0 may still be writing): a group torn down under a peer aborts it
-    dist.barrier()
-    dist.teardown()
+        # before the first event: it tells a fresh STOP from an earlier one
+        should_stop = runs.Stopper(run_dir, owner=rank == 0, watch_parent=dist.requested_world() > 1)
+        emit = runs.Reporter(run_dir, listeners) if rank == 0 else _silent
+        try:
+            result = _run(cfg, run_dir, resume, emit, should_stop)
+        except Exception as e:
+            _report_error(run_dir, rank, emit, f"{type(e).__name__}: {e}", traceback.format_exc())
+            raise  # no teardown: the group may be broken, and the process ends anyway
+        # the ranks leave together (rank 0 may still be writing): a group torn down under a peer aborts it
+        dist.barrier()
+        dist.teardown()
+    finally:
+        if lock is not None:
+            lock.release()
     return result
 
 
@@ -681,6 +697,9 @@ def main(argv=None) -> int:
         return 0
     try:
         bundle = run(cfg, run_dir, resume=args.resume, listeners=[lambda e: print(json.dumps(e), flush=True)])
+    except runs.RunInUse as e:
+        print(f"training not started: {e}", file=sys.stderr)
+        return 3
     except Exception as e:
         print(f"training failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

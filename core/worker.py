@@ -15,6 +15,11 @@ Protocol: JSON Lines. Requests on stdin, one per line, each with an "id"; answer
     {"id": 3, "op": "cancel", "target": 2}                     -> the caption request stops after its current batch
     {"id": 4, "op": "device"}                                  -> {"id": 4, "device": {core.device.DeviceReport}}
     a failure                                                  -> {"id": N, "error": message, "kind": "BundleError"|...}
+    every HEARTBEAT_S, from a thread of its own               -> {"id": null, "alive": true}
+The first thing written is a bare newline, so that anything printed to stdout before the protocol started (a
+library's partial line) ends there instead of being glued to the first answer. The heartbeats let the server tell
+a worker that is busy (a first model load on a slow laptop) from one that is stopped or frozen (core.worker_client).
+A line on stdin that is not a JSON request (not UTF-8, not an object) is answered with an error and skipped.
 Requests run side by side (one thread each), so a long folder does not hold up another page's upload. The worker
 exits when stdin closes: the server ended, however it ended.
 """
@@ -26,10 +31,12 @@ import json
 import os
 import sys
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
+HEARTBEAT_S = 2.0  # how often the worker says it is alive; the server gives up after many missed (worker_client)
 
 _lock = threading.Lock()
 _loading: dict[tuple, threading.Lock] = {}
@@ -136,25 +143,50 @@ class Worker:
 
     def serve(self) -> None:
         """Until stdin closes; then the requests under way finish (or stop at their next batch if nobody reads)."""
+        with self.write_lock:  # ends a partial line printed to stdout before the protocol began
+            try:
+                self.out.write("\n")
+                self.out.flush()
+            except (OSError, ValueError):
+                self.gone = True
+        threading.Thread(target=self._heartbeat, name="caption-heartbeat", daemon=True).start()
         threading.Thread(target=self._warm, name="caption-warm-up", daemon=True).start()
         running: list[threading.Thread] = []
         for line in self.inp:
             if not line.strip():
                 continue
             try:
-                req = json.loads(line)
-            except ValueError:
-                self.send({"id": None, "error": f"not a JSON request: {line[:80]!r}", "kind": "ValueError"})
+                started = self._dispatch(line)
+            except Exception as e:  # whatever a line holds, the worker goes on serving the others
+                self.send({"id": None, "error": f"request not understood ({e})", "kind": type(e).__name__})
                 continue
-            if req.get("op") == "cancel":  # at once, in this thread: the request it names is busy in its own
-                self.cancelled.add(req.get("target"))
-                continue
-            running = [t for t in running if t.is_alive()]
-            running.append(threading.Thread(target=self.handle, args=(req,), name=f"request-{req.get('id')}",
-                                            daemon=True))
-            running[-1].start()
+            if started is not None:
+                running = [t for t in running if t.is_alive()] + [started]
         for t in running:
             t.join()
+
+    def _dispatch(self, line: str) -> threading.Thread | None:
+        """One line of stdin: a cancel is done at once, any other request starts in a thread of its own."""
+        try:
+            req = json.loads(line)
+        except ValueError:
+            req = None
+        if not isinstance(req, dict):
+            self.send({"id": None, "error": f"not a JSON request: {line[:80]!r}", "kind": "ValueError"})
+            return None
+        if req.get("op") == "cancel":  # at once, in this thread: the request it names is busy in its own
+            target = req.get("target")
+            if isinstance(target, (int, str)) or target is None:
+                self.cancelled.add(target)
+            return None
+        thread = threading.Thread(target=self.handle, args=(req,), name=f"request-{req.get('id')}", daemon=True)
+        thread.start()
+        return thread
+
+    def _heartbeat(self) -> None:
+        while not self.gone:
+            self.send({"id": None, "alive": True})
+            time.sleep(HEARTBEAT_S)
 
     def _warm(self) -> None:
         try:
@@ -170,6 +202,8 @@ class Worker:
 
     def handle(self, req: dict) -> None:
         rid = req.get("id")
+        if not isinstance(rid, (int, str)):  # answers are matched by id: an id such as a list could never be
+            rid = None
         try:
             op = req.get("op")
             if op == "load":
@@ -226,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    inp = open(sys.stdin.fileno(), encoding="utf-8", closefd=False)
+    # bytes that are not UTF-8 become U+FFFD: that line is refused as a request, the stream goes on
+    inp = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
     Worker(inp, out, args.warm).serve()
 
 

@@ -7,6 +7,7 @@ import streamlit as st
 from core.bundle import BundleError, inspect_bundle, set_active
 from core.config import ConfigError, TrainConfig, name_problem
 from core.data import COCO_HELP, inspect_dataset
+from core.form_ranges import out_of_range
 from core.jobs import JobError, current_job, enforce_stop, processes_of, resume_job, start_job, stop_job
 from core.paths import models_dir, runs_dir
 from core.runs import Job, list_runs, run_status
@@ -26,6 +27,9 @@ def start(values: dict, confirmed: bool = False) -> bool:
     st.session_state.pop("small_run", None)  # a new submit replaces an unanswered question
     values = dict(values)
     processes = values.pop("processes", 1)
+    if out_of_range(values):  # the inputs have no bounds of their own (core.form_ranges says why)
+        st.error("These settings cannot start a run:\n" + "\n".join(f"- {p}" for p in out_of_range(values)))
+        return True
     if processes > 1 and values["device"] not in ("auto", "cuda"):
         st.error(f"All {processes} GPUs need the device auto or cuda, not {values['device']}.")
         return True

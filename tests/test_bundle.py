@@ -210,3 +210,88 @@ def test_partial_and_hidden_folders_are_not_models_and_stale_partials_go(tmp_pat
     assert not (tmp_path / ".mine-2.partial").exists()
     assert (tmp_path / "other.partial").exists()  # recent: maybe a publish running now
     assert (tmp_path / ".hidden").exists()
+
+
+def _resave_with_header_length(folder, remainder: int):
+    """Rewrite model.safetensors with the same tensors, its metadata padded until the JSON header's length is
+    `remainder` mod 256: the first byte of the file is then that remainder (0x80 = 128 is a pickle's first byte)."""
+    from safetensors.torch import load_file, save
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    for pad in range(300):
+        data = save(tensors, metadata={"format": "caption-bundle/1", "note": "x" * pad})
+        if int.from_bytes(data[:8], "little") % 256 == remainder:
+            path.write_bytes(data)
+            return data
+    raise AssertionError("no padding gave that header length")
+
+
+def test_a_safetensors_file_whose_first_byte_is_0x80_is_not_taken_for_a_pickle(tmp_path):
+    m, _ = _save(tmp_path / "b")
+    data = _resave_with_header_length(tmp_path / "b", 128)
+    assert data[0] == 0x80  # what a pickle (protocol >= 2) starts with
+    b = load_bundle(tmp_path / "b", pretrained=False)
+    feats, caps = torch.randn(1, 49, 1280), torch.randint(4, 12, (1, 5))
+    with torch.no_grad():
+        assert torch.allclose(m(feats, caps)[0], b.model(feats, caps)[0], atol=1e-6)
+    assert [x.usable for x in list_bundles(tmp_path)] == [True]
+
+
+def test_a_file_that_is_neither_safetensors_nor_a_pickle_is_refused_in_plain_words(tmp_path):
+    _save(tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(BundleError, match="cannot be read as safetensors"):
+        load_bundle(tmp_path / "b", pretrained=False)
+
+
+LIST_IN_A_CHILD = """
+import json, sys
+from pathlib import Path
+from core.bundle import get_active, list_bundles
+found = list_bundles(Path(sys.argv[1]))
+print(json.dumps({"bundles": {b.name: [b.usable, b.problem, b.card] for b in found},
+                  "active": get_active(Path(sys.argv[1])).name}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_a_hostile_model_folder_never_hangs_the_listing_and_says_why(tmp_path):
+    """A FIFO config.json (an open() for reading waits for a writer forever) and weights linked to /dev/zero (its
+    size reads 0, a read never ends): the listing comes back at once, naming each problem; the other models work."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _save(tmp_path / "default")
+    _save(tmp_path / "fifo-config")
+    (tmp_path / "fifo-config" / "config.json").unlink()
+    os.mkfifo(tmp_path / "fifo-config" / "config.json")
+    _save(tmp_path / "zero-weights")
+    (tmp_path / "zero-weights" / "model.safetensors").unlink()
+    (tmp_path / "zero-weights" / "model.safetensors").symlink_to("/dev/zero")
+    _save(tmp_path / "fifo-vocab")
+    (tmp_path / "fifo-vocab" / "vocab.json").unlink()
+    os.mkfifo(tmp_path / "fifo-vocab" / "vocab.json")
+    _save(tmp_path / "fifo-card")
+    (tmp_path / "fifo-card" / "card.md").unlink()
+    os.mkfifo(tmp_path / "fifo-card" / "card.md")
+    _save(tmp_path / "zero-metrics")
+    (tmp_path / "zero-metrics" / "metrics.json").unlink()
+    (tmp_path / "zero-metrics" / "metrics.json").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "active.json")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", LIST_IN_A_CHILD, str(tmp_path)], cwd=root, capture_output=True,
+                         text=True, timeout=60)  # before the fix: a TimeoutExpired here
+    assert out.returncode == 0, out.stderr
+    listing = json.loads(out.stdout)
+    found = listing["bundles"]
+    assert found["default"][0] and listing["active"] == "default"
+    assert not found["fifo-config"][0] and "config.json is not a regular file (it is a named pipe" in found["fifo-config"][1]
+    assert not found["zero-weights"][0] and "model.safetensors is not a regular file (it is a character device" in found["zero-weights"][1]
+    assert not found["fifo-vocab"][0] and "vocab.json is not a regular file" in found["fifo-vocab"][1]
+    assert found["fifo-card"][0] and found["fifo-card"][2] == ""  # a card is for show: the model still works
+    assert found["zero-metrics"][0]
+    with pytest.raises(BundleError, match="not a regular file"):
+        load_bundle(tmp_path / "zero-weights", pretrained=False)

@@ -258,8 +258,8 @@ def test_two_starting_processes_give_one_job(runs_root, fake):
 def test_the_torchrun_command_line():
     assert jobs.train_command(1) == [sys.executable, "-m", "core.train"]
     four = jobs.train_command(4)
-    assert four == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-                    "-m", "core.train"]
+    assert four == [sys.executable, "-m", "core.launch", "--standalone", "--nproc-per-node", "4",
+                    "-m", "core.train"]  # torchrun, its stores on loopback (core.launch)
     assert [jobs.processes_of(c) for c in (four, jobs.train_command(1), ["torchrun", "--nproc-per-node=3"], None)] \
         == [4, 1, 3, 1]
     # a trainer given as a script (the tests' stand-in) runs under torchrun as that script
@@ -335,12 +335,32 @@ def test_real_torchrun_runs_the_job(runs_root, fake):
     job = jobs.start_job({}, runs_root, command=fake, processes=2)
     family = []
     try:
-        assert "torch.distributed.run" in job.command
+        assert "core.launch" in job.command
         assert wait_until(lambda: runs.run_status(job.run_dir) == "running", timeout=120)
         family = workers(job)
+        # torchrun's stores (and anything its ranks listen on) are on loopback only: nothing on the network
+        listening = [c.laddr for p in [psutil.Process(job.pid), *family] for c in p.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN]
+        assert listening and all(a.ip in ("127.0.0.1", "::1") for a in listening), listening
         jobs.stop_job(job)
         assert jobs.wait_for_exit(job, 60)
         assert runs.run_status(job.run_dir) == "stopped"
         assert "fake rank 1 ends" in "\n".join(runs.tail_log(job.run_dir, 50))
     finally:
         kill_family(job, family)
+
+
+def test_resume_refuses_a_run_folder_a_trainer_from_a_terminal_works_on(runs_root, fake):
+    """The run folder's own lock (core.runs.hold_run_lock, taken by every trainer) is held by a process this app did
+    not start: Resume says who has it instead of launching a trainer that would stop at once."""
+    import os
+
+    job = jobs.start_job({}, runs_root, command=fake)
+    jobs.stop_job(job)
+    assert jobs.wait_for_exit(job, 30)
+    held = runs.hold_run_lock(job.run_dir)
+    try:
+        with pytest.raises(jobs.JobError, match=f"in use by another trainer \\(process {os.getpid()}, started"):
+            jobs.resume_job(job.run_dir, runs_root, command=fake)
+    finally:
+        held.release()

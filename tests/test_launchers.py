@@ -87,7 +87,7 @@ def project(tmp_path):
     """A temporary app folder (with a space in its path) holding just what the launcher needs."""
     root = tmp_path / "my app"
     for relative in ("run_macos.command", "tools/env_check.py", ".streamlit/config.toml", "core/__init__.py",
-                     "core/device.py", "ui/__init__.py", "ui/serve.py", "ui/warm.py"):
+                     "core/device.py", "ui/__init__.py", "ui/serve.py", "ui/warm.py", "ui/hosts.py"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / relative, root / relative)
     (root / "app.py").write_text('import streamlit as st\n\nst.write("hello")\n')

@@ -1,7 +1,10 @@
 """core/runs.py: the run folder's readers, read without the trainer and without torch (the web process)."""
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -61,3 +64,83 @@ def test_form_values_round_trip_and_damage(tmp_path):
     assert load_form_values(tmp_path) == {}
     (tmp_path / FORM_MEMORY).write_text('{"data": "' + "x" * 200_000 + '"}')
     assert load_form_values(tmp_path) == {}
+
+
+def test_a_second_trainer_on_the_same_run_folder_exits_at_once_naming_the_first(tmp_path):
+    """Two `python -m core.train --run-dir X`: the second says which process holds X and exits; the first trains on
+    alone (before: both ran, their events interleaved and both published a model)."""
+    import time
+
+    from conftest import make_flickr, tiny_train_config
+    from core import runs
+
+    data = make_flickr(tmp_path / "data")
+    (tmp_path / "cfg.json").write_text(json.dumps(tiny_train_config(data, tmp_path, epochs=500).to_dict()))
+    cmd = [sys.executable, "-m", "core.train", "--config", str(tmp_path / "cfg.json"), "--run-dir", str(tmp_path / "run")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "CAPTION_JOB_LOCK")}
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while not any(e["event"] == "step" for e in runs.read_progress(tmp_path / "run")):
+            assert first.poll() is None and time.time() < deadline, "the first trainer did not start training"
+            time.sleep(0.2)
+        started = time.time()
+        second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 3, second.stderr
+        assert f"in use by another trainer (process {first.pid}, started" in second.stderr
+        assert "Traceback" not in second.stderr and time.time() - started < 60
+        assert first.poll() is None  # the first goes on, alone
+        events = runs.read_progress(tmp_path / "run")
+        assert [e["event"] for e in events].count("start") == 1 and not any(e["event"] == "error" for e in events)
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_only_rank_0_takes_the_run_lock_under_torchrun(tmp_path, monkeypatch):
+    """Under torchrun rank 0 holds the run folder for the job: the other ranks of the same job never try (they
+    would find it held), while a second job's rank 0 is refused."""
+    from conftest import make_flickr, tiny_train_config
+    from core import runs, train
+
+    taken = []
+    real = runs.hold_run_lock
+    monkeypatch.setattr(runs, "hold_run_lock", lambda d: taken.append(d) or real(d))
+    monkeypatch.setattr(train, "_run", lambda *a, **k: None)  # the lock is the point here, not the training
+    cfg = tiny_train_config(make_flickr(tmp_path / "data"), tmp_path)
+    monkeypatch.setenv("RANK", "1")
+    (tmp_path / "run").mkdir()
+    held = real(tmp_path / "run")  # rank 0 of this job has it
+    train.run(cfg, tmp_path / "run")  # rank 1 goes on
+    assert taken == []
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(runs.RunInUse, match=f"process {os.getpid()}"):
+        train.run(cfg, tmp_path / "run")  # another job's rank 0
+    held.release()
+    train.run(cfg, tmp_path / "run")
+    assert len(taken) == 2
+
+
+
+def test_a_torchrun_job_on_a_run_folder_in_use_stops_at_once(tmp_path):
+    """Under torchrun (through core.launch, as the app starts it): rank 0 finds the folder held and exits saying
+    so; torchrun then ends the other rank, and nothing is written into the run."""
+    import time
+
+    from conftest import make_flickr, tiny_train_config
+    from core import runs
+
+    data = make_flickr(tmp_path / "data")
+    (tmp_path / "cfg.json").write_text(json.dumps(tiny_train_config(data, tmp_path, epochs=2).to_dict()))
+    (tmp_path / "run").mkdir()
+    held = runs.hold_run_lock(tmp_path / "run")  # another trainer: this test process
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "CAPTION_JOB_LOCK")}
+    cmd = [sys.executable, "-m", "core.launch", "--standalone", "--nproc-per-node", "2", "-m", "core.train",
+           "--config", str(tmp_path / "cfg.json"), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
+    started = time.time()
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        held.release()
+    assert out.returncode != 0 and f"in use by another trainer (process {os.getpid()}" in out.stderr
+    assert runs.read_progress(tmp_path / "run") == [] and time.time() - started < 200

@@ -122,3 +122,81 @@ def test_the_warm_up_loads_the_model_then_reports_the_device_where_torch_is(tmp_
             assert warm._warmed.is_set() and worker.loaded_count() >= 1  # the model was loaded first
     finally:
         warm.reset()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ask(port: int, host: str, path: str = "/", websocket: bool = False) -> int:
+    """The status a real request to the server on 127.0.0.1:port gets with this Host header."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Host": host}
+    if websocket:  # Streamlit's page talks to the server over this WebSocket
+        headers.update({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": f"http://{host}"})
+    try:
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """`python -m ui.serve` for real (Streamlit and all), on a free port; no model, no worker."""
+    import time
+
+    tmp = tmp_path_factory.mktemp("served")
+    (tmp / "models").mkdir()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTION_")}
+    env.update(CAPTION_MODELS_DIR=str(tmp / "models"), CAPTION_EARLY_WARMUP="0", CAPTION_WORKER="0",
+               CAPTION_FORCE_CPU="1")
+    server = subprocess.Popen([sys.executable, "-m", "ui.serve", "--server.port", str(port),
+                               "--server.headless", "true"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while True:
+        try:
+            if _ask(port, f"localhost:{port}", "/_stcore/health") == 200:
+                break
+        except OSError:
+            pass
+        assert server.poll() is None and time.time() < deadline, server.stderr.read().decode() if server.poll() else "no answer"
+        time.sleep(0.5)
+    yield port
+    server.terminate()
+    server.wait(30)
+
+
+def test_the_server_refuses_a_dns_rebinding_host_and_answers_loopback_names(live_server):
+    port = live_server
+    for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example", f"127.0.0.1.nip.io:{port}"):
+        assert _ask(port, host) == 403, host
+        assert _ask(port, host, "/_stcore/health") == 403, host
+        assert _ask(port, host, "/_stcore/stream", websocket=True) == 403, host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost", "LOCALHOST."):
+        assert _ask(port, host) == 200, host
+    assert _ask(port, f"localhost:{port}", "/_stcore/stream", websocket=True) == 101
+
+
+def test_the_allowed_host_names():
+    from ui.hosts import allowed_names, host_name, is_loopback
+
+    assert [host_name(h) for h in ("[::1]:8501", "Localhost:80", "127.0.0.1", "::1", "example.com.")] == \
+        ["::1", "localhost", "127.0.0.1", "::1", "example.com"]
+    assert is_loopback("127.0.0.2") and is_loopback("::1") and not is_loopback("localhost.evil.example")
+    assert allowed_names(None, None, "") == set()  # nothing configured: loopback names alone
+    assert allowed_names("192.168.1.20", None, "") == {"192.168.1.20"}
+    assert allowed_names("127.0.0.1", "photos.lan:8501", "") == {"127.0.0.1", "photos.lan"}
+    assert allowed_names(None, None, "*") is None
+    import socket
+
+    assert socket.gethostname().lower() in allowed_names("0.0.0.0", None, "")  # every network: this machine's names

@@ -150,6 +150,127 @@ def test_the_worker_cli_answers_a_request_on_stdin(bundle):
     out = subprocess.run([sys.executable, "-m", "core.worker"], cwd=ROOT, input=json.dumps(request) + "\n",
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    lines = [line for line in out.stdout.splitlines() if line]  # it starts with a newline (see core.worker)
+    answers = [a for a in map(json.loads, lines) if a.get("id") is not None]  # besides the heartbeats
     assert [a["id"] for a in answers] == [7, 7] and answers[-1] == {"id": 7, "end": True}
     assert answers[0]["results"][0]["image"] == "p.jpg" and answers[0]["results"][0]["caption"]
+
+
+def _in_a_thread(fn, timeout: float):
+    """Run fn() in a thread; -> (finished, result or exception). A request that hangs leaves `finished` False."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 (the test looks at it)
+            box["result"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive(), box.get("result")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="SIGSTOP is POSIX")
+def test_a_stopped_worker_ends_the_requests_in_plain_words_and_a_fresh_one_serves(bundle):
+    """SIGSTOP the worker (what a wedged one looks like from outside): the request under way, a Cancel and another
+    tab's request all end after the stall limit with a plain message, instead of waiting forever; the next
+    request is served by a fresh worker."""
+    c = WorkerClient(warm=None, nice=0, stall_s=8)  # nice 0: on this busy CI machine a niced worker can starve
+    stopped = None
+    try:
+        captioner = c.captioner(bundle)
+        stopped = c.pid
+        os.kill(stopped, signal.SIGSTOP)
+        started = time.monotonic()
+        done, result = _in_a_thread(lambda: captioner.caption(items(4), beam=2, max_len=5), timeout=60)
+        assert done, "the request waited on the stopped worker"
+        assert isinstance(result, WorkerStopped) and "did not answer for 8 s" in str(result)
+        assert time.monotonic() - started < 40
+        assert wait_gone(stopped)  # killed, not left stopped
+        results = c.captioner(bundle).caption(items(2), beam=2, max_len=5)
+        assert c.pid != stopped and [r.image for r in results] == ["0.jpg", "1.jpg"]
+
+        # a Cancel (the iterator closed early) and another tab's upload, both while the worker is stopped
+        second = c.pid
+        batches = c.captioner(bundle).iter_captions(items(60), beam=3, max_len=8, batch_size=2)
+        next(batches)
+        os.kill(second, signal.SIGSTOP)
+        big = [(f"{i}.jpg", os.urandom(1 << 20)) for i in range(4)]  # 4 MB: more than a pipe holds
+        done, result = _in_a_thread(lambda: c.captioner(bundle).caption(big), timeout=60)
+        assert done and isinstance(result, WorkerStopped) and "did not answer" in str(result)
+        done, _ = _in_a_thread(batches.close, timeout=60)
+        assert done, "Cancel waited on the stopped worker"
+        assert wait_gone(second)
+        assert [r.image for r in c.captioner(bundle).caption(items(1))] == ["0.jpg"]
+    finally:
+        for pid in (stopped, c.pid):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except OSError:
+                    pass
+        c.stop()
+
+
+SLOW_AND_NOISY_START = """
+import sys, time
+sys.stdout.write("a library's partial line, no newline")  # printed before the worker's protocol begins
+sys.stdout.flush()
+
+class SlowModelLoad:  # the first model load on a slow laptop: longer than the stall limit of the test
+    def find_spec(self, name, path=None, target=None):
+        if name == "core.caption":
+            sys.meta_path.remove(self)
+            time.sleep(12)
+        return None
+
+sys.meta_path.insert(0, SlowModelLoad())
+"""
+
+
+def test_a_slow_first_load_and_a_partial_line_before_the_protocol_do_not_wedge_a_request(bundle, tmp_path,
+                                                                                         monkeypatch):
+    """The worker's heartbeats carry it through a load that takes longer than the stall limit; text printed to its
+    stdout before the protocol began is not glued to the first answer (which was then never recognised)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_AND_NOISY_START)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    c = WorkerClient(warm=None, nice=0, stall_s=6)
+    try:
+        started = time.monotonic()
+        done, result = _in_a_thread(lambda: c.captioner(bundle).caption(items(2), beam=2, max_len=5), timeout=120)
+        assert done, "the request never got its answer"
+        assert not isinstance(result, Exception), result
+        assert [r.image for r in result] == ["0.jpg", "1.jpg"] and time.monotonic() - started > 12
+    finally:
+        c.stop()
+
+
+def test_malformed_lines_on_the_workers_stdin_do_not_kill_it(bundle):
+    import json
+
+    junk = (b"\xff\xfe not UTF-8\n[1, 2]\n5\nnull\n{\"op\": \"cancel\", \"target\": [1]}\n"
+            b"{\"id\": [1], \"op\": \"device\"}\n{\"id\": 3, \"op\": \"caption\", \"items\": 7}\n{broken\n")
+    good = json.dumps({"id": 9, "op": "load", "bundle": str(bundle), "device": "cpu"}).encode() + b"\n"
+    out = subprocess.run([sys.executable, "-m", "core.worker"], cwd=ROOT, input=junk + good, capture_output=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    answers = [json.loads(line) for line in out.stdout.decode().splitlines() if line]
+    assert {"id": 9, "end": True} in answers
+    assert [a["id"] for a in answers if "error" in a].count(None) >= 5 and any(a.get("id") == 3 for a in answers)
+
+
+def test_upload_requests_carry_at_most_32_mb_as_sent():
+    """Uploads of 5 MB, 16 to a batch: each request's base64 stays within CHUNK_BYTES (before: 16 x 5 MB = 78 MB
+    a request, 104 MB once in base64), and every image is sent once, in order."""
+    from core import worker_client
+
+    uploads = [(f"{i}.jpg", bytes(5 << 20)) for i in range(40)] + [("disk.jpg", Path("/x.jpg"))]
+    chunks = list(worker_client._chunks(uploads, 16))
+    assert [n for chunk in chunks for n, _ in chunk] == [n for n, _ in uploads]
+    sizes = [sum(len(worker_client._wire(src).get("bytes", "")) for _, src in chunk) for chunk in chunks]
+    assert max(sizes) <= worker_client.CHUNK_BYTES and len(chunks) == 10  # 4 of 7 MB (in base64) each, + the path
+    huge = [("a", bytes(40 << 20)), ("b", bytes(10))]  # one image over the limit goes alone
+    assert [len(c) for c in worker_client._chunks(huge, 16)] == [1, 1]

@@ -11,6 +11,9 @@ server's own process instead (CAPTION_WORKER=0), the early start is skipped on f
 cores (bench/bench_first_impression.py), torch's import then competed with the server and the browser for the same
 cores and the same interpreter (Home 3.8 s instead of 1.6 s, 8.3 s instead of 7.7 s to the first caption), and the
 first page starts the warm-up once Home is on its way. CAPTION_EARLY_WARMUP=1 or 0 overrides.
+
+The server answers only requests addressed to a loopback name unless another address is configured (ui.hosts:
+a page on a DNS-rebinding domain cannot drive the app's forms).
 """
 from __future__ import annotations
 
@@ -40,6 +43,11 @@ def main(argv: list[str] | None = None) -> None:
             warm.start()
     except Exception as e:  # never keep the app from starting: the pages load the model themselves if need be
         print(f"(the model warm-up did not start: {e})", file=sys.stderr)
+    from ui import hosts
+
+    if not hosts.install():  # DNS rebinding: only loopback Host headers are answered (ui/hosts.py says why)
+        print("(warning: this Streamlit version has no hook for the Host check; requests under any host name are "
+              "answered)", file=sys.stderr)
     sys.argv = [sys.argv[0], "run", APP, *(sys.argv[1:] if argv is None else argv)]
     # Streamlit's own entry point (`python -m streamlit`), on the main thread as its signal handlers need
     runpy.run_module("streamlit", run_name="__main__", alter_sys=True)

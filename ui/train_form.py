@@ -133,8 +133,9 @@ def widget(where, f: Field, value):
         return where.text_input(f.label, value, help=f.help, key=key,
                                 placeholder="e.g. /home/me/data/flickr8k" if f.name == "data" else None)
     kind = type(value)
-    low, high = (None if x is None else kind(x) for x in (f.low, f.high))
-    return where.number_input(f.label, low, high, value, step=kind(f.step) if f.step else None, format=f.fmt,
+    # No min/max on the widget: Streamlit does not send a typed value outside them, so a run would start with the
+    # previous value; core.form_ranges refuses it with a message instead (the page checks before starting).
+    return where.number_input(f.label, None, None, value, step=kind(f.step) if f.step else None, format=f.fmt,
                               help=f.help, key=key)
 
 
