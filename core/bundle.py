@@ -34,7 +34,7 @@ STALE_PARTIAL_SECONDS = 600  # a publish copies a bundle in seconds; a `.partial
 # sane ranges of config.json's numbers: a typo such as hidden_dim 80000 is refused before anything is allocated
 SIZE_LIMITS = {"vocab_size": (len(SPECIALS) + 1, 1_000_000), "embed_dim": (1, 8192), "hidden_dim": (1, 8192),
                "attention_dim": (1, 8192), "feature_proj_dim": (1, 8192), "max_len": (1, 500),
-               "ensemble": (1, 8)}
+               "ensemble": (1, 8), "num_layers": (1, 48), "num_heads": (1, 64)}
 
 
 class BundleError(ValueError):

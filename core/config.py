@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field, fields
 from .device import PRECISIONS  # standard library only at import, as this module
 from .paths import COCO_DIR, cache_dir, models_dir, resolve
 
-DECODERS = ("show_tell", "attention")
-DECODER_NAMES = {"attention": "Show, Attend and Tell (attention)", "show_tell": "Show and Tell"}
+DECODERS = ("show_tell", "attention", "transformer")
+DECODER_NAMES = {"attention": "Show, Attend and Tell (attention)", "show_tell": "Show and Tell",
+                 "transformer": "Transformer"}
+GRID_DECODERS = ("attention", "transformer")  # read the feature grid (and give attention maps); Show-and-Tell pools it
 # The names of core.backbones.BACKBONES (which needs torch to import); tests/test_config.py keeps them equal.
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -42,7 +44,7 @@ def name_problem(name: str) -> str | None:
 class ModelConfig:
     vocab_size: int = 0
     backbone: str = "efficientnet_lite0"
-    decoder: str = "attention"  # "show_tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015, soft)
+    decoder: str = "attention"  # "show_tell" (Vinyals 2015), "attention" (Xu 2015, soft) or "transformer"
     embed_dim: int = 256
     hidden_dim: int = 512
     attention_dim: int = 256
@@ -50,6 +52,8 @@ class ModelConfig:
     dropout: float = 0.3
     fine_tune: bool = False  # True: the backbone's weights are trained too and saved in the bundle
     max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) seen in training; the default for decoding
+    num_layers: int = 3  # transformer decoder: layers (its width is hidden_dim, its feed-forward 4 x hidden_dim)
+    num_heads: int = 8  # transformer decoder: attention heads (hidden_dim must be a multiple of it)
     ensemble: int = 1  # decoders over the one encoder, their word distributions averaged (core.ensemble); 1: one
 
     def __post_init__(self):
@@ -154,10 +158,12 @@ class TrainConfig:
                     "checkpoint_every": self.checkpoint_every, "checkpoint_minutes": self.checkpoint_minutes,
                     "log_every": self.log_every, "scst_batch_size": self.scst_batch_size,
                     "scst_samples": self.scst_samples, "encode_batch_size": self.encode_batch_size,
-                    "scst_max_len": self.scst_max_len,
+                    "scst_max_len": self.scst_max_len, "num_layers": m.num_layers, "num_heads": m.num_heads,
                     "min_word_count": self.min_word_count}
         out += [f"{k.replace('_', ' ')} must be more than 0 (it is {v})." for k, v in positive.items()
                 if not isinstance(v, (int, float)) or v <= 0]
+        if m.decoder == "transformer" and m.num_heads > 0 and m.hidden_dim % m.num_heads:
+            out.append(f"The hidden size ({m.hidden_dim}) must be a multiple of the attention heads ({m.num_heads}).")
         if not 0 < self.subset <= 1:
             out.append(f"The quick-run fraction must be above 0 and at most 1 (it is {self.subset}).")
         if not 0 <= m.dropout < 1 or not 0 <= self.label_smoothing < 1:

@@ -49,7 +49,8 @@ from . import runs  # noqa: E402
 from .backbones import get_spec  # noqa: E402
 from .bundle import BundleError, publish_bundle, read_config, read_vocab, save_bundle  # noqa: E402
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .config import ConfigError, ModelConfig, TrainConfig, flag_fields  # noqa: E402,F401 (TrainConfig: re-export)
+from .config import (GRID_DECODERS, ConfigError, ModelConfig, TrainConfig,  # noqa: E402,F401 (TrainConfig: re-export)
+                     flag_fields)
 from .data import (iter_image_batches, load_split, missing_report, overlap_note, shared_images,  # noqa: E402
                    split_label)
 from .decode import greedy_decode  # noqa: E402
@@ -236,7 +237,7 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tupl
         return FeatureSource(encoder=model.encoder, paths=paths, spec=spec), list(range(len(items)))
     emit(runs.PHASE, phase="encoding")
     grid = (spec.image_size // 32, spec.image_size // 32)
-    layout = "grid" if cfg.model.decoder == "attention" else "pooled"
+    layout = "grid" if cfg.model.decoder in GRID_DECODERS else "pooled"
     cache = FeatureCache(Path(cfg.cache_dir), cfg.model.backbone, layout, grid)
     check_cache_fits(cache, paths)  # before hours of encoding, not when the disk fills up
     encoder = Encoder(cfg.model.backbone, pretrained=True).to(device)
@@ -252,7 +253,7 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tupl
 
 
 ARCHITECTURE_KEYS = ("backbone", "decoder", "embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim",
-                     "fine_tune")
+                     "fine_tune", "num_layers", "num_heads")
 
 
 def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
