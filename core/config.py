@@ -111,6 +111,8 @@ class TrainConfig:
     scst_top_p: float = 1.0  # SCST samples from this nucleus (1.0: the whole distribution)
     scst_dropout: bool = False  # SCST samples with dropout on (Rennie et al.'s code); off: the policy that is used
     precision: str = "auto"  # bf16 autocast where the CPU/GPU runs it natively (fp16 on older GPUs), else fp32
+    group_by_image: bool = False  # batches of whole images with all their captions: each image's features are
+    # projected once for its 5 captions (about 1.6x faster steps for the Transformer on a CPU); off: captions shuffled one by one
     compile: bool = False  # torch.compile the decoder (core.device.compile_decoder): minutes to start, no gain on CPU
 
     def to_dict(self) -> dict:

@@ -53,10 +53,13 @@ class ShowTellDecoder(nn.Module):
     def _image_input(self, feats: torch.Tensor) -> torch.Tensor:
         return self.drop(self.img_proj(feats.mean(1)))  # (B, E)
 
-    def forward(self, feats, captions):
-        """feats (B, P, C), captions (B, L) starting with <start> -> logits (B, L-1, V) for captions[:, 1:]."""
+    def forward(self, feats, captions, image_index=None):
+        """feats (B, P, C), captions (B, L) starting with <start> -> logits (B, L-1, V) for captions[:, 1:].
+        image_index (B,) (optional): caption i is of image image_index[i] of feats (U, P, C), each image once."""
         words = self.embed(captions[:, :-1])  # (B, L-1, E)
-        x = torch.cat([self._image_input(feats).unsqueeze(1), self.drop(words)], 1)  # (B, L, E)
+        image = self._image_input(feats)  # (U or B, E)
+        image = image if image_index is None else image[image_index]  # (B, E)
+        x = torch.cat([image.unsqueeze(1), self.drop(words)], 1)  # (B, L, E)
         out, _ = self.lstm(x)  # (B, L, H)
         return self.fc(self.drop(out[:, 1:])), None  # (B, L-1, V); position 0 only read the image
 
@@ -110,8 +113,9 @@ class AttentionDecoder(nn.Module):
         h, c = self.cell(torch.cat([word, context], 1), (h, c))  # (B, H) each
         return {**state, "h": h, "c": c}, alpha
 
-    def forward(self, feats, captions):
-        """feats (B, P, C), captions (B, L) -> logits (B, L-1, V), alphas (B, L-1, P).
+    def forward(self, feats, captions, image_index=None):
+        """feats (B, P, C), captions (B, L) -> logits (B, L-1, V), alphas (B, L-1, P). With image_index (B,),
+        caption i is of image image_index[i] of feats (U, P, C): each image's projection is computed once.
 
         Captions are processed longest first and step t only runs the n_t captions still going, so a batch
         costs the sum of its caption lengths, not B x the longest (about 40% less on Flickr8k and COCO).
@@ -121,7 +125,10 @@ class AttentionDecoder(nn.Module):
         lengths = (captions[:, 1:] != PAD).sum(1)  # (B,) targets per caption, <end> included
         order = lengths.argsort(descending=True)
         active = [int((lengths > t).sum()) for t in range(T)]  # n_t, non-increasing
-        state = self.init_state(feats[order])
+        if image_index is None:
+            state = self.init_state(feats[order])
+        else:
+            state = {k: v[image_index[order]] for k, v in self.init_state(feats).items()}  # (B, ...) from (U, ...)
         words = self.drop(self.embed(captions[order, :-1]))  # (B, T, E)
         hs, alphas = [], []
         for t in range(T):
@@ -257,13 +264,18 @@ class TransformerDecoder(nn.Module):
                 return self.fc(x.float())
         return self.fc(x)
 
-    def forward(self, feats, captions):
+    def forward(self, feats, captions, image_index=None):
         """feats (B, P, C), captions (B, L) -> logits (B, L-1, V), None (no per-word attention regulariser).
-        Padding after <end> needs no mask: causal attention never lets a real word see a later position."""
-        mem = self._memory(feats)  # (B, P, D)
+        Padding after <end> needs no mask: causal attention never lets a real word see a later position.
+        image_index (B,) (optional): caption i is of image image_index[i] of feats (U, P, C); the memory and its
+        keys/values are then computed once per image, not once per caption (half a step's work on Flickr8k)."""
+        mem = self._memory(feats)  # (U or B, P, D)
         x = self._words(captions[:, :-1], 0)  # (B, L-1, D)
         for blk in self.blocks:
-            x, _, _ = blk(x, None, blk.cross_att.keys_values(mem), causal=True)
+            k, v = blk.cross_att.keys_values(mem)  # (U or B, h, P, D/h)
+            if image_index is not None:
+                k, v = k[image_index], v[image_index]  # (B, h, P, D/h)
+            x, _, _ = blk(x, None, (k, v), causal=True)
         return self.fc(self.ln_f(x)), None  # (B, L-1, V)
 
     def init_state(self, feats):
@@ -319,8 +331,10 @@ class CaptionModel(nn.Module):
             raise RuntimeError("this model was built without its encoder (cached-feature training)")
         return self.encoder(images)
 
-    def forward(self, feats, captions):
-        return self.decoder(feats, captions)
+    def forward(self, feats, captions, image_index=None):
+        if image_index is None:
+            return self.decoder(feats, captions)
+        return self.decoder(feats, captions, image_index=image_index)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a bundle stores: the decoder, plus the encoder only when it was fine-tuned."""

@@ -77,9 +77,13 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def caption_loss(model, feats, captions, label_smoothing=0.0, alpha_c=0.0) -> torch.Tensor:
-    """The one training/validation step: teacher-forced cross-entropy (+ attention regulariser)."""
-    logits, alphas = model(feats, captions)  # (B, L-1, V), (B, L-1, P) or None
+def caption_loss(model, feats, captions, label_smoothing=0.0, alpha_c=0.0, image_index=None) -> torch.Tensor:
+    """The one training/validation step: teacher-forced cross-entropy (+ attention regulariser).
+    image_index (B,) (optional): caption i is of image image_index[i] of feats (U, P, C), each image once."""
+    if image_index is None:
+        logits, alphas = model(feats, captions)  # (B, L-1, V), (B, L-1, P) or None
+    else:
+        logits, alphas = model(feats, captions, image_index=image_index)
     targets = captions[:, 1:]  # (B, L-1)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD,
                            label_smoothing=label_smoothing)
@@ -112,6 +116,17 @@ class Samples:
         tokens = self.tokens[positions]  # (B, max_len + 2)
         length = int((tokens != PAD).sum(1).max())
         return self.image[positions].tolist(), torch.from_numpy(tokens[:, :length].astype(np.int64))  # (B, L)
+
+    def images(self) -> np.ndarray:
+        """The image indices that have samples, ascending (samples are stored image by image)."""
+        return np.unique(self.image)
+
+    def of_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> the positions of every caption of `images`, image by image, and for each the image's place in
+        `images` (the decoder's image_index)."""
+        lo, hi = np.searchsorted(self.image, images, "left"), np.searchsorted(self.image, images, "right")
+        positions = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
+        return positions, np.repeat(np.arange(len(images)), hi - lo)
 
 
 def _stable_subset(items, fraction):
@@ -324,7 +339,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     samples = Samples(caption_image[keep], vocab.encode_all(tokenized, keep, mcfg.max_len))
     del tokenized
 
-    xe_steps = cfg.epochs * _xe_batches(cfg, len(samples))
+    xe_steps = cfg.epochs * _xe_batches(cfg, *_xe_units(cfg, samples)[1:])
     total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, device, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fused where PyTorch has it
@@ -353,9 +368,20 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     return s
 
 
-def _xe_batches(cfg: TrainConfig, n_samples: int) -> int:
-    n = math.ceil(n_samples / cfg.batch_size)
+def _xe_batches(cfg: TrainConfig, n_units: int, per: int | None = None) -> int:
+    n = math.ceil(n_units / (per or cfg.batch_size))
     return min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
+
+
+def _xe_units(cfg: TrainConfig, samples: Samples) -> tuple[np.ndarray | None, int, int]:
+    """What a cross-entropy epoch shuffles: (None, samples, batch_size) captions one by one, or with
+    `group_by_image` (the images, their number, images per batch): whole images with all their captions, about
+    batch_size captions a batch, so that the decoder computes each image's part once for its 5 captions."""
+    if not cfg.group_by_image:
+        return None, len(samples), cfg.batch_size
+    images = samples.images()
+    per = max(1, round(cfg.batch_size * len(images) / max(len(samples), 1)))
+    return images, len(images), per
 
 
 def _step(s: Session, loss: torch.Tensor, lr: float, sync: bool = False) -> None:
@@ -409,15 +435,24 @@ def _order(s: Session, n_items: int, epoch: int) -> list[int]:
 
 def train_epoch(s: Session, epoch: int) -> list[float] | None:
     """One cross-entropy epoch from the saved batch on; -> its losses, or None when stopped."""
-    cfg, per = s.cfg, s.cfg.batch_size
-    perm, n_batches, losses = _order(s, len(s.samples), epoch), _xe_batches(cfg, len(s.samples)), []
+    cfg = s.cfg
+    images, n_units, per = _xe_units(cfg, s.samples)
+    perm, n_batches, losses = _order(s, n_units, epoch), _xe_batches(cfg, n_units, per), []
     alpha_c = cfg.alpha_c if cfg.model.decoder == "attention" else 0.0
     for b in range(s.state["batch"], n_batches):  # batch b: the same samples whatever the number of ranks
-        image_ids, caps = s.samples.batch(dist.shard(perm[b * per:(b + 1) * per], fill=True))  # caps: (B/N, L)
+        chosen = dist.shard(perm[b * per:(b + 1) * per], fill=True)
+        index = None
+        if images is None:
+            image_ids, caps = s.samples.batch(chosen)  # caps: (B/N, L)
+        else:
+            mine = images[chosen]  # (U,) this rank's images, each once
+            positions, index = s.samples.of_images(mine)
+            _, caps = s.samples.batch(positions)  # (B/N, L)
+            image_ids, index = mine.tolist(), torch.from_numpy(index).to(s.device)  # index: (B/N,)
         lr = lr_at(s.state["global_step"], s.xe_steps, cfg.lr, cfg.warmup_steps)
         with s.autocast():
             loss = caption_loss(s.net, s.source(image_ids, s.device), caps.to(s.device), cfg.label_smoothing,
-                                alpha_c)
+                                alpha_c, image_index=index)
         _step(s, loss, lr, sync=not isinstance(s.net, DistributedDataParallel))
         if _after_step(s, epoch, b, n_batches, per, losses, loss.item(), lr, scst=False):
             return None

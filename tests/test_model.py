@@ -84,3 +84,17 @@ def test_transformer_needs_heads_that_divide_its_width():
     with pytest.raises(ValueError, match="multiple of num_heads"):
         CaptionModel(ModelConfig(vocab_size=9, decoder="transformer", hidden_dim=30, num_heads=8), with_encoder=False,
                      pretrained=False)
+
+
+@pytest.mark.parametrize("decoder", ["show_tell", "attention", "transformer"])
+def test_each_image_once_with_an_index_gives_the_captions_of_repeated_images(decoder):
+    """group_by_image: feats of each image once plus image_index computes what feats repeated per caption does."""
+    m = tiny_model(decoder)
+    feats, caps = torch.randn(2, 49, 1280), torch.randint(4, 12, (5, 7))
+    caps[3, 4:] = PAD
+    index = torch.tensor([1, 0, 0, 1, 1])
+    with torch.no_grad():
+        once, a1 = m(feats, caps, image_index=index)
+        repeated, a2 = m(feats[index], caps)
+    assert torch.allclose(once, repeated, atol=1e-5)
+    assert (a1 is None) == (a2 is None) and (a1 is None or torch.allclose(a1, a2, atol=1e-6))
