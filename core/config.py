@@ -111,6 +111,7 @@ class TrainConfig:
     scst_top_p: float = 1.0  # SCST samples from this nucleus (1.0: the whole distribution)
     scst_dropout: bool = False  # SCST samples with dropout on (Rennie et al.'s code); off: the policy that is used
     precision: str = "auto"  # bf16 autocast where the CPU/GPU runs it natively (fp16 on older GPUs), else fp32
+    views: int = 1  # cached views per training photo, one chosen per epoch (core.augment: mirrored, cropped); 1: none
     group_by_image: bool = False  # batches of whole images with all their captions: each image's features are
     # projected once for its 5 captions (about 1.6x faster steps for the Transformer on a CPU); off: captions shuffled one by one
     compile: bool = False  # torch.compile the decoder (core.device.compile_decoder): minutes to start, no gain on CPU
@@ -160,7 +161,7 @@ class TrainConfig:
                     "checkpoint_every": self.checkpoint_every, "checkpoint_minutes": self.checkpoint_minutes,
                     "log_every": self.log_every, "scst_batch_size": self.scst_batch_size,
                     "scst_samples": self.scst_samples, "encode_batch_size": self.encode_batch_size,
-                    "scst_max_len": self.scst_max_len, "num_layers": m.num_layers, "num_heads": m.num_heads,
+                    "scst_max_len": self.scst_max_len, "num_layers": m.num_layers, "num_heads": m.num_heads, "views": self.views,
                     "min_word_count": self.min_word_count}
         out += [f"{k.replace('_', ' ')} must be more than 0 (it is {v})." for k, v in positive.items()
                 if not isinstance(v, (int, float)) or v <= 0]

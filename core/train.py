@@ -56,6 +56,7 @@ from .data import (iter_image_batches, load_split, missing_report, overlap_note,
 from .decode import greedy_decode  # noqa: E402
 from .device import adamw, compile_decoder, pick_device, train_precision  # noqa: E402
 from .diskspace import check_cache_fits  # noqa: E402
+from .augment import AUGMENT_VERSION, apply_view, epoch_views, swap_table  # noqa: E402
 from .features import FeatureCache, encode_to_cache  # noqa: E402
 from .files import atomic_write_json  # noqa: E402
 from .metrics import score_captions  # noqa: E402
@@ -140,11 +141,24 @@ def _stable_subset(items, fraction):
 class FeatureSource:
     """Image features for a batch of image indices: from the cache, or by running the (fine-tuned) encoder."""
 
-    def __init__(self, cache_array=None, rows=None, encoder=None, paths=None, spec=None):
+    def __init__(self, cache_array=None, rows=None, encoder=None, paths=None, spec=None, views=()):
         self.array, self.rows, self.encoder, self.paths, self.spec = cache_array, rows, encoder, paths, spec
+        self.views = list(views)  # (array, rows) of the augmented views 1, 2, ... (core.augment); rows: image -> row
 
-    def __call__(self, image_ids: list[int], device) -> torch.Tensor:
+    def effective_views(self, wanted: np.ndarray) -> np.ndarray:
+        """wanted (n_images,) views -> the views to use: view 0 where the wanted one has no row for the image."""
+        out = np.asarray(wanted).copy()
+        for v, (_, rows) in enumerate(self.views, 1):
+            missing = np.array([i >= len(rows) or rows[i] is None for i in range(len(out))])
+            out[(out == v) & missing] = 0
+        out[out > len(self.views)] = 0
+        return out
+
+    def __call__(self, image_ids: list[int], device, views: np.ndarray | None = None) -> torch.Tensor:
+        """views (len(image_ids),) (optional): the view of each image (effective_views), 0 the plain photo."""
         if self.encoder is None:
+            if views is not None and np.any(views):
+                return torch.from_numpy(self._rows(image_ids, np.asarray(views))).to(device).float()  # (B, P, C)
             rows = np.asarray([self.rows[i] for i in image_ids])
             # fp16 rows converted by torch: faster than numpy's astype, threaded, and half the bytes to a GPU
             return torch.from_numpy(self.array[rows]).to(device).float()  # (B, P, C)
@@ -155,6 +169,15 @@ class FeatureSource:
             i, msg = next(iter(errors.items()))
             raise ValueError(f"cannot fine-tune on {self.paths[image_ids[i]]}: {msg}; remove or fix that file")
         return self.encoder(images.to(device))  # (B, P, C)
+
+    def _rows(self, image_ids, views) -> np.ndarray:
+        """(B, P, C) fp16: image_ids[k] at view views[k], each view's cache read once."""
+        out = np.empty((len(image_ids), *self.array.shape[1:]), dtype=np.float16)
+        for v in np.unique(views):
+            array, rows = (self.array, self.rows) if v == 0 else self.views[v - 1]
+            sel = np.flatnonzero(views == v)
+            out[sel] = array[np.asarray([rows[image_ids[k]] for k in sel])]
+        return out
 
 
 @dataclass
@@ -181,6 +204,7 @@ class Session:
     scaler: torch.amp.GradScaler
     cider: CiderReward | None
     net: torch.nn.Module | None = None  # what cross-entropy steps call: the model, or its DDP wrapper
+    swap: torch.Tensor | None = None  # (V,) token -> its mirror-image token (core.augment), with --views > 1
     state: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0, "global_step": 0, "best_cider": -1.0,
                                                  "history": []})
     t_session: float = field(default_factory=time.time)
@@ -245,8 +269,10 @@ def _load_data(cfg: TrainConfig, emit) -> tuple[list, list]:
     return train_items, val_items
 
 
-def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tuple[FeatureSource, list[int]] | None:
-    """Where each image's features come from, and the images that have them (None: stopped while encoding)."""
+def _features(cfg: TrainConfig, model, items, device, emit, should_stop,
+              n_train: int | None = None) -> tuple[FeatureSource, list[int]] | None:
+    """Where each image's features come from, and the images that have them (None: stopped while encoding).
+    With `views` > 1 the first n_train images (the training ones) are also encoded at each augmented view."""
     paths, spec = [it.path for it in items], get_spec(cfg.model.backbone)
     if cfg.model.fine_tune:
         return FeatureSource(encoder=model.encoder, paths=paths, spec=spec), list(range(len(items)))
@@ -264,7 +290,24 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tupl
     if dist.active():  # the other ranks' rows are in the cache now
         cache.refresh()
         rows = cache.rows(paths)
-    return FeatureSource(cache_array=cache.array(), rows=rows), [i for i, r in enumerate(rows) if r is not None]
+    views = []
+    train_paths = paths[: len(paths) if n_train is None else n_train]
+    for v in range(1, cfg.views):
+        emit(runs.LOG_EVENT, message=f"encoding augmented view {v} of {cfg.views - 1} ({len(train_paths)} photos)")
+        vcache = FeatureCache(Path(cfg.cache_dir), cfg.model.backbone, layout, grid, variant=f"{AUGMENT_VERSION}/view{v}")
+        check_cache_fits(vcache, train_paths)
+        vrows = encode_to_cache(encoder, cfg.model.backbone, dist.shard(train_paths), vcache, device,
+                                cfg.encode_batch_size, on_progress=lambda p: emit(runs.ENCODE, **p),
+                                should_stop=should_stop,
+                                transform=lambda images, ps, v=v: apply_view(images, [p.name for p in ps], v))
+        if _agreed_stop(should_stop)[0]:
+            return None
+        if dist.active():
+            vcache.refresh()
+            vrows = vcache.rows(train_paths)
+        views.append((vcache.array(), vrows))
+    return (FeatureSource(cache_array=cache.array(), rows=rows, views=views),
+            [i for i, r in enumerate(rows) if r is not None])
 
 
 ARCHITECTURE_KEYS = ("backbone", "decoder", "embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim",
@@ -325,7 +368,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     if _agreed_stop(should_stop)[0]:
         return None
     items = train_items + val_items
-    found = _features(cfg, model, items, device, emit, should_stop)
+    found = _features(cfg, model, items, device, emit, should_stop, n_train=len(train_items))
     if found is None:
         return None
     source, usable = found
@@ -351,6 +394,8 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     cider = CiderReward([it.captions for it in train_items]) if cfg.scst_epochs else None
     s = Session(cfg, run_dir, emit, should_stop, device, vocab, model, source, items, train_ids, val_ids, samples,
                 optimizer, params, total_steps, xe_steps, autocast, scaler, cider)
+    if cfg.views > 1:
+        s.swap = swap_table(vocab.stoi, len(vocab))
     if resume:  # the optimizer's hyperparameters (SCST's included) come back with its state
         meta = load_checkpoint(ckpt_path, model, s.optimizer, rank=dist.rank() if dist.active() else None)
         before = meta.get("config", {}).get("batch_size", cfg.batch_size)
@@ -439,6 +484,9 @@ def train_epoch(s: Session, epoch: int) -> list[float] | None:
     images, n_units, per = _xe_units(cfg, s.samples)
     perm, n_batches, losses = _order(s, n_units, epoch), _xe_batches(cfg, n_units, per), []
     alpha_c = cfg.alpha_c if cfg.model.decoder == "attention" else 0.0
+    views = None  # the view each image is seen at this epoch (core.augment), when there are several
+    if cfg.views > 1 and not cfg.model.fine_tune:
+        views = s.source.effective_views(epoch_views(len(s.items), cfg.views, cfg.seed, epoch))
     for b in range(s.state["batch"], n_batches):  # batch b: the same samples whatever the number of ranks
         chosen = dist.shard(perm[b * per:(b + 1) * per], fill=True)
         index = None
@@ -449,10 +497,16 @@ def train_epoch(s: Session, epoch: int) -> list[float] | None:
             positions, index = s.samples.of_images(mine)
             _, caps = s.samples.batch(positions)  # (B/N, L)
             image_ids, index = mine.tolist(), torch.from_numpy(index).to(s.device)  # index: (B/N,)
+        image_views = None
+        if views is not None:
+            image_views = views[image_ids]  # (U,) or (B,)
+            cap_views = image_views if index is None else image_views[index.cpu().numpy()]  # (B/N,)
+            flipped = torch.from_numpy(cap_views % 2 == 1)
+            caps[flipped] = s.swap[caps[flipped]]  # a mirrored photo's "left" is the caption's "right"
         lr = lr_at(s.state["global_step"], s.xe_steps, cfg.lr, cfg.warmup_steps)
         with s.autocast():
-            loss = caption_loss(s.net, s.source(image_ids, s.device), caps.to(s.device), cfg.label_smoothing,
-                                alpha_c, image_index=index)
+            loss = caption_loss(s.net, s.source(image_ids, s.device, image_views), caps.to(s.device),
+                                cfg.label_smoothing, alpha_c, image_index=index)
         _step(s, loss, lr, sync=not isinstance(s.net, DistributedDataParallel))
         if _after_step(s, epoch, b, n_batches, per, losses, loss.item(), lr, scst=False):
             return None
