@@ -110,7 +110,11 @@ def _read_text(path: Path, limit: int = MAX_CARD_BYTES) -> str:
 
 def _check_not_pickle(weights: Path) -> None:
     with open(weights, "rb") as f:  # the first bytes tell; never read a weights file whole just to look
-        head = f.read(8)
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header's "{". Its first byte is 0x80 for one
+    # header length in 256 (a fine-tuned Lite0 bundle's was): that alone must not read as a pickle's opcode
+    if head[8:9] == b"{":
+        return
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip / raw pickle protocol >= 2
         raise BundleError(f"{weights} is a pickle (torch.save) file, not safetensors; pickles can run code when "
                           "loaded, so they are refused. Convert it to safetensors with the code that made it.")

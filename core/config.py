@@ -51,6 +51,7 @@ class ModelConfig:
     feature_proj_dim: int = 512  # attention decoder: CNN channels are projected to this width first
     dropout: float = 0.3
     fine_tune: bool = False  # True: the backbone's weights are trained too and saved in the bundle
+    fine_tune_blocks: int = 0  # with fine_tune: train only the backbone's last N stages (their input cached); 0: all
     max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) seen in training; the default for decoding
     num_layers: int = 3  # transformer decoder: layers (its width is hidden_dim, its feed-forward 4 x hidden_dim)
     num_heads: int = 8  # transformer decoder: attention heads (hidden_dim must be a multiple of it)
@@ -114,6 +115,7 @@ class TrainConfig:
     views: int = 1  # cached views per training photo, one chosen per epoch (core.augment: mirrored, cropped); 1: none
     group_by_image: bool = False  # batches of whole images with all their captions: each image's features are
     # projected once for its 5 captions (about 1.6x faster steps for the Transformer on a CPU); off: captions shuffled one by one
+    fine_tune_lr_scale: float = 0.1  # the fine-tuned backbone stages learn at this fraction of the decoder's rate
     compile: bool = False  # torch.compile the decoder (core.device.compile_decoder): minutes to start, no gain on CPU
 
     def to_dict(self) -> dict:
@@ -171,6 +173,10 @@ class TrainConfig:
             out.append(f"The quick-run fraction must be above 0 and at most 1 (it is {self.subset}).")
         if not 0 <= m.dropout < 1 or not 0 <= self.label_smoothing < 1:
             out.append("Dropout and label smoothing must be at least 0 and below 1.")
+        if m.fine_tune_blocks < 0 or (m.fine_tune_blocks and not m.fine_tune):
+            out.append("Fine-tuned stages need fine-tuning on, and cannot be negative (0: the whole backbone).")
+        if m.fine_tune_blocks and m.backbone.startswith("resnet"):
+            out.append("Fine-tuning the top stages needs an EfficientNet backbone; for a ResNet use 0 (all of it).")
         if self.max_steps_per_epoch < 0:
             out.append(f"Max steps per epoch cannot be negative (it is {self.max_steps_per_epoch}; 0: no limit).")
         if self.scst_epochs and self.scst_samples < 2:
@@ -190,6 +196,24 @@ class TrainConfig:
         if problems:
             raise ConfigError(" ".join(problems))
         return self
+
+
+# Options of issue 19 that the Train page's Advanced section draws from here (name, label, help, (low, high) for
+# numbers): a new option is one line, the page needs no change. Names are TrainConfig's or ModelConfig's fields.
+ADVANCED_OPTIONS = (
+    ("num_layers", "Transformer layers", "decoder Transformer only; its width is the hidden size", (1, 24)),
+    ("num_heads", "Transformer attention heads", "the hidden size must be a multiple of it", (1, 32)),
+    ("group_by_image", "Whole photos a batch", "each photo's image part computed once for its 5 captions: faster "
+     "steps, the same data", None),
+    ("views", "Views per photo", "1: the photo only; 2: and its mirror image (left/right swapped in the captions); "
+     "3 and more: and cropped views; one chosen per photo each epoch, each cached once", (1, 8)),
+    ("fine_tune_blocks", "Fine-tune only the top stages", "with Fine-tune: the backbone's last N stages learn, the "
+     "stages below are cached once (0: all of the backbone, from pixels every step)", (0, 7)),
+    ("fine_tune_lr_scale", "Backbone learning rate (x the decoder's)", "about 0.1 (Show, Attend and Tell)",
+     (0.001, 1.0)),
+    ("init_from", "Start from a model folder", "its weights start the run (e.g. fine-tuning after a frozen run)",
+     None),
+)
 
 
 def flag_fields() -> list[tuple[str, object, str]]:

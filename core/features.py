@@ -32,9 +32,11 @@ def file_identity(path: Path) -> str:
 
 
 class FeatureCache:
-    def __init__(self, root: Path, backbone: str, layout: str, grid_shape: tuple[int, int], variant: str = ""):
+    def __init__(self, root: Path, backbone: str, layout: str, grid_shape: tuple[int, int], variant: str = "",
+                 channels: int | None = None):
         """layout "grid": (P, C) per image for attention; "pooled": (1, C), enough for Show-and-Tell.
-        variant: what else made the features ("" the plain photos; core.augment's views name theirs), its own folder."""
+        variant: what else made the features ("" the plain photos; core.augment's views name theirs), its own folder.
+        channels: per cell, when not the backbone's output (a lower stage's output for fine-tuning the top ones)."""
         spec = get_spec(backbone)
         self.key = {"backbone": backbone, "image_size": spec.image_size, "mean": spec.mean, "std": spec.std,
                     "preprocess": PREPROCESS_VERSION, "layout": layout, "dtype": "float16"}
@@ -43,7 +45,7 @@ class FeatureCache:
         digest = hashlib.sha1(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:12]
         self.dir = Path(root) / f"{backbone}-{layout}-{digest}"
         self.layout = layout
-        self.row_shape = (grid_shape[0] * grid_shape[1] if layout == "grid" else 1, spec.feature_dim)
+        self.row_shape = (grid_shape[0] * grid_shape[1] if layout == "grid" else 1, channels or spec.feature_dim)
         self.row_bytes = int(np.prod(self.row_shape)) * 2
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_file, self.index_file = self.dir / "features.f16", self.dir / "index.jsonl"

@@ -30,6 +30,12 @@ class Encoder(nn.Module):
         x = self.cnn(images.contiguous(memory_format=torch.channels_last))  # (B, C, h, w)
         return x.flatten(2).transpose(1, 2)  # (B, P, C) with P = h * w
 
+    def split(self, top: int) -> tuple[nn.Module, nn.Module]:
+        """(lower, upper): images -> the input of the last `top` stages (B, C', h, w) -> their output (B, C, h', w')."""
+        from .backbones import split_top
+
+        return split_top(self.cnn, top)
+
     @property
     def can_classify(self) -> bool:
         return hasattr(self.cnn, "classify_features")

@@ -141,8 +141,10 @@ def _stable_subset(items, fraction):
 class FeatureSource:
     """Image features for a batch of image indices: from the cache, or by running the (fine-tuned) encoder."""
 
-    def __init__(self, cache_array=None, rows=None, encoder=None, paths=None, spec=None, views=()):
+    def __init__(self, cache_array=None, rows=None, encoder=None, paths=None, spec=None, views=(), upper=None):
         self.array, self.rows, self.encoder, self.paths, self.spec = cache_array, rows, encoder, paths, spec
+        # fine-tuning the top stages: the cache holds the lower stages' output (B, h*w, C'), upper runs per step
+        self.upper = upper
         self.views = list(views)  # (array, rows) of the augmented views 1, 2, ... (core.augment); rows: image -> row
 
     def effective_views(self, wanted: np.ndarray) -> np.ndarray:
@@ -161,7 +163,13 @@ class FeatureSource:
                 return torch.from_numpy(self._rows(image_ids, np.asarray(views))).to(device).float()  # (B, P, C)
             rows = np.asarray([self.rows[i] for i in image_ids])
             # fp16 rows converted by torch: faster than numpy's astype, threaded, and half the bytes to a GPU
-            return torch.from_numpy(self.array[rows]).to(device).float()  # (B, P, C)
+            feats = torch.from_numpy(self.array[rows]).to(device).float()  # (B, P, C), or (B, h*w, C') for upper
+            if self.upper is None:
+                return feats
+            B, P, C = feats.shape
+            side = math.isqrt(P)
+            x = feats.transpose(1, 2).reshape(B, C, side, side).contiguous(memory_format=torch.channels_last)
+            return self.upper(x).flatten(2).transpose(1, 2)  # (B, P', C): the top stages, with gradients
         s = self.spec
         _, images, errors = next(iter_image_batches([self.paths[i] for i in image_ids], s.image_size, s.mean,
                                                     s.std, len(image_ids)))
@@ -274,6 +282,8 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop,
     """Where each image's features come from, and the images that have them (None: stopped while encoding).
     With `views` > 1 the first n_train images (the training ones) are also encoded at each augmented view."""
     paths, spec = [it.path for it in items], get_spec(cfg.model.backbone)
+    if cfg.model.fine_tune and cfg.model.fine_tune_blocks:
+        return _lower_features(cfg, model, paths, device, emit, should_stop)
     if cfg.model.fine_tune:
         return FeatureSource(encoder=model.encoder, paths=paths, spec=spec), list(range(len(items)))
     emit(runs.PHASE, phase="encoding")
@@ -310,8 +320,57 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop,
             [i for i, r in enumerate(rows) if r is not None])
 
 
+def _lower_features(cfg: TrainConfig, model, paths, device, emit, should_stop):
+    """Fine-tuning the top `fine_tune_blocks` stages: the frozen stages below them run once per photo into a cache
+    of their output; each step runs only the top stages (FeatureSource.upper) on it."""
+    top = cfg.model.fine_tune_blocks
+    lower, upper = model.encoder.split(top)
+    spec = get_spec(cfg.model.backbone)
+    model.encoder.eval()  # BatchNorm in eval mode, even for this probe: in train mode it updates ImageNet's statistics
+    with torch.no_grad():
+        probe = lower(torch.zeros(1, 3, spec.image_size, spec.image_size, device=device))  # (1, C', h, w)
+    channels, grid = probe.size(1), (probe.size(2), probe.size(3))
+
+    class Lower(torch.nn.Module):  # images -> (B, h*w, C'), what encode_to_cache stores (in eval mode: BN kept)
+        def __init__(self):
+            super().__init__()
+            self.lower = lower
+
+        def forward(self, images):
+            return self.lower(images.contiguous(memory_format=torch.channels_last)).flatten(2).transpose(1, 2)
+
+    emit(runs.PHASE, phase="encoding")
+    cache = FeatureCache(Path(cfg.cache_dir), cfg.model.backbone, "grid", grid, variant=f"below-top-{top}",
+                         channels=channels)
+    check_cache_fits(cache, paths)
+    rows = encode_to_cache(Lower(), cfg.model.backbone, dist.shard(paths), cache, device, cfg.encode_batch_size,
+                           on_progress=lambda p: emit(runs.ENCODE, **p), should_stop=should_stop)
+    if _agreed_stop(should_stop)[0]:
+        return None
+    if dist.active():
+        cache.refresh()
+        rows = cache.rows(paths)
+    return (FeatureSource(cache_array=cache.array(), rows=rows, upper=upper),
+            [i for i, r in enumerate(rows) if r is not None])
+
+
+def param_groups(model: CaptionModel, cfg: TrainConfig) -> list[dict]:
+    """What the optimizer trains: the decoder at the run's rate; with fine_tune_blocks only the backbone's top stages,
+    at fine_tune_lr_scale of it (Show-Attend-Tell's recipe: a rate about 10x lower), the stages below frozen."""
+    decoder = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+    if not (cfg.model.fine_tune and model.encoder is not None):
+        return [{"params": decoder}]
+    if not cfg.model.fine_tune_blocks:
+        return [{"params": decoder + [p for p in model.encoder.parameters() if p.requires_grad]}]
+    _, upper = model.encoder.split(cfg.model.fine_tune_blocks)
+    top = {id(p) for p in upper.parameters()}
+    for p in model.encoder.parameters():
+        p.requires_grad_(id(p) in top)  # the lower stages' weights stay bit-equal (their output is cached)
+    return [{"params": decoder}, {"params": list(upper.parameters()), "lr_scale": cfg.fine_tune_lr_scale}]
+
+
 ARCHITECTURE_KEYS = ("backbone", "decoder", "embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim",
-                     "fine_tune", "num_layers", "num_heads")
+                     "fine_tune", "num_layers", "num_heads", "fine_tune_blocks")
 
 
 def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
@@ -323,7 +382,9 @@ def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
         raise BundleError(f"{cfg.init_from} is an ensemble of {start.ensemble} decoders; a training run starts from "
                           "one model: give one of the model folders it was joined from")
     d = cfg.to_dict()
-    d["model"].update({k: getattr(start, k) for k in ARCHITECTURE_KEYS})
+    # fine-tuning a frozen-backbone model's top stages: the flags' fine-tuning, the starting model's shape otherwise
+    keep = {"fine_tune", "fine_tune_blocks"} if cfg.model.fine_tune and not start.fine_tune else set()
+    d["model"].update({k: getattr(start, k) for k in ARCHITECTURE_KEYS if k not in keep})
     return TrainConfig.from_dict(d)
 
 
@@ -384,8 +445,9 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
 
     xe_steps = cfg.epochs * _xe_batches(cfg, *_xe_units(cfg, samples)[1:])
     total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, device, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fused where PyTorch has it
+    groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fused where PyTorch has it
     if cfg.compile:  # minutes of compilation before the first step; see README "Speed"
         compile_decoder(model.decoder)
     amp = train_precision(device, cfg.precision)  # bf16/fp16 autocast where the hardware runs it, fp32 weights
@@ -432,7 +494,7 @@ def _xe_units(cfg: TrainConfig, samples: Samples) -> tuple[np.ndarray | None, in
 def _step(s: Session, loss: torch.Tensor, lr: float, sync: bool = False) -> None:
     """sync: average the gradients over the ranks here (a backward pass that DDP's forward did not see)."""
     for g in s.optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)  # fine-tuned backbone stages: a fraction of the decoder's rate
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
     if sync:
@@ -533,7 +595,7 @@ def scst_epoch(s: Session, epoch: int) -> list[float] | None:
     """
     cfg, per = s.cfg, s.cfg.scst_batch_size
     if epoch == cfg.epochs and s.state["batch"] == 0:
-        s.optimizer = adamw(s.params, s.device, lr=cfg.scst_lr, weight_decay=0.0)  # fresh moments for RL
+        s.optimizer = adamw(param_groups(s.model, cfg), s.device, lr=cfg.scst_lr, weight_decay=0.0)  # fresh moments
         s.emit(runs.PHASE, phase="scst")
     perm, n_batches, losses, stats = _order(s, len(s.train_ids), epoch), math.ceil(len(s.train_ids) / per), [], []
     for b in range(s.state["batch"], n_batches):

@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from core.bundle import BundleError, set_active
-from core.config import (BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, NAME_RULE, ConfigError, ModelConfig,
-                         TrainConfig, name_problem)
+from core.config import (ADVANCED_OPTIONS, BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, NAME_RULE, ConfigError,
+                         ModelConfig, TrainConfig, name_problem)
 from core.data import COCO_HELP, inspect_dataset
 from core.jobs import JobError, current_job, enforce_stop, processes_of, resume_job, start_job, stop_job
 from core.paths import models_dir, runs_dir
@@ -33,6 +33,22 @@ def device_choice(where) -> tuple[str, int]:
                                 help="All: one training process per GPU (torchrun, DistributedDataParallel); "
                                 "the batch size is the total over all of them")
     return device, processes
+
+
+def registry_options(d: TrainConfig, m: ModelConfig) -> dict:
+    """The options listed in core.config.ADVANCED_OPTIONS, four a row, each drawn by the type of its default."""
+    out, cols = {}, st.columns(4)
+    for k, (name, label, help_, limits) in enumerate(ADVANCED_OPTIONS):
+        default, where = getattr(m, name) if hasattr(m, name) else getattr(d, name), cols[k % 4]
+        if isinstance(default, bool):
+            out[name] = bool(where.checkbox(label, default, help=help_))
+        elif isinstance(default, int):
+            out[name] = int(where.number_input(label, limits[0], limits[1], default, help=help_))
+        elif isinstance(default, float):
+            out[name] = float(where.number_input(label, limits[0], limits[1], default, help=help_))
+        else:
+            out[name] = where.text_input(label, default, help=help_).strip()
+    return out
 
 
 def train_form() -> dict | None:
@@ -66,6 +82,7 @@ def train_form() -> dict | None:
             checkpoint_minutes = c[1].number_input("... or every (minutes)", 0.5, 1440.0, d.checkpoint_minutes)
             attention_dim = c[2].number_input("Attention size", 8, 2048, m.attention_dim, step=8)
             dropout = c[3].number_input("Dropout", 0.0, 0.9, m.dropout, step=0.05)
+            extra = registry_options(d, m)
             allow_missing = st.checkbox("Train even when more than 1% of a split's images are missing",
                                         d.allow_missing, help="e.g. on a COCO folder whose unzip is not finished")
         if not st.form_submit_button("Start training", type="primary"):
@@ -76,7 +93,7 @@ def train_form() -> dict | None:
                 batch_size=int(batch_size), lr=float(lr), subset=float(subset), label_smoothing=float(label_smoothing),
                 scst_epochs=int(scst_epochs), val_images=int(val_images), fine_tune=bool(fine_tune),
                 checkpoint_every=int(checkpoint_every), checkpoint_minutes=float(checkpoint_minutes),
-                attention_dim=int(attention_dim), dropout=float(dropout), allow_missing=bool(allow_missing),
+                attention_dim=int(attention_dim), dropout=float(dropout), allow_missing=bool(allow_missing), **extra,
                 model_name=model_name.strip() or f"{decoder}-{backbone}-{pd.Timestamp.now():%Y%m%d-%H%M}")
 
 
