@@ -65,6 +65,22 @@ class _TimmFeatures(nn.Module):
         return self.model.get_classifier()(feats.float().mean(1))  # (B, 1000)
 
 
+def split_top(cnn: nn.Module, top: int) -> tuple[nn.Module, nn.Module]:
+    """(lower, upper) halves of an EfficientNet feature extractor sharing its modules: upper runs the last `top`
+    stages of its 7 and the 1x1 head, lower everything before, so that upper(lower(x)) == cnn(x). Fine-tuning the
+    top stages caches lower's output once per photo (core.train) and runs only upper per step."""
+    model = getattr(cnn, "model", None)
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "conv_head"):
+        raise ValueError("fine-tuning the top stages needs an EfficientNet backbone (efficientnet_lite0/2); "
+                         "for a ResNet fine-tune the whole backbone (fine_tune_blocks 0)")
+    if not 1 <= top <= len(blocks):
+        raise ValueError(f"fine_tune_blocks must be from 1 to {len(blocks)} (the backbone's stages), not {top}")
+    lower = nn.Sequential(model.conv_stem, model.bn1, *blocks[: len(blocks) - top])
+    upper = nn.Sequential(*blocks[len(blocks) - top:], model.conv_head, model.bn2)
+    return lower, upper
+
+
 def _resnet(depth: int, pretrained: bool) -> nn.Module:
     import torchvision.models as tvm
 

@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field, fields
 from .device import PRECISIONS  # standard library only at import, as this module
 from .paths import COCO_DIR, cache_dir, models_dir, resolve
 
-DECODERS = ("show_tell", "attention")
-DECODER_NAMES = {"attention": "Show, Attend and Tell (attention)", "show_tell": "Show and Tell"}
+DECODERS = ("show_tell", "attention", "transformer")
+DECODER_NAMES = {"attention": "Show, Attend and Tell (attention)", "show_tell": "Show and Tell",
+                 "transformer": "Transformer"}
+GRID_DECODERS = ("attention", "transformer")  # read the feature grid (and give attention maps); Show-and-Tell pools it
 # The names of core.backbones.BACKBONES (which needs torch to import); tests/test_config.py keeps them equal.
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -42,14 +44,17 @@ def name_problem(name: str) -> str | None:
 class ModelConfig:
     vocab_size: int = 0
     backbone: str = "efficientnet_lite0"
-    decoder: str = "attention"  # "show_tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015, soft)
+    decoder: str = "attention"  # "show_tell" (Vinyals 2015), "attention" (Xu 2015, soft) or "transformer"
     embed_dim: int = 256
     hidden_dim: int = 512
     attention_dim: int = 256
     feature_proj_dim: int = 512  # attention decoder: CNN channels are projected to this width first
     dropout: float = 0.3
     fine_tune: bool = False  # True: the backbone's weights are trained too and saved in the bundle
+    fine_tune_blocks: int = 0  # with fine_tune: train only the backbone's last N stages (their input cached); 0: all
     max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) seen in training; the default for decoding
+    num_layers: int = 3  # transformer decoder: layers (its width is hidden_dim, its feed-forward 4 x hidden_dim)
+    num_heads: int = 8  # transformer decoder: attention heads (hidden_dim must be a multiple of it)
     ensemble: int = 1  # decoders over the one encoder, their word distributions averaged (core.ensemble); 1: one
 
     def __post_init__(self):
@@ -107,6 +112,10 @@ class TrainConfig:
     scst_top_p: float = 1.0  # SCST samples from this nucleus (1.0: the whole distribution)
     scst_dropout: bool = False  # SCST samples with dropout on (Rennie et al.'s code); off: the policy that is used
     precision: str = "auto"  # bf16 autocast where the CPU/GPU runs it natively (fp16 on older GPUs), else fp32
+    views: int = 1  # cached views per training photo, one chosen per epoch (core.augment: mirrored, cropped); 1: none
+    group_by_image: bool = False  # batches of whole images with all their captions: each image's features are
+    # projected once for its 5 captions (10% less CPU a Transformer step, measured here); off: captions one by one
+    fine_tune_lr_scale: float = 0.1  # the fine-tuned backbone stages learn at this fraction of the decoder's rate
     compile: bool = False  # torch.compile the decoder (core.device.compile_decoder): minutes to start, no gain on CPU
 
     def to_dict(self) -> dict:
@@ -154,14 +163,20 @@ class TrainConfig:
                     "checkpoint_every": self.checkpoint_every, "checkpoint_minutes": self.checkpoint_minutes,
                     "log_every": self.log_every, "scst_batch_size": self.scst_batch_size,
                     "scst_samples": self.scst_samples, "encode_batch_size": self.encode_batch_size,
-                    "scst_max_len": self.scst_max_len,
+                    "scst_max_len": self.scst_max_len, "num_layers": m.num_layers, "num_heads": m.num_heads, "views": self.views,
                     "min_word_count": self.min_word_count}
         out += [f"{k.replace('_', ' ')} must be more than 0 (it is {v})." for k, v in positive.items()
                 if not isinstance(v, (int, float)) or v <= 0]
+        if m.decoder == "transformer" and m.num_heads > 0 and m.hidden_dim % m.num_heads:
+            out.append(f"The hidden size ({m.hidden_dim}) must be a multiple of the attention heads ({m.num_heads}).")
         if not 0 < self.subset <= 1:
             out.append(f"The quick-run fraction must be above 0 and at most 1 (it is {self.subset}).")
         if not 0 <= m.dropout < 1 or not 0 <= self.label_smoothing < 1:
             out.append("Dropout and label smoothing must be at least 0 and below 1.")
+        if m.fine_tune_blocks < 0 or (m.fine_tune_blocks and not m.fine_tune):
+            out.append("Fine-tuned stages need fine-tuning on, and cannot be negative (0: the whole backbone).")
+        if m.fine_tune_blocks and m.backbone.startswith("resnet"):
+            out.append("Fine-tuning the top stages needs an EfficientNet backbone; for a ResNet use 0 (all of it).")
         if self.max_steps_per_epoch < 0:
             out.append(f"Max steps per epoch cannot be negative (it is {self.max_steps_per_epoch}; 0: no limit).")
         if self.scst_epochs and self.scst_samples < 2:
@@ -181,6 +196,24 @@ class TrainConfig:
         if problems:
             raise ConfigError(" ".join(problems))
         return self
+
+
+# Options of issue 19 that the Train page's Advanced section draws from here (name, label, help, (low, high) for
+# numbers): a new option is one line, the page needs no change. Names are TrainConfig's or ModelConfig's fields.
+ADVANCED_OPTIONS = (
+    ("num_layers", "Transformer layers", "decoder Transformer only; its width is the hidden size", (1, 24)),
+    ("num_heads", "Transformer attention heads", "the hidden size must be a multiple of it", (1, 32)),
+    ("group_by_image", "Whole photos a batch", "each photo's image part computed once for its 5 captions: faster "
+     "steps, the same data", None),
+    ("views", "Views per photo", "1: the photo only; 2: and its mirror image (left/right swapped in the captions); "
+     "3 and more: and cropped views; one chosen per photo each epoch, each cached once", (1, 8)),
+    ("fine_tune_blocks", "Fine-tune only the top stages", "with Fine-tune: the backbone's last N stages learn, the "
+     "stages below are cached once (0: all of the backbone, from pixels every step)", (0, 7)),
+    ("fine_tune_lr_scale", "Backbone learning rate (x the decoder's)", "about 0.1 (Show, Attend and Tell)",
+     (0.001, 1.0)),
+    ("init_from", "Start from a model folder", "its weights start the run (e.g. fine-tuning after a frozen run)",
+     None),
+)
 
 
 def flag_fields() -> list[tuple[str, object, str]]:

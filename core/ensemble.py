@@ -65,9 +65,10 @@ class EnsembleDecoder(nn.Module):
         alpha = torch.stack(alphas).mean(0) if alphas else None  # (B, P): where the members looked, on average
         return self._average(logits), new, alpha
 
-    def forward(self, feats, captions):
+    def forward(self, feats, captions, image_index=None):
         """Teacher-forced, for scoring: (B, L-1, V) log-probabilities as logits, mean attention (or None)."""
-        outs = [m(feats, captions) for m in self.members]
+        outs = [m(feats, captions) if image_index is None else m(feats, captions, image_index=image_index)
+                for m in self.members]
         logits = [o[0] for o in outs]
         alphas = [o[1] for o in outs if o[1] is not None]
         return self._average(logits), (torch.stack(alphas).mean(0) if alphas else None)

@@ -32,15 +32,20 @@ def file_identity(path: Path) -> str:
 
 
 class FeatureCache:
-    def __init__(self, root: Path, backbone: str, layout: str, grid_shape: tuple[int, int]):
-        """layout "grid": (P, C) per image for attention; "pooled": (1, C), enough for Show-and-Tell."""
+    def __init__(self, root: Path, backbone: str, layout: str, grid_shape: tuple[int, int], variant: str = "",
+                 channels: int | None = None):
+        """layout "grid": (P, C) per image for attention; "pooled": (1, C), enough for Show-and-Tell.
+        variant: what else made the features ("" the plain photos; core.augment's views name theirs), its own folder.
+        channels: per cell, when not the backbone's output (a lower stage's output for fine-tuning the top ones)."""
         spec = get_spec(backbone)
         self.key = {"backbone": backbone, "image_size": spec.image_size, "mean": spec.mean, "std": spec.std,
                     "preprocess": PREPROCESS_VERSION, "layout": layout, "dtype": "float16"}
+        if variant:  # only when set: the plain caches made before views existed keep their folder
+            self.key["variant"] = variant
         digest = hashlib.sha1(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:12]
         self.dir = Path(root) / f"{backbone}-{layout}-{digest}"
         self.layout = layout
-        self.row_shape = (grid_shape[0] * grid_shape[1] if layout == "grid" else 1, spec.feature_dim)
+        self.row_shape = (grid_shape[0] * grid_shape[1] if layout == "grid" else 1, channels or spec.feature_dim)
         self.row_bytes = int(np.prod(self.row_shape)) * 2
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_file, self.index_file = self.dir / "features.f16", self.dir / "index.jsonl"
@@ -125,8 +130,10 @@ class FeatureCache:
 def encode_to_cache(encoder: torch.nn.Module, backbone: str, paths: list[Path], cache: FeatureCache,
                     device: torch.device, batch_size: int = 32,
                     on_progress: Callable[[dict], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> list[int | None]:
-    """Encode the images not yet cached; -> the cache row of every path (None: unreadable, skipped)."""
+                    should_stop: Callable[[], bool] | None = None,
+                    transform: Callable[[torch.Tensor, list[Path]], torch.Tensor] | None = None) -> list[int | None]:
+    """Encode the images not yet cached; -> the cache row of every path (None: unreadable, skipped).
+    transform(images (n, 3, S, S), their paths) -> images: e.g. an augmented view (core.augment)."""
     spec = get_spec(backbone)
     idents = [file_identity(p) for p in paths]
     first = {}
@@ -139,6 +146,8 @@ def encode_to_cache(encoder: torch.nn.Module, backbone: str, paths: list[Path], 
     todo_paths = [paths[i] for i in todo]
     for idx, images, errors in iter_image_batches(todo_paths, spec.image_size, spec.mean, spec.std, batch_size):
         if len(idx):
+            if transform is not None:
+                images = transform(images, [todo_paths[i] for i in idx])
             with encoder_autocast(device):
                 feats = encoder(images.to(device, non_blocking=True)).float()  # (n, P, C)
             if cache.layout == "pooled":

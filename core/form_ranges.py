@@ -24,10 +24,17 @@ FORM_RANGES = {
 }
 
 
+def _ranges() -> dict:
+    """FORM_RANGES and the limits of core.config's ADVANCED_OPTIONS (the decoder, augmentation and fine-tuning ones)."""
+    from core.config import ADVANCED_OPTIONS
+
+    return {**FORM_RANGES, **{name: (label, *limits) for name, label, _, limits in ADVANCED_OPTIONS if limits}}
+
+
 def out_of_range(values: dict) -> list[str]:
     """A plain-words line for each form value outside FORM_RANGES (or not a number); [] when all fit."""
     problems = []
-    for name, (label, lo, hi) in FORM_RANGES.items():
+    for name, (label, lo, hi) in _ranges().items():
         if name not in values:
             continue
         value = values[name]

@@ -49,12 +49,14 @@ from . import runs  # noqa: E402
 from .backbones import get_spec  # noqa: E402
 from .bundle import BundleError, publish_bundle, read_config, read_vocab, save_bundle  # noqa: E402
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .config import ConfigError, ModelConfig, TrainConfig, flag_fields  # noqa: E402,F401 (TrainConfig: re-export)
+from .config import (GRID_DECODERS, ConfigError, ModelConfig, TrainConfig,  # noqa: E402,F401 (TrainConfig: re-export)
+                     flag_fields)
 from .data import (iter_image_batches, load_split, missing_report, overlap_note, shared_images,  # noqa: E402
                    split_label)
 from .decode import greedy_decode  # noqa: E402
 from .device import adamw, compile_decoder, pick_device, train_precision  # noqa: E402
 from .diskspace import check_cache_fits  # noqa: E402
+from .augment import AUGMENT_VERSION, apply_view, epoch_views, swap_table  # noqa: E402
 from .features import FeatureCache, encode_to_cache  # noqa: E402
 from .files import atomic_write_json  # noqa: E402
 from .metrics import score_captions  # noqa: E402
@@ -76,9 +78,13 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def caption_loss(model, feats, captions, label_smoothing=0.0, alpha_c=0.0) -> torch.Tensor:
-    """The one training/validation step: teacher-forced cross-entropy (+ attention regulariser)."""
-    logits, alphas = model(feats, captions)  # (B, L-1, V), (B, L-1, P) or None
+def caption_loss(model, feats, captions, label_smoothing=0.0, alpha_c=0.0, image_index=None) -> torch.Tensor:
+    """The one training/validation step: teacher-forced cross-entropy (+ attention regulariser).
+    image_index (B,) (optional): caption i is of image image_index[i] of feats (U, P, C), each image once."""
+    if image_index is None:
+        logits, alphas = model(feats, captions)  # (B, L-1, V), (B, L-1, P) or None
+    else:
+        logits, alphas = model(feats, captions, image_index=image_index)
     targets = captions[:, 1:]  # (B, L-1)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD,
                            label_smoothing=label_smoothing)
@@ -112,6 +118,17 @@ class Samples:
         length = int((tokens != PAD).sum(1).max())
         return self.image[positions].tolist(), torch.from_numpy(tokens[:, :length].astype(np.int64))  # (B, L)
 
+    def images(self) -> np.ndarray:
+        """The image indices that have samples, ascending (samples are stored image by image)."""
+        return np.unique(self.image)
+
+    def of_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> the positions of every caption of `images`, image by image, and for each the image's place in
+        `images` (the decoder's image_index)."""
+        lo, hi = np.searchsorted(self.image, images, "left"), np.searchsorted(self.image, images, "right")
+        positions = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
+        return positions, np.repeat(np.arange(len(images)), hi - lo)
+
 
 def _stable_subset(items, fraction):
     if fraction >= 1.0:
@@ -124,14 +141,35 @@ def _stable_subset(items, fraction):
 class FeatureSource:
     """Image features for a batch of image indices: from the cache, or by running the (fine-tuned) encoder."""
 
-    def __init__(self, cache_array=None, rows=None, encoder=None, paths=None, spec=None):
+    def __init__(self, cache_array=None, rows=None, encoder=None, paths=None, spec=None, views=(), upper=None):
         self.array, self.rows, self.encoder, self.paths, self.spec = cache_array, rows, encoder, paths, spec
+        # fine-tuning the top stages: the cache holds the lower stages' output (B, h*w, C'), upper runs per step
+        self.upper = upper
+        self.views = list(views)  # (array, rows) of the augmented views 1, 2, ... (core.augment); rows: image -> row
 
-    def __call__(self, image_ids: list[int], device) -> torch.Tensor:
+    def effective_views(self, wanted: np.ndarray) -> np.ndarray:
+        """wanted (n_images,) views -> the views to use: view 0 where the wanted one has no row for the image."""
+        out = np.asarray(wanted).copy()
+        for v, (_, rows) in enumerate(self.views, 1):
+            missing = np.array([i >= len(rows) or rows[i] is None for i in range(len(out))])
+            out[(out == v) & missing] = 0
+        out[out > len(self.views)] = 0
+        return out
+
+    def __call__(self, image_ids: list[int], device, views: np.ndarray | None = None) -> torch.Tensor:
+        """views (len(image_ids),) (optional): the view of each image (effective_views), 0 the plain photo."""
         if self.encoder is None:
+            if views is not None and np.any(views):
+                return torch.from_numpy(self._rows(image_ids, np.asarray(views))).to(device).float()  # (B, P, C)
             rows = np.asarray([self.rows[i] for i in image_ids])
             # fp16 rows converted by torch: faster than numpy's astype, threaded, and half the bytes to a GPU
-            return torch.from_numpy(self.array[rows]).to(device).float()  # (B, P, C)
+            feats = torch.from_numpy(self.array[rows]).to(device).float()  # (B, P, C), or (B, h*w, C') for upper
+            if self.upper is None:
+                return feats
+            B, P, C = feats.shape
+            side = math.isqrt(P)
+            x = feats.transpose(1, 2).reshape(B, C, side, side).contiguous(memory_format=torch.channels_last)
+            return self.upper(x).flatten(2).transpose(1, 2)  # (B, P', C): the top stages, with gradients
         s = self.spec
         _, images, errors = next(iter_image_batches([self.paths[i] for i in image_ids], s.image_size, s.mean,
                                                     s.std, len(image_ids)))
@@ -139,6 +177,15 @@ class FeatureSource:
             i, msg = next(iter(errors.items()))
             raise ValueError(f"cannot fine-tune on {self.paths[image_ids[i]]}: {msg}; remove or fix that file")
         return self.encoder(images.to(device))  # (B, P, C)
+
+    def _rows(self, image_ids, views) -> np.ndarray:
+        """(B, P, C) fp16: image_ids[k] at view views[k], each view's cache read once."""
+        out = np.empty((len(image_ids), *self.array.shape[1:]), dtype=np.float16)
+        for v in np.unique(views):
+            array, rows = (self.array, self.rows) if v == 0 else self.views[v - 1]
+            sel = np.flatnonzero(views == v)
+            out[sel] = array[np.asarray([rows[image_ids[k]] for k in sel])]
+        return out
 
 
 @dataclass
@@ -165,6 +212,7 @@ class Session:
     scaler: torch.amp.GradScaler
     cider: CiderReward | None
     net: torch.nn.Module | None = None  # what cross-entropy steps call: the model, or its DDP wrapper
+    swap: torch.Tensor | None = None  # (V,) token -> its mirror-image token (core.augment), with --views > 1
     state: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0, "global_step": 0, "best_cider": -1.0,
                                                  "history": []})
     t_session: float = field(default_factory=time.time)
@@ -229,14 +277,18 @@ def _load_data(cfg: TrainConfig, emit) -> tuple[list, list]:
     return train_items, val_items
 
 
-def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tuple[FeatureSource, list[int]] | None:
-    """Where each image's features come from, and the images that have them (None: stopped while encoding)."""
+def _features(cfg: TrainConfig, model, items, device, emit, should_stop,
+              n_train: int | None = None) -> tuple[FeatureSource, list[int]] | None:
+    """Where each image's features come from, and the images that have them (None: stopped while encoding).
+    With `views` > 1 the first n_train images (the training ones) are also encoded at each augmented view."""
     paths, spec = [it.path for it in items], get_spec(cfg.model.backbone)
+    if cfg.model.fine_tune and cfg.model.fine_tune_blocks:
+        return _lower_features(cfg, model, paths, device, emit, should_stop)
     if cfg.model.fine_tune:
         return FeatureSource(encoder=model.encoder, paths=paths, spec=spec), list(range(len(items)))
     emit(runs.PHASE, phase="encoding")
     grid = (spec.image_size // 32, spec.image_size // 32)
-    layout = "grid" if cfg.model.decoder == "attention" else "pooled"
+    layout = "grid" if cfg.model.decoder in GRID_DECODERS else "pooled"
     cache = FeatureCache(Path(cfg.cache_dir), cfg.model.backbone, layout, grid)
     check_cache_fits(cache, paths)  # before hours of encoding, not when the disk fills up
     encoder = Encoder(cfg.model.backbone, pretrained=True).to(device)
@@ -248,7 +300,73 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop) -> tupl
     if dist.active():  # the other ranks' rows are in the cache now
         cache.refresh()
         rows = cache.rows(paths)
-    return FeatureSource(cache_array=cache.array(), rows=rows), [i for i, r in enumerate(rows) if r is not None]
+    views = []
+    train_paths = paths[: len(paths) if n_train is None else n_train]
+    for v in range(1, cfg.views):
+        emit(runs.LOG_EVENT, message=f"encoding augmented view {v} of {cfg.views - 1} ({len(train_paths)} photos)")
+        vcache = FeatureCache(Path(cfg.cache_dir), cfg.model.backbone, layout, grid, variant=f"{AUGMENT_VERSION}/view{v}")
+        check_cache_fits(vcache, train_paths)
+        vrows = encode_to_cache(encoder, cfg.model.backbone, dist.shard(train_paths), vcache, device,
+                                cfg.encode_batch_size, on_progress=lambda p: emit(runs.ENCODE, **p),
+                                should_stop=should_stop,
+                                transform=lambda images, ps, v=v: apply_view(images, [p.name for p in ps], v))
+        if _agreed_stop(should_stop)[0]:
+            return None
+        if dist.active():
+            vcache.refresh()
+            vrows = vcache.rows(train_paths)
+        views.append((vcache.array(), vrows))
+    return (FeatureSource(cache_array=cache.array(), rows=rows, views=views),
+            [i for i, r in enumerate(rows) if r is not None])
+
+
+def _lower_features(cfg: TrainConfig, model, paths, device, emit, should_stop):
+    """Fine-tuning the top `fine_tune_blocks` stages: the frozen stages below them run once per photo into a cache
+    of their output; each step runs only the top stages (FeatureSource.upper) on it."""
+    top = cfg.model.fine_tune_blocks
+    lower, upper = model.encoder.split(top)
+    spec = get_spec(cfg.model.backbone)
+    model.encoder.eval()  # BatchNorm in eval mode, even for this probe: in train mode it updates ImageNet's statistics
+    with torch.no_grad():
+        probe = lower(torch.zeros(1, 3, spec.image_size, spec.image_size, device=device))  # (1, C', h, w)
+    channels, grid = probe.size(1), (probe.size(2), probe.size(3))
+
+    class Lower(torch.nn.Module):  # images -> (B, h*w, C'), what encode_to_cache stores (in eval mode: BN kept)
+        def __init__(self):
+            super().__init__()
+            self.lower = lower
+
+        def forward(self, images):
+            return self.lower(images.contiguous(memory_format=torch.channels_last)).flatten(2).transpose(1, 2)
+
+    emit(runs.PHASE, phase="encoding")
+    cache = FeatureCache(Path(cfg.cache_dir), cfg.model.backbone, "grid", grid, variant=f"below-top-{top}",
+                         channels=channels)
+    check_cache_fits(cache, paths)
+    rows = encode_to_cache(Lower(), cfg.model.backbone, dist.shard(paths), cache, device, cfg.encode_batch_size,
+                           on_progress=lambda p: emit(runs.ENCODE, **p), should_stop=should_stop)
+    if _agreed_stop(should_stop)[0]:
+        return None
+    if dist.active():
+        cache.refresh()
+        rows = cache.rows(paths)
+    return (FeatureSource(cache_array=cache.array(), rows=rows, upper=upper),
+            [i for i, r in enumerate(rows) if r is not None])
+
+
+def param_groups(model: CaptionModel, cfg: TrainConfig) -> list[dict]:
+    """What the optimizer trains: the decoder at the run's rate; with fine_tune_blocks only the backbone's top stages,
+    at fine_tune_lr_scale of it (Show-Attend-Tell's recipe: a rate about 10x lower), the stages below frozen."""
+    decoder = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+    if not (cfg.model.fine_tune and model.encoder is not None):
+        return [{"params": decoder}]
+    if not cfg.model.fine_tune_blocks:
+        return [{"params": decoder + [p for p in model.encoder.parameters() if p.requires_grad]}]
+    _, upper = model.encoder.split(cfg.model.fine_tune_blocks)
+    top = {id(p) for p in upper.parameters()}
+    for p in model.encoder.parameters():
+        p.requires_grad_(id(p) in top)  # the lower stages' weights stay bit-equal (their output is cached)
+    return [{"params": decoder}, {"params": list(upper.parameters()), "lr_scale": cfg.fine_tune_lr_scale}]
 
 
 def _require_readable_images(cfg: TrainConfig, n_train: int, usable_train: int, n_val: int, usable_val: int) -> None:
@@ -261,7 +379,7 @@ def _require_readable_images(cfg: TrainConfig, n_train: int, usable_train: int, 
 
 
 ARCHITECTURE_KEYS = ("backbone", "decoder", "embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim",
-                     "fine_tune")
+                     "fine_tune", "num_layers", "num_heads", "fine_tune_blocks")
 
 
 def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
@@ -273,7 +391,9 @@ def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
         raise BundleError(f"{cfg.init_from} is an ensemble of {start.ensemble} decoders; a training run starts from "
                           "one model: give one of the model folders it was joined from")
     d = cfg.to_dict()
-    d["model"].update({k: getattr(start, k) for k in ARCHITECTURE_KEYS})
+    # fine-tuning a frozen-backbone model's top stages: the flags' fine-tuning, the starting model's shape otherwise
+    keep = {"fine_tune", "fine_tune_blocks"} if cfg.model.fine_tune and not start.fine_tune else set()
+    d["model"].update({k: getattr(start, k) for k in ARCHITECTURE_KEYS if k not in keep})
     return TrainConfig.from_dict(d)
 
 
@@ -318,7 +438,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     if _agreed_stop(should_stop)[0]:
         return None
     items = train_items + val_items
-    found = _features(cfg, model, items, device, emit, should_stop)
+    found = _features(cfg, model, items, device, emit, should_stop, n_train=len(train_items))
     if found is None:
         return None
     source, usable = found
@@ -333,10 +453,11 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     samples = Samples(caption_image[keep], vocab.encode_all(tokenized, keep, mcfg.max_len))
     del tokenized
 
-    xe_steps = cfg.epochs * _xe_batches(cfg, len(samples))
+    xe_steps = cfg.epochs * _xe_batches(cfg, *_xe_units(cfg, samples)[1:])
     total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, device, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fused where PyTorch has it
+    groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fused where PyTorch has it
     if cfg.compile:  # minutes of compilation before the first step; see README "Speed"
         compile_decoder(model.decoder)
     amp = train_precision(device, cfg.precision)  # bf16/fp16 autocast where the hardware runs it, fp32 weights
@@ -345,6 +466,8 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     cider = CiderReward([it.captions for it in train_items]) if cfg.scst_epochs else None
     s = Session(cfg, run_dir, emit, should_stop, device, vocab, model, source, items, train_ids, val_ids, samples,
                 optimizer, params, total_steps, xe_steps, autocast, scaler, cider)
+    if cfg.views > 1:
+        s.swap = swap_table(vocab.stoi, len(vocab))
     if resume:  # the optimizer's hyperparameters (SCST's included) come back with its state
         meta = load_checkpoint(ckpt_path, model, s.optimizer, rank=dist.rank() if dist.active() else None)
         before = meta.get("config", {}).get("batch_size", cfg.batch_size)
@@ -362,15 +485,26 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     return s
 
 
-def _xe_batches(cfg: TrainConfig, n_samples: int) -> int:
-    n = math.ceil(n_samples / cfg.batch_size)
+def _xe_batches(cfg: TrainConfig, n_units: int, per: int | None = None) -> int:
+    n = math.ceil(n_units / (per or cfg.batch_size))
     return min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
+
+
+def _xe_units(cfg: TrainConfig, samples: Samples) -> tuple[np.ndarray | None, int, int]:
+    """What a cross-entropy epoch shuffles: (None, samples, batch_size) captions one by one, or with
+    `group_by_image` (the images, their number, images per batch): whole images with all their captions, about
+    batch_size captions a batch, so that the decoder computes each image's part once for its 5 captions."""
+    if not cfg.group_by_image:
+        return None, len(samples), cfg.batch_size
+    images = samples.images()
+    per = max(1, round(cfg.batch_size * len(images) / max(len(samples), 1)))
+    return images, len(images), per
 
 
 def _step(s: Session, loss: torch.Tensor, lr: float, sync: bool = False) -> None:
     """sync: average the gradients over the ranks here (a backward pass that DDP's forward did not see)."""
     for g in s.optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)  # fine-tuned backbone stages: a fraction of the decoder's rate
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
     if sync:
@@ -418,15 +552,33 @@ def _order(s: Session, n_items: int, epoch: int) -> list[int]:
 
 def train_epoch(s: Session, epoch: int) -> list[float] | None:
     """One cross-entropy epoch from the saved batch on; -> its losses, or None when stopped."""
-    cfg, per = s.cfg, s.cfg.batch_size
-    perm, n_batches, losses = _order(s, len(s.samples), epoch), _xe_batches(cfg, len(s.samples)), []
+    cfg = s.cfg
+    images, n_units, per = _xe_units(cfg, s.samples)
+    perm, n_batches, losses = _order(s, n_units, epoch), _xe_batches(cfg, n_units, per), []
     alpha_c = cfg.alpha_c if cfg.model.decoder == "attention" else 0.0
+    views = None  # the view each image is seen at this epoch (core.augment), when there are several
+    if cfg.views > 1 and not cfg.model.fine_tune:
+        views = s.source.effective_views(epoch_views(len(s.items), cfg.views, cfg.seed, epoch))
     for b in range(s.state["batch"], n_batches):  # batch b: the same samples whatever the number of ranks
-        image_ids, caps = s.samples.batch(dist.shard(perm[b * per:(b + 1) * per], fill=True))  # caps: (B/N, L)
+        chosen = dist.shard(perm[b * per:(b + 1) * per], fill=True)
+        index = None
+        if images is None:
+            image_ids, caps = s.samples.batch(chosen)  # caps: (B/N, L)
+        else:
+            mine = images[chosen]  # (U,) this rank's images, each once
+            positions, index = s.samples.of_images(mine)
+            _, caps = s.samples.batch(positions)  # (B/N, L)
+            image_ids, index = mine.tolist(), torch.from_numpy(index).to(s.device)  # index: (B/N,)
+        image_views = None
+        if views is not None:
+            image_views = views[image_ids]  # (U,) or (B,)
+            cap_views = image_views if index is None else image_views[index.cpu().numpy()]  # (B/N,)
+            flipped = torch.from_numpy(cap_views % 2 == 1)
+            caps[flipped] = s.swap[caps[flipped]]  # a mirrored photo's "left" is the caption's "right"
         lr = lr_at(s.state["global_step"], s.xe_steps, cfg.lr, cfg.warmup_steps)
         with s.autocast():
-            loss = caption_loss(s.net, s.source(image_ids, s.device), caps.to(s.device), cfg.label_smoothing,
-                                alpha_c)
+            loss = caption_loss(s.net, s.source(image_ids, s.device, image_views), caps.to(s.device),
+                                cfg.label_smoothing, alpha_c, image_index=index)
         _step(s, loss, lr, sync=not isinstance(s.net, DistributedDataParallel))
         if _after_step(s, epoch, b, n_batches, per, losses, loss.item(), lr, scst=False):
             return None
@@ -453,7 +605,7 @@ def scst_epoch(s: Session, epoch: int) -> list[float] | None:
     """
     cfg, per = s.cfg, s.cfg.scst_batch_size
     if epoch == cfg.epochs and s.state["batch"] == 0:
-        s.optimizer = adamw(s.params, s.device, lr=cfg.scst_lr, weight_decay=0.0)  # fresh moments for RL
+        s.optimizer = adamw(param_groups(s.model, cfg), s.device, lr=cfg.scst_lr, weight_decay=0.0)  # fresh moments
         s.emit(runs.PHASE, phase="scst")
     perm, n_batches, losses, stats = _order(s, len(s.train_ids), epoch), math.ceil(len(s.train_ids) / per), [], []
     for b in range(s.state["batch"], n_batches):

@@ -295,3 +295,23 @@ def test_a_hostile_model_folder_never_hangs_the_listing_and_says_why(tmp_path):
     assert found["zero-metrics"][0]
     with pytest.raises(BundleError, match="not a regular file"):
         load_bundle(tmp_path / "zero-weights", pretrained=False)
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """One safetensors header length in 256 starts with the byte a pickle starts with (a fine-tuned bundle's did)."""
+    import struct
+
+    from safetensors.torch import save
+
+    from core.bundle import _check_not_pickle
+
+    for pad in range(300):
+        data = save({"w": torch.zeros(2)}, metadata={"pad": "x" * pad})
+        if data[0] == 0x80:
+            break
+    assert data[0] == 0x80 and struct.unpack("<Q", data[:8])[0] % 256 == 0x80
+    (tmp_path / "model.safetensors").write_bytes(data)
+    _check_not_pickle(tmp_path / "model.safetensors")  # no BundleError
+    (tmp_path / "pickled.safetensors").write_bytes(b"\x80\x04\x95" + b"\x00" * 20)
+    with pytest.raises(BundleError, match="pickle"):
+        _check_not_pickle(tmp_path / "pickled.safetensors")

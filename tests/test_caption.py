@@ -272,3 +272,30 @@ def test_two_photos_sharing_a_name_get_a_tags_file_each(tiny_bundle, tmp_path):
                     Captioner(tiny_bundle, device="cpu"))
     assert sorted(p.name for p in folder.glob("*.tags.txt")) == ["a.jpg.tags.txt", "a.png.tags.txt", "b.tags.txt"]
     assert len((folder / "b.tags.txt").read_text(encoding="utf-8").split(", ")) == 3  # threshold 0: the top 3
+
+
+def test_a_transformer_trained_by_image_groups_saves_in_fp16_loads_and_captions(tmp_path):
+    """--decoder transformer end to end: trained (whole images a batch), published, stored in fp16, loaded by the
+    app's Captioner: right captions, a heat map per word (the last layer's cross-attention), beam 1 == greedy."""
+    import json
+
+    from conftest import make_flickr, tiny_train_config
+    from core.bundle import load_bundle, save_bundle
+    from core.train import run
+
+    data = make_flickr(tmp_path / "flickr")
+    cfg = tiny_train_config(data, tmp_path, decoder="transformer", hidden_dim=64, num_layers=2, num_heads=4,
+                            epochs=40, lr=3e-3, group_by_image=True)
+    bundle = run(cfg, tmp_path / "run")
+    assert json.loads((bundle / "config.json").read_text())["decoder"] == "transformer"
+    b = load_bundle(bundle, pretrained=False)
+    half = save_bundle(tmp_path / "half", b.model, b.vocab, half=True)
+    names = [("red", "square"), ("blue", "stripe"), ("green", "stripe")]
+    items = [(f"{c}-{s}", make_image(tmp_path / f"{c}{s}.png", c, s, seed=99)) for c, s in names]
+    for folder in (bundle, half):
+        cap = Captioner(folder, device="cpu")
+        assert cap.has_attention
+        results = cap.caption(items, beam=3)
+        assert [r.caption for r in results] == [f"a {c} {s}" for c, s in names]
+        assert results[0].attention.shape == (3, 7, 7)
+        assert [r.caption for r in cap.caption(items, beam=1)] == [r.caption for r in results]

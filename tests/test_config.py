@@ -19,7 +19,7 @@ def test_bad_settings_are_named_in_plain_words():
     with pytest.raises(ConfigError, match="unknown training options: colour"):
         TrainConfig.from_dict({"colour": "red"})
     with pytest.raises(ConfigError, match="unknown decoder"):
-        TrainConfig.from_dict({"decoder": "transformer"})
+        TrainConfig.from_dict({"decoder": "lstm2"})
     problems = TrainConfig.from_dict({"backbone": "vgg", "epochs": 0, "subset": 2.0, "model_name": "a/b"}).problems()
     assert len(problems) == 4 and any("vgg" in p for p in problems)
     assert TrainConfig().problems() == []
@@ -33,3 +33,14 @@ def test_folders_are_resolved_and_default_to_the_project():
 def test_one_name_rule():
     assert name_problem("my_model-2") is None and name_problem("my model") and name_problem("x" * 61)
     assert slug("my model/..") == "my-model" and name_problem(slug("été ünïcode")) is None
+
+
+def test_the_advanced_options_of_the_train_page_are_fields_and_checked():
+    from core.config import ADVANCED_OPTIONS
+
+    names = {n for n, _, _ in flag_fields()}
+    assert all(name in names for name, _, _, _ in ADVANCED_OPTIONS)
+    assert TrainConfig.from_dict({"decoder": "transformer", "hidden_dim": 384, "num_heads": 6}).problems() == []
+    assert any("multiple" in p for p in TrainConfig.from_dict({"decoder": "transformer", "hidden_dim": 30}).problems())
+    assert any("Fine-tuned stages" in p for p in TrainConfig.from_dict({"fine_tune_blocks": 2}).problems())
+    assert TrainConfig.from_dict({"fine_tune": True, "fine_tune_blocks": 2, "views": 3}).problems() == []

@@ -7,7 +7,7 @@ from core.vocabulary import END, PAD
 from test_model import tiny_model
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+@pytest.mark.parametrize("decoder", ["show_tell", "attention", "transformer"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_beam_width_one_equals_greedy(decoder, seed):
     m = tiny_model(decoder, vocab_size=8)
@@ -93,14 +93,14 @@ def test_a_caption_has_at_least_one_word():
     assert tokens[:, 0].ne(END).all()
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+@pytest.mark.parametrize("decoder", ["show_tell", "attention", "transformer"])
 def test_constrained_beam_search_names_the_forced_word_and_still_ends(decoder):
     """Anderson et al. 2017: the caption must contain one word of each set, and still end with <end>."""
     m = tiny_model(decoder, vocab_size=12)
     torch.manual_seed(0)
     with torch.no_grad():
         m.decoder.fc.bias[END] += 2.5  # a model that ends its sentences, as a trained one does
-    feats = torch.randn(3, 49 if decoder == "attention" else 1, 1280) * 3
+    feats = torch.randn(3, 1 if decoder == "show_tell" else 49, 1280) * 3
     plain = beam_search(m.decoder, feats, beam_size=3, max_len=10)
     assert all(h.finished for hs in plain for h in hs)
     unused = [next(w for w in range(4, 12) if all(w not in h.tokens for h in hs)) for hs in plain]
@@ -134,7 +134,7 @@ def test_constraints_leave_unconstrained_images_alone():
 
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+@pytest.mark.parametrize("decoder", ["show_tell", "attention", "transformer"])
 def test_images_finishing_early_or_with_other_constraints_do_not_change_the_others(decoder):
     """Beam search drops finished images from the batch and searches images with fewer word sets apart:
     every image's hypotheses (words, scores, attention) are those it gets alone."""
@@ -142,7 +142,7 @@ def test_images_finishing_early_or_with_other_constraints_do_not_change_the_othe
     torch.manual_seed(3)
     with torch.no_grad():
         m.decoder.fc.bias[END] += 1.5
-    feats = torch.randn(5, 49 if decoder == "attention" else 1, 1280) * 3
+    feats = torch.randn(5, 1 if decoder == "show_tell" else 49, 1280) * 3
     constraints = [[], [[7]], [], [[5, 6], [9]], [[8]]]
     together = beam_search(m.decoder, feats, beam_size=3, max_len=10, constraints=constraints)
     lengths = {len(hs[0].tokens) for hs in together}
@@ -152,7 +152,7 @@ def test_images_finishing_early_or_with_other_constraints_do_not_change_the_othe
                             constraints=[constraints[i]] if constraints[i] else None)[0]
         assert [h.tokens for h in together[i]] == [h.tokens for h in alone]
         assert [h.score for h in together[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
-        if decoder == "attention":
+        if decoder != "show_tell":
             for a, b in zip(together[i], alone):
                 assert torch.allclose(a.alphas, b.alphas, atol=1e-5)
 
@@ -183,7 +183,7 @@ def _same(fast, slow):
             assert h.alphas is None or torch.equal(h.alphas, r.alphas)
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "attention"])
+@pytest.mark.parametrize("decoder", ["show_tell", "attention", "transformer"])
 @pytest.mark.parametrize("seed", range(4))
 def test_beam_search_equals_the_reference_one(decoder, seed):
     """Exactly the hypotheses, scores and attention of the straightforward implementation (tests/beam_reference.py):
@@ -194,7 +194,7 @@ def test_beam_search_equals_the_reference_one(decoder, seed):
     with torch.no_grad():
         m.decoder.fc.bias[END] += [2.0, 0.0, -1e9, -0.5][seed]  # early ends ... never an end
     B = 7
-    feats = torch.randn(B, 49 if decoder == "attention" else 1, 1280, generator=g) * 3
+    feats = torch.randn(B, 1 if decoder == "show_tell" else 49, 1280, generator=g) * 3
     words = list(range(4, vocab))
     pick = lambda: [words[int(i)] for i in torch.randint(0, len(words), (2,), generator=g)]  # noqa: E731
     constraints = [[], [pick()], [pick(), pick()], [], [pick()], [[words[-1]]], []]

@@ -210,3 +210,21 @@ def test_shards_cover_every_item_once_and_fill_gives_every_rank_work():
             filled = [shard(items, r, world, fill=True) for r in range(world)]
             assert all(filled) if items else not any(filled)
             assert all(f == p for f, p in zip(filled, parts) if p)  # only empty shares change
+
+
+def test_a_transformer_trains_under_torchrun_by_whole_images_and_follows_one_process(setup, tmp_path):
+    """--decoder transformer --group-by-image true under torchrun (2 ranks, Gloo): each rank takes its share of the
+    batch's photos; the loss curve is the one-process one (each photo has 2 captions of the same length)."""
+    tmp, cfg = setup
+    d = cfg.to_dict()
+    d["model"].update(decoder="transformer", hidden_dim=32, num_layers=2, num_heads=4)
+    d.update(group_by_image=True, scst_epochs=0, epochs=2, models_dir=str(tmp_path / "models"), model_name="tr")
+    one_cfg = TrainConfig.from_dict(d)
+    (tmp_path / "cfg.json").write_text(json.dumps(one_cfg.to_dict()), encoding="utf-8")
+    code, err = _finish(_torchrun(tmp_path, tmp_path / "two"))
+    assert code == 0, err[-3000:]
+    run(one_cfg, tmp_path / "one")
+    two, one = _xe_losses(read_progress(tmp_path / "two")), _xe_losses(read_progress(tmp_path / "one"))
+    assert len(two) == len(one) == 8
+    assert all(abs(two[k] - one[k]) <= 1e-3 * abs(one[k]) for k in one)
+    assert (tmp_path / "models" / "tr" / "model.safetensors").exists()

@@ -247,3 +247,36 @@ def test_resuming_a_finished_run_publishes_nothing_more(tiny_bundle):
     before = sorted(p.name for p in tiny_bundle.parent.iterdir())
     assert main(["--config", str(run_dir / "config.json"), "--run-dir", str(run_dir), "--resume"]) == 0
     assert sorted(p.name for p in tiny_bundle.parent.iterdir()) == before
+
+
+def test_fine_tuning_the_top_stages_from_a_trained_decoder_caches_the_rest_and_keeps_it_bit_equal(tmp_path):
+    """--fine-tune --fine-tune-blocks 1 --init-from M: the last stage and head of the backbone learn (at a tenth of
+    the rate), the stages below stay bit-equal to ImageNet's (their output is cached once), BatchNorm statistics too."""
+    from core.bundle import load_bundle
+    from core.caption import Captioner
+    from core.model import CaptionModel
+    from conftest import make_image
+
+    data = make_flickr(tmp_path / "data")
+    start = run(tiny_train_config(data, tmp_path, decoder="attention", epochs=4, model_name="start"), tmp_path / "r1")
+    cfg = tiny_train_config(data, tmp_path, decoder="attention", epochs=2, init_from=str(start), fine_tune=True,
+                            fine_tune_blocks=1, lr=1e-3, model_name="tuned")
+    bundle = run(cfg, tmp_path / "r2")
+    config = load_bundle(bundle).config
+    assert config.fine_tune and config.fine_tune_blocks == 1 and config.decoder == "attention"
+    assert any("below-top-1" in (p / "key.json").read_text() for p in (tmp_path / "cache").iterdir())
+    weights = load_file(bundle / "model.safetensors")
+    pretrained = CaptionModel(config, with_encoder=True, pretrained=True).state_dict()
+    encoder = [k for k in pretrained if k.startswith("encoder.")]
+    top = [k for k in encoder if k.startswith(("encoder.cnn.model.blocks.6.", "encoder.cnn.model.conv_head",
+                                                   "encoder.cnn.model.bn2"))]
+    frozen = [k for k in encoder if k not in top and not k.startswith("encoder.cnn.model.classifier")]
+    assert top and frozen
+    assert all(torch.equal(weights[k], pretrained[k]) for k in frozen)  # fp32 bundle: bit-equal
+    stats = [k for k in encoder if k.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(weights[k], pretrained[k]) for k in stats)
+    changed = [k for k in top if k.endswith("weight") and not torch.equal(weights[k], pretrained[k])]
+    assert len(changed) >= 3  # the top stage's convolutions and the head got gradients and learned
+    cap = Captioner(bundle, device="cpu")
+    r = cap.caption([("x", make_image(tmp_path / "x.png", "blue", "square", seed=99))])[0]
+    assert r.error is None and r.caption

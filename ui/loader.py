@@ -15,7 +15,7 @@ def bundle_choices(models_dir) -> tuple[list, int]:
     return bundles, index
 
 
-DECODER_NAMES = {"show_tell": "Show-and-Tell", "attention": "attention"}
+DECODER_NAMES = {"show_tell": "Show-and-Tell", "attention": "attention", "transformer": "Transformer"}
 
 
 def decoder_label(config: dict) -> str:

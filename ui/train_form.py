@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.config import (BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, MODEL_KEYS, NAME_RULE, ModelConfig,
+from core.config import (ADVANCED_OPTIONS, BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, MODEL_KEYS, NAME_RULE, ModelConfig,
                          TrainConfig)
 from core.paths import runs_dir
 from core.runs import load_form_values, save_form_values
@@ -88,6 +88,9 @@ ADVANCED = [
     Field("allow_missing", "Train even when more than 1% of a split's images are missing", "Train on the photos "
           "that are there, e.g. on a COCO folder whose unzip is not finished."),
 ]
+# the decoder/augmentation/fine-tuning options core.config lists (one copy of their labels, help and limits)
+ADVANCED += [Field(name, label, help_[:1].upper() + help_[1:] + ".", *(limits or (None, None)))
+             for name, label, help_, limits in ADVANCED_OPTIONS]
 
 
 def default_of(name: str):

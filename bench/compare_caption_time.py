@@ -1,0 +1,51 @@
+"""Captioning time per photo of two or more models on the same photos, as the app captions them (files on disk,
+encoder, beam search with object words), measured in turns (A B A B ...) so that a shared machine's load falls on
+all of them alike. Prints wall-clock and CPU milliseconds per photo (CPU time: all threads of this process).
+
+    python bench/compare_caption_time.py --data ../shared/data/flickr8k --images 200 models/default models/new
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.caption import Captioner  # noqa: E402
+from core.config import DEFAULT_BEAM  # noqa: E402
+from core.data import load_split  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--split", default="val")
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--beam", type=int, default=DEFAULT_BEAM)
+    args = p.parse_args(argv)
+    items, _ = load_split(args.data, args.split)
+    photos = [(it.path.name, it.path) for it in items[: args.images]]
+    caps = {m: Captioner(m, device="cpu") for m in args.models}
+    for cap in caps.values():
+        cap.caption(photos[:16], beam=args.beam)  # warm-up
+    wall = {m: [] for m in caps}
+    cpu = {m: [] for m in caps}
+    for _ in range(args.rounds):
+        for m, cap in caps.items():
+            t, c = time.perf_counter(), time.process_time()
+            cap.caption(photos, beam=args.beam)
+            wall[m].append((time.perf_counter() - t) * 1e3 / len(photos))
+            cpu[m].append((time.process_time() - c) * 1e3 / len(photos))
+    for m in caps:
+        print(json.dumps({"model": str(m), "photos": len(photos), "wall_ms_per_photo": round(min(wall[m]), 1),
+                          "cpu_ms_per_photo": round(min(cpu[m]), 1), "rounds": args.rounds}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
