@@ -132,9 +132,10 @@ class Table:
             f.flush()
             os.fsync(f.fileno())
         meta = _read_json(self.meta_path) or {}
-        if model and model not in meta.setdefault("models", []):
-            meta["models"].append(model)
-        self.set_meta(meta.get("meta", {}), total if total is not None else meta.get("total"), meta["models"])
+        models = list(meta.get("models", []))
+        if model and model not in models:
+            models.append(model)
+        self.set_meta(meta.get("meta", {}), total if total is not None else meta.get("total"), models)
         return written
 
     def set_meta(self, meta: dict, total: int | None = None, models: list[str] | None = None) -> None:

@@ -493,6 +493,46 @@ def test_review_filter_and_find_replace(models, downloads):
     assert len(at.data_editor[0].value) == 1  # four samples: the least confident one
 
 
+def test_batches_add_up_survive_a_reload_and_clear_asks_first(models):
+    """Regression: "Try sample images" (or any new batch) replaced the table and its edits, and a reload lost both."""
+    at = open_page(CAPTION).run()
+    assert "far from what this model learned" in texts(at)  # the samples are labelled for what they are
+    at.button[1].click().run()  # Try sample images
+    batch = at.session_state.batch
+    sid = at.session_state.caption_session
+    edit_table(at, f"editor-{batch['id']}-all-0", {0: {"caption": "my own caption"}})
+    next(b for b in at.button if b.label == "Try sample images").click().run()  # a second batch: added, not replacing
+    assert not at.exception
+    table = at.data_editor[0].value
+    assert len(table) == 8 and table["caption"][0] == "my own caption" and "cat (2).jpg" in list(table["image"])
+
+    again = AppTest.from_file(str(REPO / HOME), default_timeout=TIMEOUT).switch_page(CAPTION)
+    again.query_params["session"] = sid  # a reload: the URL keeps the session
+    again.run()
+    assert not again.exception
+    table = again.data_editor[0].value
+    assert len(table) == 8 and table["caption"][0] == "my own caption"
+    assert all(str(t).startswith("data:image/jpeg") for t in table["thumbnail"])  # the thumbnails too
+    assert "Results (tiny-attention)" in [s.value for s in again.subheader]
+
+    fresh = open_page(CAPTION).run()  # a new tab: its own session, offered the last one
+    assert not fresh.exception and not fresh.data_editor
+    opener = next(b for b in fresh.button if b.label.startswith("Open the captions of your last session"))
+    opener.click().run()
+    assert len(fresh.data_editor[0].value) == 8 and fresh.session_state.caption_session == sid
+
+    next(b for b in again.button if b.label == "Clear the table").click().run()
+    assert "Clear 8 rows, 1 of them with captions you edited?" in again.warning[0].value and again.data_editor
+    next(b for b in again.button if b.label == "Keep them").click().run()
+    assert again.data_editor and not again.warning
+    next(b for b in again.button if b.label == "Clear the table").click().run()
+    next(b for b in again.button if b.label == "Yes, clear them").click().run()
+    assert not again.exception and not again.data_editor and "batch" not in again.session_state
+    reloaded = AppTest.from_file(str(REPO / HOME), default_timeout=TIMEOUT).switch_page(CAPTION)
+    reloaded.query_params["session"] = sid
+    assert not reloaded.run().data_editor  # cleared on disk too
+
+
 def test_a_large_upload_keeps_pictures_of_the_first_rows_only(models, monkeypatch):
     import ui.review
 
