@@ -143,8 +143,8 @@ def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
     assert csv_rows[0]["caption"] == "'=a red thing"  # edited, and neutralised as a formula
     assert at.session_state.batch["id"] == batch["id"]
 
-    # the up-close view opens on the row whose 🔍 box is ticked: the error of a bad file, heat-maps of a good one
-    assert "Tick 🔍 on a row" in texts(at) and "Where the model looked" not in texts(at)
+    # the up-close view opens on the row whose view box is ticked: the error of a bad file, heat-maps of a good one
+    assert "Tick *view* on a row" in texts(at) and "Where the model looked" not in texts(at)
     edit_table(at, f"editor-{batch['id']}-all-0", {0: {"caption": "=a red thing"}, 1: {"look": True}})
     assert any("broken.jpg" in e.value for e in at.error)
     edit_table(at, f"editor-{batch['id']}-all-0", {0: {"caption": "=a red thing", "look": True}, 1: {"look": True}})

@@ -134,17 +134,25 @@ def grid_row_text(page, row: int) -> str:
     return page.locator("[data-testid='stDataFrame'] [role='row']").nth(row).inner_text()
 
 
-def edit_caption(page, row: int, text: str) -> None:
+HEADER_PX, ROW_PX, CAPTION_X = 35, 72, 200  # the review table's header, rows (ui.review.ROW_HEIGHT), caption column
+
+
+def click_cell(page, row: int, grid_index: int = 0) -> None:
+    """Select the caption cell of a review-table row (row 1 = the first row under the header). Not the thumbnail:
+    a click on a picture cell opens Streamlit's enlarged view of it."""
+    grid = page.locator("[data-testid='stDataFrame']").nth(grid_index)
+    grid.scroll_into_view_if_needed()  # a mouse click lands only inside the window
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + CAPTION_X, box["y"] + HEADER_PX + ROW_PX * (row - 1) + ROW_PX // 2)
+
+
+def edit_caption(page, row: int, text: str, grid_index: int = 0) -> None:
     """Edit the caption cell of a data_editor row as a user would: select, Enter, type, Enter."""
-    grid = page.locator("[data-testid='stDataFrame']").first
     page.locator("[data-testid='stDataFrame'] [role='row']").nth(row).wait_for(state="attached")
     editor = page.locator("textarea.gdg-input")
     for _ in range(3):  # the grid is drawn on a canvas; a click before its layout settles can miss
         wait_idle(page)
-        box = grid.bounding_box()
-        page.mouse.click(box["x"] + 20, box["y"] + 35 * row + 17)  # the thumbnail cell; rows are 35 px high
-        page.keyboard.press("ArrowRight")
-        page.keyboard.press("ArrowRight")  # the caption column
+        click_cell(page, row, grid_index)
         page.keyboard.press("Enter")
         try:
             editor.wait_for(timeout=10_000)
@@ -157,6 +165,21 @@ def edit_caption(page, row: int, text: str) -> None:
     page.wait_for_function(
         "([row, text]) => document.querySelectorAll(\"[data-testid='stDataFrame'] [role='row']\")[row]"
         "?.innerText.includes(text)", arg=[row, text])
+
+
+def look_at(page, row: int, name: str, grid_index: int = 0) -> None:
+    """Tick the view box of a row, as a user would (select it, Space), until the up-close view shows `name`."""
+    for _ in range(3):
+        wait_idle(page)
+        click_cell(page, row, grid_index)
+        page.keyboard.press("ArrowLeft")  # the view column
+        page.keyboard.press(" ")
+        try:
+            page.locator("[data-testid='stMarkdownContainer'] strong", has_text=name).first.wait_for(timeout=10_000)
+            return
+        except playwright_api.TimeoutError:
+            pass
+    raise AssertionError(f"ticking row {row} did not show {name} up close")
 
 
 def progress_value(page) -> float:
@@ -207,12 +230,17 @@ def test_caption_flow_upload_corrupt_and_download(server, page):
     assert page.get_by_role("button", name="Download CSV").is_visible()
     assert "a red square" in grid_row_text(page, 1)
 
-    choose(page, "Image", "broken.jpg")
+    look_at(page, 2, "broken.jpg")  # the up-close view opens on the row ticked
     page.get_by_text("broken.jpg:").first.wait_for()
-    choose(page, "Image", "red.jpg")
+    look_at(page, 1, "red.jpg")
     page.get_by_text("Where the model looked").wait_for()  # the attention heat-maps of the tiny model
     wait_idle(page)
     shot(page, "2-caption-detail")
+
+    page.reload()  # the URL holds the session: the table and the edit come back
+    page.get_by_role("button", name="Download CSV").wait_for()
+    page.locator("[data-testid='stDataFrame'] [role='row']").nth(3).wait_for(state="attached")
+    assert "a red square" in grid_row_text(page, 1)
 
 
 def fill_train_form(page, data: Path, epochs: int, name: str) -> None:

@@ -78,8 +78,9 @@ def load_captioner(bundle):
         return None
 
 
+VISIBLE_ROWS = 6
 ROW_HEIGHT = 72  # px: thumbnails big enough to recognise a photo (Streamlit's default rows are 35 px)
-EDIT_HINT = ("Double-click a caption (or select it and type) to edit it; the CSV holds your edits. Tick 🔍 to see a "
+EDIT_HINT = ("Double-click a caption (or select it and type) to edit it; the CSV holds your edits. Tick *view* to see a "
              "photo up close, with the model's other captions and where it looked. Flag: *error* (unreadable) or "
              "*check*: a calibrated confidence among the lowest quarter of the model's captions of unseen photos.")
 
@@ -237,25 +238,26 @@ def review_ui(batch: dict, title: str | None = None, downloads: bool = True) -> 
     key = f"editor-{bid}-{show}-{batch.get('version', 0)}"
     selected = batch.get("selected")
     frame = results_frame(batch["results"], batch["thumbs"], batch["captions"], show, selected)
-    table, close_up = st.columns([3, 2])
-    with table:
-        edited = st.data_editor(
-            frame, key=key, hide_index=True, placeholder="", row_height=ROW_HEIGHT,
-            disabled=["thumbnail", "image", "check", "confidence", "tags", "score", "error"],
-            column_config={
-                "thumbnail": st.column_config.ImageColumn("", width=ROW_HEIGHT + 8, pinned=True),
-                "look": st.column_config.CheckboxColumn("🔍", width=40, pinned=True,
-                                                        help="see this photo up close"),
-                "caption": st.column_config.TextColumn("caption", width="large", pinned=True),
-                "check": st.column_config.TextColumn("flag", width=56,
-                                                     help="error: unreadable; check: a caption to look at"),
-                "confidence": st.column_config.ProgressColumn(
-                    "conf.", min_value=0.0, max_value=1.0, format="%.2f", width=80,
-                    help="the chance that the caption is acceptable, calibrated on photos the model never saw"),
-                "tags": st.column_config.TextColumn("tags", width="medium", help="objects the image classifier sees"),
-                "image": st.column_config.TextColumn("file", width="medium"),
-                "score": st.column_config.NumberColumn("score", width="small", help="mean log-probability per word"),
-                "error": st.column_config.TextColumn("error", width="medium")})
+    # the table takes the page's width, so the columns after the caption stay in view; six rows high, so that the
+    # close-up view below it is in sight
+    height = 38 + ROW_HEIGHT * max(1, min(len(frame), VISIBLE_ROWS))
+    edited = st.data_editor(
+        frame, key=key, hide_index=True, placeholder="", row_height=ROW_HEIGHT, height=height,
+        disabled=["thumbnail", "image", "check", "confidence", "tags", "score", "error"],
+        column_config={
+            "thumbnail": st.column_config.ImageColumn("", width=ROW_HEIGHT + 8, pinned=True),
+            "look": st.column_config.CheckboxColumn("view", width=56, pinned=True,
+                                                    help="see this photo up close"),
+            "caption": st.column_config.TextColumn("caption", width="large", pinned=True),
+            "check": st.column_config.TextColumn("flag", width=56,
+                                                 help="error: unreadable; check: a caption to look at"),
+            "confidence": st.column_config.ProgressColumn(
+                "conf.", min_value=0.0, max_value=1.0, format="%.2f", width=80,
+                help="the chance that the caption is acceptable, calibrated on photos the model never saw"),
+            "tags": st.column_config.TextColumn("tags", width="medium", help="objects the image classifier sees"),
+            "image": st.column_config.TextColumn("file", width="medium"),
+            "score": st.column_config.NumberColumn("score", width="small", help="mean log-probability per word"),
+            "error": st.column_config.TextColumn("error", width="medium")})
     batch["captions"] = merge_edits(batch["captions"], edited, batch["results"])
     if batch["captions"] != batch.get("saved"):  # every edit is on disk before the next one
         saved, _ = store_safely(batch, lambda: Table(batch["session"], batch["table"]).save_captions(batch["captions"]))
@@ -265,8 +267,7 @@ def review_ui(batch: dict, title: str | None = None, downloads: bool = True) -> 
     before = batch.setdefault("ticked", {}).get(key, {selected} if selected else set())
     batch["ticked"] = {key: now}
     batch["selected"] = next_selected(selected, before, now)
-    with close_up:
-        detail_ui(batch)
+    detail_ui(batch)
     if downloads:
         buttons = st.container(horizontal=True)
         buttons.download_button("Download CSV", csv_bytes(with_captions(batch["results"], batch["captions"])),
@@ -309,14 +310,20 @@ def detail_ui(batch: dict) -> None:
     name = batch.get("selected")
     results = {r.image: r for r in batch["results"]}
     if name not in results:
-        st.caption("Tick 🔍 on a row to see its photo here, larger, with the model's other captions and where it "
+        st.caption("Tick *view* on a row to see its photo here, larger, with the model's other captions and where it "
                    "looked for each word.")
         return
     r = results[name]
     img = picture(batch, r.image)
-    st.markdown(f"**{r.image}**")
+    left, right = st.columns([2, 3])
     if img is not None:
-        st.image(img, width="stretch")
+        left.image(img, width="stretch")
+    with right:
+        _facts(batch, r, img)
+
+
+def _facts(batch: dict, r, img) -> None:
+    st.markdown(f"**{r.image}**")
     if r.error:
         st.error(f"{r.image}: {r.error}")
         return
