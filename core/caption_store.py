@@ -81,6 +81,10 @@ class Table:
     def exists(self) -> bool:
         return self.meta_path.is_file()
 
+    def meta(self) -> dict:
+        """What set_meta saved (a folder's settings), without reading the rows."""
+        return dict((_read_json(self.meta_path) or {}).get("meta", {}))
+
     def load(self, review_csv: Path | None = None) -> TableData:
         """The table as saved; with `review_csv`, its rows are the CSV's (rows.jsonl adds what the CSV lacks)."""
         meta = _read_json(self.meta_path) or {}

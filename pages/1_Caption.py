@@ -67,7 +67,6 @@ def main() -> None:
     source = st.segmented_control("Images from", ["Uploads", "A folder on this computer"], default="Uploads",
                                   key="source") or "Uploads"
     sid = session_id()
-    offer_last_session(sid)
     if source == "Uploads":
         items = inputs_ui(bundle is not None)
         if items:
@@ -77,6 +76,7 @@ def main() -> None:
             review_ui(batch)
     else:
         folder_flow(bundle, beam, max_len, object_words, sid=sid)
+    offer_last_session(sid)  # last: a new tab's first look is the inputs
 
 
 main()

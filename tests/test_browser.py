@@ -137,23 +137,28 @@ def grid_row_text(page, row: int) -> str:
 HEADER_PX, ROW_PX, CAPTION_X = 35, 72, 200  # the review table's header, rows (ui.review.ROW_HEIGHT), caption column
 
 
-def click_cell(page, row: int, grid_index: int = 0) -> None:
-    """Select the caption cell of a review-table row (row 1 = the first row under the header). Not the thumbnail:
-    a click on a picture cell opens Streamlit's enlarged view of it."""
+VIEW_X = 80 + 28  # the middle of the view column (after the 80-px thumbnail column)
+
+
+def click_cell(page, row: int, grid_index: int = 0, x: int = CAPTION_X, double: bool = False) -> None:
+    """Click a cell of a review-table row (row 1 = the first row under the header); the caption cell by default.
+    Not the thumbnail: a click on a picture cell opens Streamlit's enlarged view of it. The button pressed last
+    loses the focus first: a key meant for the grid must never press it."""
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
     grid = page.locator("[data-testid='stDataFrame']").nth(grid_index)
     grid.scroll_into_view_if_needed()  # a mouse click lands only inside the window
     box = grid.bounding_box()
-    page.mouse.click(box["x"] + CAPTION_X, box["y"] + HEADER_PX + ROW_PX * (row - 1) + ROW_PX // 2)
+    at = (box["x"] + x, box["y"] + HEADER_PX + ROW_PX * (row - 1) + ROW_PX // 2)
+    page.mouse.dblclick(*at) if double else page.mouse.click(*at)
 
 
 def edit_caption(page, row: int, text: str, grid_index: int = 0) -> None:
-    """Edit the caption cell of a data_editor row as a user would: select, Enter, type, Enter."""
+    """Edit the caption cell of a data_editor row as a user would: double-click, type, Enter."""
     page.locator("[data-testid='stDataFrame'] [role='row']").nth(row).wait_for(state="attached")
     editor = page.locator("textarea.gdg-input")
     for _ in range(3):  # the grid is drawn on a canvas; a click before its layout settles can miss
         wait_idle(page)
-        click_cell(page, row, grid_index)
-        page.keyboard.press("Enter")
+        click_cell(page, row, grid_index, double=True)  # as the page's hint says
         try:
             editor.wait_for(timeout=10_000)
             break
@@ -168,12 +173,10 @@ def edit_caption(page, row: int, text: str, grid_index: int = 0) -> None:
 
 
 def look_at(page, row: int, name: str, grid_index: int = 0) -> None:
-    """Tick the view box of a row, as a user would (select it, Space), until the up-close view shows `name`."""
+    """Tick the view box of a row, as a user would (a click), until the up-close view shows `name`."""
     for _ in range(3):
         wait_idle(page)
-        click_cell(page, row, grid_index)
-        page.keyboard.press("ArrowLeft")  # the view column
-        page.keyboard.press(" ")
+        click_cell(page, row, grid_index, x=VIEW_X)
         try:
             page.locator("[data-testid='stMarkdownContainer'] strong", has_text=name).first.wait_for(timeout=10_000)
             return

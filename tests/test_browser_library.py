@@ -84,7 +84,10 @@ def test_caption_a_local_folder_review_cancel_resume_write(server, page):
     edit_caption(page, row=1, text="a red photo I checked")
     wait_idle(page)
     shot(page, "9-library-review")
+    wait_idle(page)
     page.get_by_role("button", name=f"Write {N} captions").click()
+    page.wait_for_timeout(3000)
+    shot(page, "9b-library-writing")
     page.get_by_text(f"Wrote {N} reviewed captions").wait_for(timeout=120_000)
     first = folder / "roll0" / "photo_00"
     assert first.with_suffix(".txt").read_text(encoding="utf-8") == "a red photo I checked\n"

@@ -61,11 +61,11 @@ def restore_form(sid: str) -> None:
     """After a reload: the form as it was when this session's folder table was last used."""
     if "lib-root" in st.session_state:
         return
-    tables = [t for t in caption_store.session_dir(sid).glob("folder-*/meta.json")]
+    tables = list(caption_store.session_dir(sid).glob("folder-*/meta.json"))
     if not tables:
         return
-    latest = max(tables, key=lambda p: p.stat().st_mtime)
-    form = (caption_store._read_json(latest) or {}).get("meta", {}).get("form", {})
+    latest = max(tables, key=lambda p: p.stat().st_mtime).parent.name
+    form = Table(sid, latest).meta().get("form", {})
     for key, value in form.items():
         if key in FORM_KEYS:
             st.session_state[key] = value
