@@ -268,13 +268,24 @@ def write_ui(batch: dict, cfg: LibraryConfig) -> None:
     if st.button(f"Write {n:,} captions", type="primary", key="lib-write", disabled=not n):
         write = dataclasses.replace(cfg, prefix="", suffix="", batch_size=PAGE_BATCH)  # the text as reviewed
         bar = st.progress(0.0, text=f"Writing {n:,} captions...")
+        interrupted = []
+
+        def report(p: Progress) -> None:
+            if interrupted:
+                return
+            try:
+                bar.progress(p.done / max(p.total, 1), text=f"Wrote {p.done:,} of {p.total:,}")
+            except BaseException as e:  # noqa: BLE001 -- a rerun (any click) lands here: write every photo first
+                interrupted.append(e)
+
         try:
-            progress, missing = write_reviewed(write, reviewed, on_progress=lambda p: bar.progress(
-                p.done / max(p.total, 1), text=f"Wrote {p.done:,} of {p.total:,}"))
+            progress, missing = write_reviewed(write, reviewed, on_progress=report)
             batch["written"] = {"done": progress.done, "skipped": progress.skipped, "failed": progress.failed,
                                 "missing": len(missing), "to": output_names(cfg), "existing": cfg.existing}
         except OSError as e:
             batch["written"] = {"error": str(e)}
+        if interrupted:  # the rerun asked for goes ahead now; it shows what was written
+            raise interrupted[0]
         bar.empty()
     done = batch.get("written")
     if not done:
