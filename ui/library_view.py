@@ -265,7 +265,11 @@ def write_ui(batch: dict, cfg: LibraryConfig) -> None:
     reviewed = with_captions(batch["results"], batch["captions"])
     n = len(reviewed_results(reviewed))
     st.markdown(f"When the captions read right: write them to {output_names(cfg)}.")
-    if st.button(f"Write {n:,} captions", type="primary", key="lib-write", disabled=not n):
+    # a callback, not the button's return value: a click right after an edit in the table can come with the table's
+    # own rerun, which would stop the run that saw the click before it got here; the request outlives that run
+    st.button(f"Write {n:,} captions", type="primary", key="lib-write", disabled=not n,
+              on_click=lambda: batch.update(write_requested=True))
+    if batch.pop("write_requested", False) and n:
         write = dataclasses.replace(cfg, prefix="", suffix="", batch_size=PAGE_BATCH)  # the text as reviewed
         bar = st.progress(0.0, text=f"Writing {n:,} captions...")
         interrupted = []
