@@ -147,7 +147,12 @@ def click_cell(page, row: int, grid_index: int = 0, x: int = CAPTION_X, double: 
     page.evaluate("() => document.activeElement && document.activeElement.blur()")
     grid = page.locator("[data-testid='stDataFrame']").nth(grid_index)
     grid.scroll_into_view_if_needed()  # a mouse click lands only inside the window
-    box = grid.bounding_box()
+    box = None
+    for _ in range(20):  # until the layout has settled: a message drawn above the table moves it down a row
+        page.wait_for_timeout(250)
+        box, last = grid.bounding_box(), box
+        if box == last:
+            break
     at = (box["x"] + x, box["y"] + HEADER_PX + ROW_PX * (row - 1) + ROW_PX // 2)
     page.mouse.dblclick(*at) if double else page.mouse.click(*at)
 
@@ -161,15 +166,21 @@ def edit_caption(page, row: int, text: str, grid_index: int = 0) -> None:
         click_cell(page, row, grid_index, double=True)  # as the page's hint says
         try:
             editor.wait_for(timeout=10_000)
-            break
         except playwright_api.TimeoutError:
             page.keyboard.press("Escape")
-    page.keyboard.press("Control+A")
-    page.keyboard.type(text)
-    page.keyboard.press("Enter")
-    page.wait_for_function(
-        "([row, text]) => document.querySelectorAll(\"[data-testid='stDataFrame'] [role='row']\")[row]"
-        "?.innerText.includes(text)", arg=[row, text])
+            continue
+        editor.first.focus()  # keys typed before the overlay editor has the focus would go nowhere
+        page.keyboard.press("Control+A")
+        page.keyboard.type(text)
+        page.keyboard.press("Enter")
+        try:
+            page.wait_for_function(
+                "([row, text]) => document.querySelectorAll(\"[data-testid='stDataFrame'] [role='row']\")[row]"
+                "?.innerText.includes(text)", arg=[row, text], timeout=15_000)
+            return
+        except playwright_api.TimeoutError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not edit row {row}")
 
 
 def look_at(page, row: int, name: str, grid_index: int = 0) -> None:
