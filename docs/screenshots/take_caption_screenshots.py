@@ -1,5 +1,6 @@
-"""The README's Caption screenshots (docs/screenshots/caption*.png), retaken, with the real default model, through tests/test_browser.py's helpers."""
+"""The README's Caption screenshots (docs/screenshots/caption*.png), retaken, with the real default model, through tests/test_browser.py's helpers.
 Run: PYTHONPATH=.:tests .venv/bin/python docs/screenshots/take_caption_screenshots.py; the shots land in test-artifacts/.
+"""
 import os, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 sys.path.insert(0, "tests")
