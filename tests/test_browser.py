@@ -180,7 +180,7 @@ def edit_caption(page, row: int, text: str, grid_index: int = 0) -> None:
             return
         except playwright_api.TimeoutError:
             page.keyboard.press("Escape")
-    raise AssertionError(f"could not edit row {row}")
+    raise AssertionError(f"could not edit row {row}: the row reads {grid_row_text(page, row)!r}")
 
 
 def look_at(page, row: int, name: str, grid_index: int = 0) -> None:
