@@ -259,7 +259,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=LibraryConfig.batch_size,
                    help=f"images per beam search (default {LibraryConfig.batch_size}); progress moves per photo")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--from-csv", default=None, metavar="REVIEWED.csv",
+                   help="write the captions of this CSV (e.g. a captions.csv you corrected) into the chosen outputs "
+                        "(--sidecar-ext, --metadata, --jsonl...) of the folder, without captioning again")
     args = p.parse_args(argv)
+    if args.from_csv:
+        return _write_from_csv(args)
     team = TorchrunTeam(args.device) if launched_by_torchrun() else None
     try:
         return _main(args, team)
@@ -373,6 +378,32 @@ def _main(args, team: TorchrunTeam | None) -> int:
              "replaces it)" if pr.kept else ""),
           file=sys.stderr)
     return 0
+
+
+def _write_from_csv(args) -> int:
+    """--from-csv: the reviewed captions into the folder's outputs (core.reviewed), one pass, no model."""
+    from .reviewed import write_from_csv
+
+    if len(args.paths) != 1 or not Path(args.paths[0]).is_dir():
+        print("--from-csv writes into one folder: give the folder the CSV's images are in", file=sys.stderr)
+        return 2
+    same = args.out and Path(args.out).resolve() == Path(args.from_csv).resolve()
+    try:  # the reviewed CSV itself is not written again (its rows would count as done, and skip every photo)
+        cfg = LibraryConfig(args.paths[0], recursive=args.recursive, include=args.include, exclude=args.exclude,
+                            csv=None if same else (args.out or None), sidecar_ext=args.sidecar_ext, jsonl=args.jsonl,
+                            coco_results=args.coco_results, metadata=args.metadata, existing=args.existing,
+                            prefix=args.prefix, suffix=args.suffix, num_captions=args.num_captions,
+                            batch_size=args.batch_size)
+        pr, missing, rows = write_from_csv(cfg, args.from_csv)
+    except (ValueError, FileNotFoundError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"wrote the reviewed captions of {pr.done} images ({pr.skipped} already had captions"
+          + (f"; use --existing overwrite to replace them" if pr.skipped else "") + ")"
+          + (f", {pr.failed} could not be written" if pr.failed else "")
+          + (f"; {len(missing)} of the {rows} images in {args.from_csv} are not in the folder" if missing else ""),
+          file=sys.stderr)
+    return 1 if pr.failed else 0
 
 
 def _caption_files(args, device: str, team: TorchrunTeam | None) -> int:

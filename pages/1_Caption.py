@@ -9,8 +9,11 @@ from ui.inputs import UPLOAD_TYPES, read_uploads, sample_images
 from ui.library_view import folder_flow
 from ui.loader import bundle_choices, decoder_label
 from ui.nav import sidebar_menu
-from ui.review import caption_uploads, detail_ui, review_ui
+from ui.review import caption_uploads, offer_last_session, review_ui, session_id, uploads_batch
 from ui.tags import tag_threshold_ui
+
+SAMPLES_NOTE = ("The samples are photos far from what this model learned (it was trained on Flickr8k: people, dogs, "
+                "outdoor scenes), so expect odd captions: they show how the **check** flag and the object tags work.")
 
 
 def options_ui():
@@ -43,7 +46,8 @@ def inputs_ui(can_caption: bool):
     buttons = st.container(horizontal=True)
     caption = buttons.button("Caption uploaded images", type="primary", disabled=not (files and can_caption))
     samples = buttons.button("Try sample images", disabled=not can_caption,
-                             help="A cat, an astronaut, a man with a camera, a pagoda")
+                             help="A cat, an astronaut, a man with a camera, a pagoda. " + SAMPLES_NOTE)
+    buttons.caption(SAMPLES_NOTE)
     if caption:
         items, problems = read_uploads(files)
         for problem in problems:
@@ -57,21 +61,24 @@ def main() -> None:
     sidebar_menu()
     st.title("Caption images")
     st.markdown("Upload photos (or zips, or a folder) and caption them all at once, or caption a whole photo library "
-                "on this computer.  \nReview and edit the captions, then download them, or write them beside the photos.")
+                "on this computer.  \nReview and edit the captions, then download them, or write them beside the photos. "
+                "Your tables and edits are kept on this computer: a reload brings them back.")
     bundle, beam, max_len, object_words = options_ui()
     if bundle is None and not st.session_state.get("model"):
         st.warning("No model found in the models folder. Train one on the Train page first.")
     source = st.segmented_control("Images from", ["Uploads", "A folder on this computer"], default="Uploads",
                                   key="source") or "Uploads"
+    sid = session_id()
     if source == "Uploads":
         items = inputs_ui(bundle is not None)
         if items:
-            caption_uploads(bundle, items, beam, max_len, object_words)
-        if "batch" in st.session_state:
-            review_ui(st.session_state.batch)
-            detail_ui(st.session_state.batch)
+            caption_uploads(bundle, items, beam, max_len, object_words, sid=sid)
+        batch = uploads_batch(sid)
+        if batch is not None:
+            review_ui(batch)
     else:
-        folder_flow(bundle, beam, max_len, object_words)
+        folder_flow(bundle, beam, max_len, object_words, sid=sid)
+    offer_last_session(sid)  # last: a new tab's first look is the inputs
 
 
 main()

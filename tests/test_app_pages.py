@@ -45,6 +45,13 @@ def models(bundle_dir, monkeypatch):
     return bundle_dir
 
 
+@pytest.fixture(autouse=True)
+def caption_sessions(tmp_path, monkeypatch):
+    """The Caption page keeps its tables under <runs>/captions: each test gets its own, never the repository's."""
+    monkeypatch.setenv("CAPTION_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs" / "captions"
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPTION_RUNS_DIR", str(tmp_path / "runs"))
@@ -68,6 +75,13 @@ def downloads(monkeypatch):
 def texts(at) -> str:
     return "\n".join(str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success")
                      for e in getattr(at, kind))
+
+
+def edit_table(at, key: str, edited_rows: dict) -> None:
+    """What a user's edits (and ticks) in the review table send: the whole edit state of the data_editor."""
+    at.session_state[key] = {"edited_rows": edited_rows, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception
 
 
 def test_home_shows_model_device_dataset_and_links(models, runs):
@@ -130,14 +144,14 @@ def test_caption_uploads_bad_files_and_edited_csv(models, downloads):
     assert csv_rows[0]["caption"] == "'=a red thing"  # edited, and neutralised as a formula
     assert at.session_state.batch["id"] == batch["id"]
 
-    # the per-image view: the error of a bad file, attention heat-maps of a good one
-    image_box = next(s for s in at.selectbox if s.label == "Image")
-    image_box.select("broken.jpg").run()
+    # the up-close view opens on the row whose view box is ticked: the error of a bad file, heat-maps of a good one
+    assert "Tick *view* on a row" in texts(at) and "Where the model looked" not in texts(at)
+    edit_table(at, f"editor-{batch['id']}-all-0", {0: {"caption": "=a red thing"}, 1: {"look": True}})
     assert any("broken.jpg" in e.value for e in at.error)
-    image_box = next(s for s in at.selectbox if s.label == "Image")
-    image_box.select("red.jpg").run()
-    assert not at.exception and "Where the model looked" in texts(at)
+    edit_table(at, f"editor-{batch['id']}-all-0", {0: {"caption": "=a red thing", "look": True}, 1: {"look": True}})
+    assert not at.exception and "Where the model looked" in texts(at)  # the box ticked last
     assert at.image[-1].captions == batch["results"][0].words  # one heat-map per word
+    assert "Double-click a caption" in texts(at)  # the edit hint says what the grid needs
 
 
 def test_caption_sample_images_with_chosen_options(models):
@@ -306,36 +320,112 @@ def test_captions_come_from_the_worker_and_the_server_never_imports_torch(models
     assert out.stdout.split() == ["False", "4", "True", "True"], out.stdout
 
 
-def test_caption_a_local_folder_then_resume(models, tmp_path, downloads):
-    folder = tmp_path / "photos"
+def make_library(folder: Path) -> Path:
     for i, color in enumerate([(220, 20, 20), (20, 20, 220), (20, 200, 20)]):
         (folder / ("sub" if i else "")).mkdir(parents=True, exist_ok=True)
         (folder / ("sub" if i else "") / f"p{i}.jpg").write_bytes(jpeg_bytes(color))
     (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+
+
+def test_caption_a_local_folder_then_resume(models, tmp_path, downloads):
+    """Only files of its own (captions.csv, metadata.jsonl) to write: one step, straight into them, resumable."""
+    folder = make_library(tmp_path / "photos")
     at = open_page(CAPTION).run()
     at.get("button_group")[0].set_value("A folder on this computer").run()
     at.text_input(key="lib-root").set_value(str(folder / "nowhere")).run()
     assert "There is no folder" in at.error[0].value
     at.text_input(key="lib-root").set_value(str(folder)).run()
     assert "4 images found" in texts(at)
-    at.checkbox(key="lib-sidecar").check()
+    at.checkbox(key="lib-jsonl").check()
     at.text_input(key="lib-prefix").set_value("sks, ")
     at.button(key="lib-start").click().run()
     assert not at.exception
     assert "Captioned 4 images" in at.success[0].value and "could not be read" in at.warning[0].value
-    rows = list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))
+    rows = read_csv(folder / "captions.csv")
     assert [r["image"] for r in rows] == ["broken.png", "p0.jpg", "sub/p1.jpg", "sub/p2.jpg"]
     assert all(r["caption"].startswith("sks, ") and len(r["caption"]) > 5 for r in rows[1:]) and rows[0]["error"]
-    assert (folder / "sub" / "p1.txt").read_text(encoding="utf-8") == rows[2]["caption"] + "\n"
+    assert json.loads((folder / "metadata.jsonl").read_text().splitlines()[1])["text"] == rows[2]["caption"]
     assert downloads["captions.csv"] == (folder / "captions.csv").read_bytes()
+    assert not at.get("button") or not any(b.label.startswith("Write ") for b in at.button)  # nothing to review
     (folder / "p3.jpg").write_bytes(jpeg_bytes((200, 200, 20)))  # a new photo: only it is captioned next time
     at.button(key="lib-start").click().run()
     assert "Captioned 1 images" in at.success[0].value and "4 already had captions" in at.success[0].value
-    assert len(list(csv.DictReader(io.StringIO((folder / "captions.csv").read_text(encoding="utf-8-sig"))))) == 5
+    assert len(read_csv(folder / "captions.csv")) == 5
+
+
+def write_button(at):
+    return next(b for b in at.button if b.label.startswith("Write "))
+
+
+def test_a_folder_is_reviewed_before_its_photos_are_written(models, tmp_path, caption_sessions):
+    """Sidecars and the photos' metadata: captions into the review table first (nothing in the folder changes),
+    an edit, then "Write N captions" writes the edited text into the sidecar and the photo; a new page (a reload,
+    with the URL's session) finds the table, its edit and the form again."""
+    from core import imagemeta
+
+    folder = make_library(tmp_path / "photos")
+    before = {p: p.read_bytes() for p in folder.rglob("*")if p.is_file()}
+    at = open_page(CAPTION).run()
+    at.get("button_group")[0].set_value("A folder on this computer").run()
+    at.text_input(key="lib-root").set_value(str(folder)).run()
+    at.checkbox(key="lib-sidecar").check()
+    at.checkbox(key="lib-metadata").check()
+    at.text_input(key="lib-prefix").set_value("sks, ")
+    at.run()
+    assert "Nothing is written into the photos" in texts(at)
+    at.button(key="lib-start").click().run()
+    assert not at.exception
+    assert "Captioned 4 images for review" in at.success[0].value
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # not one byte written yet
+    table = at.data_editor[0].value
+    assert list(table["image"]) == ["broken.png", "p0.jpg", "sub/p1.jpg", "sub/p2.jpg"]
+    assert table["caption"][1].startswith("sks, ") and table["check"][0] == "error"
+    sid = at.session_state.caption_session
+    review = read_csv(caption_sessions / sid / next(p.name for p in (caption_sessions / sid).glob("folder-*"))
+                      / "review.csv")
+    assert [r["image"] for r in review] == list(table["image"])  # the run's CSV holds every row as it came
+
+    batch = at.session_state.folder_batch
+    edit_table(at, f"editor-{batch['id']}-all-0", {1: {"caption": "sks, a red photo I checked"}})
+    assert write_button(at).label == "Write 3 captions"
+    write_button(at).click().run()
+    assert not at.exception and "Wrote 3 reviewed captions" in texts(at)
+    assert (folder / "p0.txt").read_text(encoding="utf-8") == "sks, a red photo I checked\n"
+    assert imagemeta.read_caption(folder / "p0.jpg") == "sks, a red photo I checked"
+    assert (folder / "sub" / "p1.txt").read_text(encoding="utf-8") == table["caption"][2] + "\n"
+    assert imagemeta.read_caption(folder / "sub" / "p2.jpg") == table["caption"][3]
+    assert read_csv(folder / "captions.csv")[0] == {**read_csv(folder / "captions.csv")[0],
+                                                    "image": "p0.jpg", "caption": "sks, a red photo I checked"}
+    assert not (folder / "broken.txt").exists()
+
+    again = AppTest.from_file(str(REPO / HOME), default_timeout=TIMEOUT).switch_page(CAPTION)
+    again.query_params["session"] = sid  # the reload: same URL, a new browser session
+    again.run()
+    again.get("button_group")[0].set_value("A folder on this computer").run()
+    assert not again.exception and again.text_input(key="lib-root").value == str(folder)
+    assert again.checkbox(key="lib-sidecar").value and again.checkbox(key="lib-metadata").value
+    table = again.data_editor[0].value
+    assert list(table["caption"])[1] == "sks, a red photo I checked" and len(table) == 4
+
+    (folder / "p3.jpg").write_bytes(jpeg_bytes((200, 200, 20)))  # continue: only the new photo is captioned
+    again.button(key="lib-start").click().run()
+    assert "Captioned 1 images for review" in again.success[0].value and "4 already had captions" in texts(again)
+    assert len(again.data_editor[0].value) == 5 and again.data_editor[0].value["caption"][1].endswith("I checked")
+    write_button(again).click().run()  # skip: the photos written before stay as they are, the new one is written
+    assert "Wrote 1 reviewed captions" in texts(again) and "3 photos already had a caption" in texts(again)
+    assert (folder / "p3.txt").is_file() and imagemeta.read_caption(folder / "p0.jpg") == "sks, a red photo I checked"
 
 
 def kill_the_worker_after_the_first_batch(monkeypatch):
-    """The caption worker killed outright (as the out-of-memory killer would) once its first batch is back."""
+    """The caption worker killed outright (as the out-of-memory killer would) once its first batch is back, while it
+    captions the rest of the request (small images travel in one request, answered batch by batch). Killed as the
+    first batch arrives, not after the page has stored it: the page's work on a batch (pictures to disk) takes long
+    enough that the worker would have answered the whole request by then."""
     import os
     import signal
 
@@ -345,9 +435,9 @@ def kill_the_worker_after_the_first_batch(monkeypatch):
 
     def dies(self, items, **options):
         for k, results in enumerate(real(self, items, **options)):
-            yield results
             if k == 0:
                 os.kill(self.client.pid, signal.SIGKILL)
+            yield results
 
     monkeypatch.setattr(RemoteCaptioner, "iter_captions", dies)
 
@@ -407,6 +497,46 @@ def test_review_filter_and_find_replace(models, downloads):
     assert len(at.data_editor[0].value) == 1  # four samples: the least confident one
 
 
+def test_batches_add_up_survive_a_reload_and_clear_asks_first(models):
+    """Regression: "Try sample images" (or any new batch) replaced the table and its edits, and a reload lost both."""
+    at = open_page(CAPTION).run()
+    assert "far from what this model learned" in texts(at)  # the samples are labelled for what they are
+    at.button[1].click().run()  # Try sample images
+    batch = at.session_state.batch
+    sid = at.session_state.caption_session
+    edit_table(at, f"editor-{batch['id']}-all-0", {0: {"caption": "my own caption"}})
+    next(b for b in at.button if b.label == "Try sample images").click().run()  # a second batch: added, not replacing
+    assert not at.exception
+    table = at.data_editor[0].value
+    assert len(table) == 8 and table["caption"][0] == "my own caption" and "cat (2).jpg" in list(table["image"])
+
+    again = AppTest.from_file(str(REPO / HOME), default_timeout=TIMEOUT).switch_page(CAPTION)
+    again.query_params["session"] = sid  # a reload: the URL keeps the session
+    again.run()
+    assert not again.exception
+    table = again.data_editor[0].value
+    assert len(table) == 8 and table["caption"][0] == "my own caption"
+    assert all(str(t).startswith("data:image/jpeg") for t in table["thumbnail"])  # the thumbnails too
+    assert "Results (tiny-attention)" in [s.value for s in again.subheader]
+
+    fresh = open_page(CAPTION).run()  # a new tab: its own session, offered the last one
+    assert not fresh.exception and not fresh.data_editor
+    opener = next(b for b in fresh.button if b.label.startswith("Open the captions of your last session"))
+    opener.click().run()
+    assert len(fresh.data_editor[0].value) == 8 and fresh.session_state.caption_session == sid
+
+    next(b for b in again.button if b.label == "Clear the table").click().run()
+    assert "Clear 8 rows, 1 of them with captions you edited?" in again.warning[0].value and again.data_editor
+    next(b for b in again.button if b.label == "Keep them").click().run()
+    assert again.data_editor and not again.warning
+    next(b for b in again.button if b.label == "Clear the table").click().run()
+    next(b for b in again.button if b.label == "Yes, clear them").click().run()
+    assert not again.exception and not again.data_editor and "batch" not in again.session_state
+    reloaded = AppTest.from_file(str(REPO / HOME), default_timeout=TIMEOUT).switch_page(CAPTION)
+    reloaded.query_params["session"] = sid
+    assert not reloaded.run().data_editor  # cleared on disk too
+
+
 def test_a_large_upload_keeps_pictures_of_the_first_rows_only(models, monkeypatch):
     import ui.review
 
@@ -416,9 +546,8 @@ def test_a_large_upload_keeps_pictures_of_the_first_rows_only(models, monkeypatc
     batch = at.session_state.batch
     assert len(batch["results"]) == 4 and len(batch["thumbs"]) == 2 and len(batch["images"]) == 2
     assert len(at.data_editor[0].value) == 4  # every row is in the table, the last two without a picture
-    last = batch["results"][-1].image
-    next(s for s in at.selectbox if s.label == "Image").select(last).run()
-    assert not at.exception and batch["results"][-1].caption in texts(at)
+    edit_table(at, f"editor-{batch['id']}-all-0", {3: {"look": True}})  # the last row up close: no picture kept
+    assert batch["results"][-1].caption in texts(at) and len(at.image) == 0
 
 
 def _finished_run(runs_root: Path, name: str, bundle: Path, started: float) -> None:

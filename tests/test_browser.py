@@ -135,29 +135,66 @@ def grid_row_text(page, row: int) -> str:
     return page.locator("[data-testid='stDataFrame'] [role='row']").nth(row).inner_text()
 
 
-def edit_caption(page, row: int, text: str) -> None:
-    """Edit the caption cell of a data_editor row as a user would: select, Enter, type, Enter."""
-    grid = page.locator("[data-testid='stDataFrame']").first
+HEADER_PX, ROW_PX, CAPTION_X = 35, 72, 200  # the review table's header, rows (ui.review.ROW_HEIGHT), caption column
+
+
+VIEW_X = 80 + 28  # the middle of the view column (after the 80-px thumbnail column)
+
+
+def click_cell(page, row: int, grid_index: int = 0, x: int = CAPTION_X, double: bool = False) -> None:
+    """Click a cell of a review-table row (row 1 = the first row under the header); the caption cell by default.
+    Not the thumbnail: a click on a picture cell opens Streamlit's enlarged view of it. The button pressed last
+    loses the focus first: a key meant for the grid must never press it."""
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    grid = page.locator("[data-testid='stDataFrame']").nth(grid_index)
+    grid.scroll_into_view_if_needed()  # a mouse click lands only inside the window
+    box = None
+    for _ in range(20):  # until the layout has settled: a message drawn above the table moves it down a row
+        page.wait_for_timeout(250)
+        box, last = grid.bounding_box(), box
+        if box == last:
+            break
+    at = (box["x"] + x, box["y"] + HEADER_PX + ROW_PX * (row - 1) + ROW_PX // 2)
+    page.mouse.dblclick(*at) if double else page.mouse.click(*at)
+
+
+def edit_caption(page, row: int, text: str, grid_index: int = 0) -> None:
+    """Edit the caption cell of a data_editor row as a user would: double-click, type, Enter."""
     page.locator("[data-testid='stDataFrame'] [role='row']").nth(row).wait_for(state="attached")
     editor = page.locator("textarea.gdg-input")
     for _ in range(3):  # the grid is drawn on a canvas; a click before its layout settles can miss
         wait_idle(page)
-        box = grid.bounding_box()
-        page.mouse.click(box["x"] + 20, box["y"] + 35 * row + 17)  # the thumbnail cell; rows are 35 px high
-        page.keyboard.press("ArrowRight")
-        page.keyboard.press("ArrowRight")  # the caption column
-        page.keyboard.press("Enter")
+        click_cell(page, row, grid_index, double=True)  # as the page's hint says
         try:
             editor.wait_for(timeout=10_000)
-            break
         except playwright_api.TimeoutError:
             page.keyboard.press("Escape")
-    page.keyboard.press("Control+A")
-    page.keyboard.type(text)
-    page.keyboard.press("Enter")
-    page.wait_for_function(
-        "([row, text]) => document.querySelectorAll(\"[data-testid='stDataFrame'] [role='row']\")[row]"
-        "?.innerText.includes(text)", arg=[row, text])
+            continue
+        editor.first.focus()  # keys typed before the overlay editor has the focus would go nowhere
+        page.keyboard.press("Control+A")
+        page.keyboard.type(text)
+        page.keyboard.press("Enter")
+        try:
+            page.wait_for_function(
+                "([row, text]) => document.querySelectorAll(\"[data-testid='stDataFrame'] [role='row']\")[row]"
+                "?.innerText.includes(text)", arg=[row, text], timeout=15_000)
+            return
+        except playwright_api.TimeoutError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not edit row {row}: the row reads {grid_row_text(page, row)!r}")
+
+
+def look_at(page, row: int, name: str, grid_index: int = 0) -> None:
+    """Tick the view box of a row, as a user would (a click), until the up-close view shows `name`."""
+    for _ in range(3):
+        wait_idle(page)
+        click_cell(page, row, grid_index, x=VIEW_X)
+        try:
+            page.locator("[data-testid='stMarkdownContainer'] strong", has_text=name).first.wait_for(timeout=10_000)
+            return
+        except playwright_api.TimeoutError:
+            pass
+    raise AssertionError(f"ticking row {row} did not show {name} up close")
 
 
 def progress_value(page) -> float:
@@ -208,12 +245,17 @@ def test_caption_flow_upload_corrupt_and_download(server, page):
     assert page.get_by_role("button", name="Download CSV").is_visible()
     assert "a red square" in grid_row_text(page, 1)
 
-    choose(page, "Image", "broken.jpg")
+    look_at(page, 2, "broken.jpg")  # the up-close view opens on the row ticked
     page.get_by_text("broken.jpg:").first.wait_for()
-    choose(page, "Image", "red.jpg")
+    look_at(page, 1, "red.jpg")
     page.get_by_text("Where the model looked").wait_for()  # the attention heat-maps of the tiny model
     wait_idle(page)
     shot(page, "2-caption-detail")
+
+    page.reload()  # the URL holds the session: the table and the edit come back
+    page.get_by_role("button", name="Download CSV").wait_for()
+    page.locator("[data-testid='stDataFrame'] [role='row']").nth(3).wait_for(state="attached")
+    assert "a red square" in grid_row_text(page, 1)
 
 
 def fill_train_form(page, data: Path, epochs: int, name: str) -> None:

@@ -30,10 +30,22 @@ def _jpeg(data, size: int, quality: int) -> bytes | None:
     return buf.getvalue()
 
 
-def thumbnail_data_url(data, size: int = 96) -> str | None:
+THUMB_SIDE = 144  # px: twice the review table's row height, so the thumbnail stays sharp on a high-density screen
+
+
+def thumbnail_jpeg(data, size: int = THUMB_SIDE) -> bytes | None:
+    """A small JPEG of the image (bytes or a path), or None when it is not an image."""
+    return _jpeg(data, size, 80)
+
+
+def data_url(jpeg: bytes | None) -> str | None:
+    """JPEG bytes as a data: URL (for st.column_config.ImageColumn)."""
+    return None if not jpeg else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def thumbnail_data_url(data, size: int = THUMB_SIDE) -> str | None:
     """A small JPEG as a data: URL (for st.column_config.ImageColumn), or None when it is not an image."""
-    small = _jpeg(data, size, 80)
-    return None if small is None else "data:image/jpeg;base64," + base64.b64encode(small).decode("ascii")
+    return data_url(thumbnail_jpeg(data, size))
 
 
 def preview_bytes(data, size: int = 800) -> bytes:

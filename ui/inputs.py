@@ -48,7 +48,8 @@ def safe_path(name: str) -> str:
     return "/".join(p for p in parts if p != "unnamed")[:400] or "unnamed"
 
 
-def _unique(name: str, seen: set[str]) -> str:
+def unique_name(name: str, seen: set[str]) -> str:
+    """`name`, or `name (2).jpg`, `name (3).jpg`... when `seen` holds it; the name returned is added to `seen`."""
     stem, dot, ext = name.rpartition(".")
     stem, ext = (stem, f".{ext}") if dot and "/" not in ext else (name, "")
     candidate, n = name, 1
@@ -162,13 +163,13 @@ def read_uploads(files) -> tuple[list[tuple[str, bytes | Refused]], list[str]]:
             for member, source in unzip_images(data, budget):
                 label = safe_path(member) if member else ""
                 label = f"{name}/{label}" if several_zips and label else (label or name)
-                items.append((_unique(label, seen), source))
+                items.append((unique_name(label, seen), source))
         elif budget.files <= 0:
-            items.append((_unique(name, seen), Refused(f"not read: a batch holds at most {MAX_FILES:,} files")))
+            items.append((unique_name(name, seen), Refused(f"not read: a batch holds at most {MAX_FILES:,} files")))
         else:
             budget.files -= 1
             problem = budget.take_bytes(len(data))
-            items.append((_unique(name, seen), Refused(problem) if problem else budget.admit(data, name)))
+            items.append((unique_name(name, seen), Refused(problem) if problem else budget.admit(data, name)))
         del data  # a zip's packed bytes are not needed once its members are out
     refused = sum(isinstance(s, Refused) for _, s in items)
     problems = [f"{refused} of {len(items)} files cannot be captioned; the error column says why."] if refused else []

@@ -13,7 +13,8 @@ import pandas as pd
 
 from core.tags import format_tags
 
-COLUMNS = ["thumbnail", "image", "caption", "check", "confidence", "tags", "score", "error"]
+# what a reviewer reads first comes first: the picture, the caption, whether to check it, what the classifier sees
+COLUMNS = ["thumbnail", "look", "caption", "check", "confidence", "tags", "image", "score", "error"]
 SHOW = ("all", "flagged", "edited")
 FLAG_QUANTILE = 20  # without a calibrated confidence: "flagged" = a score among the lowest 20% of the batch
 
@@ -36,16 +37,18 @@ def edited_names(results, captions: dict[str, str]) -> set[str]:
 
 
 def results_frame(results, thumbnails: dict[str, str | None], captions: dict[str, str] | None = None,
-                  show: str = "all") -> pd.DataFrame:
-    """The rows to show: all, only flagged, or only edited; captions as the user last left them."""
+                  show: str = "all", selected: str | None = None) -> pd.DataFrame:
+    """The rows to show: all, only flagged, or only edited; captions as the user last left them; "look" ticked
+    on the row shown up close."""
     captions = captions or {}
     keep = {"flagged": flagged_names(results), "edited": edited_names(results, captions)}.get(show)
     rows = [
         {
             "thumbnail": thumbnails.get(r.image),
-            "image": r.image,
+            "look": r.image == selected,
             "caption": captions.get(r.image, r.caption),
-            "check": "check this one" if r.check else "",
+            "check": "error" if r.error else "check" if r.check else "",
+            "image": r.image,
             "confidence": r.confidence,
             "tags": format_tags(r.tags),
             "score": None if r.score is None else round(float(r.score), 3),
@@ -82,6 +85,22 @@ def find_replace(results, captions: dict[str, str], find: str, replace: str,
         if new != old:
             out[r.image], changed = new, changed + 1
     return out, changed
+
+
+def ticked(edited: pd.DataFrame) -> set[str]:
+    """The images whose "look" box is ticked in the table as the user left it."""
+    if "look" not in edited or "image" not in edited:
+        return set()
+    return {name for name, on in zip(edited["image"], edited["look"]) if on is True or on == 1}
+
+
+def next_selected(selected: str | None, before: set[str], now: set[str]) -> str | None:
+    """The row to show up close after the user ticked or unticked "look" boxes: the one ticked last, or none when
+    the shown one was unticked. (st.data_editor in Streamlit 1.67 has no row selection; a tick box stands in.)"""
+    fresh = sorted(now - before)
+    if fresh:
+        return fresh[-1]
+    return selected if selected in now else None
 
 
 def with_captions(results, captions: dict[str, str]) -> list:
