@@ -37,6 +37,9 @@ def test_the_folder_flow_writes_tags_files_and_jsonl_tags(models, tmp_path):
     at.checkbox(key="lib-jsonl-tags").check()
     at.button(key="lib-start").click().run()
     assert not at.exception
+    assert not (folder / "cat.tags.txt").exists()  # a file beside the photo: reviewed first, then written
+    at.button(key="lib-write").click().run()
+    assert not at.exception
     assert (folder / "cat.tags.txt").read_text(encoding="utf-8") == "cat\n"  # only the sure tag: threshold 0.5
     row = json.loads((folder / "metadata.jsonl").read_text(encoding="utf-8"))
     assert row["file_name"] == "cat.jpg" and row["tags"] == "cat" and row["text"]
