@@ -278,8 +278,12 @@ def _hash_split(name: str) -> str:
 
 
 def load_split(root: Path | str, split: str) -> tuple[list[ImageCaptions], int]:
-    """One split of a dataset folder in COCO or Flickr layout -> (items whose image exists, number missing)."""
+    """One split of a dataset folder in COCO or Flickr layout -> (items whose image exists, number missing).
+    "train+val" joins splits: the shipped model is trained on every captioned photo once its recipe is chosen."""
     root = Path(root)
+    if "+" in split:
+        parts = [load_split(root, part) for part in split.split("+")]
+        return [it for items, _ in parts for it in items], sum(missing for _, missing in parts)
     coco = _coco_files(root, split)
     if coco:
         items = load_coco(*coco)
@@ -300,6 +304,8 @@ MISSING_TOLERANCE = 0.01  # a split with more of its listed images missing is re
 
 def split_label(root: Path | str, split: str) -> str:
     """The split's name as the user knows it: "train2017" for COCO's captions_train2017.json, else `split`."""
+    if "+" in split:
+        return "+".join(split_label(root, part) for part in split.split("+"))
     coco = _coco_files(Path(root), split)
     return coco[0].stem[len("captions_"):] if coco else split
 

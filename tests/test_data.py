@@ -32,6 +32,18 @@ def test_flickr_without_split_lists_uses_a_stable_hash_split(tmp_path):
     assert len(train) + len(val) == 48 and not {i.path for i in train} & {i.path for i in val}
 
 
+def test_joined_splits_train_on_every_captioned_photo(tmp_path):
+    root = make_flickr(tmp_path / "f")
+    both, missing = load_split(root, "train+val")
+    train, val = load_split(root, "train")[0], load_split(root, "val")[0]
+    assert both == train + val and missing == 0
+    coco = make_coco(make_coco(tmp_path / "coco", "train"), "val")
+    (coco / "images" / "val2017" / "000000000001.jpg").unlink()
+    items, missing = load_split(coco, "train+val")
+    assert missing == 1 and len(items) == len(load_split(coco, "train")[0]) + 3
+    assert data.split_label(coco, "train+val") == "train2017+val2017"
+
+
 def test_coco_layout_through_pycocotools_and_missing_images_are_counted(tmp_path):
     root = make_coco(tmp_path / "coco")
     (root / "images" / "val2017" / "000000000001.jpg").unlink()
