@@ -419,6 +419,8 @@ def test_a_folder_is_reviewed_before_its_photos_are_written(models, tmp_path, ca
     write_button(again).click().run()  # skip: the photos written before stay as they are, the new one is written
     assert "Wrote 1 reviewed captions" in texts(again) and "3 photos already had a caption" in texts(again)
     assert (folder / "p3.txt").is_file() and imagemeta.read_caption(folder / "p0.jpg") == "sks, a red photo I checked"
+    again.button(key="lib-start").click().run()  # continue with nothing new: what was written is still said
+    assert "Captioned 0 images for review" in again.success[0].value and "Wrote 1 reviewed captions" in texts(again)
 
 
 def open_folder(folder: Path, *outputs: str) -> AppTest:

@@ -27,6 +27,7 @@ from ui.review import (MAX_PICTURES, cancel_button, load_batch, load_captioner, 
                        wait_until_stopped)
 from ui.tags import tag_outputs_ui
 
+WRITTEN = "folder_written"  # what the last "Write N captions" wrote, and into which folder's table
 LATEST_ROWS = 50  # rows of the newest captions shown while a library is captioned
 # smaller than the command line's 32: the progress moves, and Cancel stops, every 16 photos (the browser test sets 2,
 # so that its Cancel lands half-way however fast this machine captions its tiny test model)
@@ -294,12 +295,15 @@ def write_ui(batch: dict, cfg: LibraryConfig) -> None:
         with st.spinner(f"Writing {n:,} captions..."):
             try:
                 progress, missing = write_reviewed(write, reviewed)
-                batch["written"] = {"done": progress.done, "skipped": progress.skipped, "failed": progress.failed,
-                                    "missing": len(missing), "to": output_names(cfg), "existing": cfg.existing}
+                done = {"done": progress.done, "skipped": progress.skipped, "failed": progress.failed,
+                        "missing": len(missing), "to": output_names(cfg), "existing": cfg.existing}
             except (LibraryError, OSError) as e:  # a full disk, an output refused: what was written stays written
-                batch["written"] = {"error": plain(e)}
-    done = batch.get("written")
-    if not done:
+                done = {"error": plain(e)}
+            # in the session, not in the batch: "Caption the folder" (continue) reloads the batch from disk, and what
+            # was written must still be said after that rerun and any other
+            st.session_state[WRITTEN] = dict(done, table=batch["id"])
+    done = st.session_state.get(WRITTEN)
+    if not done or done["table"] != batch["id"]:
         return
     if done.get("error"):
         st.error(f"The captions could not be written: {done['error']}")
