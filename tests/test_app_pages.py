@@ -419,6 +419,74 @@ def test_a_folder_is_reviewed_before_its_photos_are_written(models, tmp_path, ca
     write_button(again).click().run()  # skip: the photos written before stay as they are, the new one is written
     assert "Wrote 1 reviewed captions" in texts(again) and "3 photos already had a caption" in texts(again)
     assert (folder / "p3.txt").is_file() and imagemeta.read_caption(folder / "p0.jpg") == "sks, a red photo I checked"
+    again.button(key="lib-start").click().run()  # continue with nothing new: what was written is still said
+    assert "Captioned 0 images for review" in again.success[0].value and "Wrote 1 reviewed captions" in texts(again)
+
+
+def open_folder(folder: Path, *outputs: str) -> AppTest:
+    """The Caption page's folder form filled in: this folder, these outputs ticked (captions.csv is by default)."""
+    at = open_page(CAPTION).run()
+    at.get("button_group")[0].set_value("A folder on this computer").run()
+    at.text_input(key="lib-root").set_value(str(folder)).run()
+    for key in outputs:
+        at.checkbox(key=key).check()
+    at.run()
+    return at
+
+
+def test_a_folder_the_app_may_not_write_into_is_said_in_words(models, tmp_path, monkeypatch):
+    """Regression (issue 21): LibraryConfig's refusal (a system folder) came out of the folder form as a traceback."""
+    import core.library
+
+    folder = make_library(tmp_path / "photos")
+    monkeypatch.setattr(core.library, "system_folder", lambda path: "/usr")  # as if the photos lay under /usr
+    at = open_folder(folder, "lib-sidecar")
+    assert not at.exception
+    assert any("is a system folder (/usr): no captions are written there" in e.value for e in at.error)
+    assert at.button(key="lib-start").disabled and not list(folder.rglob("*.txt"))
+
+
+def test_a_captions_csv_of_another_program_is_refused_in_words(models, tmp_path):
+    """Regression (issue 21): core.library's LibraryError (a captions.csv this program did not write) came out of
+    Caption the folder, and of Write after a review, as a traceback; the page now says why, and the file is kept."""
+    folder = make_library(tmp_path / "photos")
+    theirs = "name,text\np0.jpg,my own words\n"
+    (folder / "captions.csv").write_text(theirs)
+    at = open_folder(folder)
+    at.button(key="lib-start").click().run()
+    assert not at.exception
+    assert any("is not a captions CSV of this program" in e.value for e in at.error)
+    assert (folder / "captions.csv").read_text() == theirs
+
+    at = open_folder(folder, "lib-sidecar")  # reviewed first: the refusal comes with Write
+    at.button(key="lib-start").click().run()
+    assert not at.exception and "Captioned 4 images for review" in at.success[0].value
+    write_button(at).click().run()
+    assert not at.exception
+    assert any("could not be written" in e.value and "is not a captions CSV of this program" in e.value
+               for e in at.error)
+    assert (folder / "captions.csv").read_text() == theirs and not list(folder.rglob("*.txt"))
+
+
+def test_a_full_disk_while_captioning_a_folder_is_said_in_words(models, tmp_path, monkeypatch):
+    """Regression (issue 21): core.files.DiskFullError out of caption_library was drawn as a traceback."""
+    import errno
+
+    import ui.library_view as library_view
+    from core.files import DiskFullError
+
+    def full(*args, **kwargs):
+        raise DiskFullError(errno.ENOSPC, "the disk is full while writing captions.csv; free some space and run "
+                                          "again (everything written before is kept)")
+
+    monkeypatch.setattr(library_view, "caption_library", full)
+    folder = make_library(tmp_path / "photos")
+    at = open_folder(folder)
+    at.button(key="lib-start").click().run()
+    assert not at.exception
+    assert any("the disk is full while writing captions.csv" in e.value for e in at.error)
+    at.button(key="lib-start").click().run()  # the page still works: the next click says it again
+    assert not at.exception and any("the disk is full" in e.value for e in at.error)
 
 
 def kill_the_worker_after_the_first_batch(monkeypatch):

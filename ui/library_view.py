@@ -18,7 +18,7 @@ import streamlit as st
 
 from core import caption_store
 from core.caption_store import Table, folder_table
-from core.library import EXISTING, LibraryConfig, Progress, caption_library, find_images
+from core.library import EXISTING, LibraryConfig, LibraryError, Progress, caption_library, find_images
 from core.reviewed import reviewed_results, write_reviewed
 from core.worker_client import WorkerError
 from ui.images import data_url, thumbnail_data_url, thumbnail_jpeg
@@ -27,6 +27,7 @@ from ui.review import (MAX_PICTURES, cancel_button, load_batch, load_captioner, 
                        wait_until_stopped)
 from ui.tags import tag_outputs_ui
 
+WRITTEN = "folder_written"  # what the last "Write N captions" wrote, and into which folder's table
 LATEST_ROWS = 50  # rows of the newest captions shown while a library is captioned
 # smaller than the command line's 32: the progress moves, and Cancel stops, every 16 photos (the browser test sets 2,
 # so that its Cancel lands half-way however fast this machine captions its tiny test model)
@@ -38,6 +39,14 @@ EXISTING_HELP = {"skip": "skip images that already have a caption (continues an 
 
 def _patterns(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def plain(e: Exception) -> str:
+    """An error's own words for the page: core's refusals and DiskFullError already say what to do; an OSError's
+    "[Errno 28]" means nothing to a person, its file name does."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror + (f": {e.filename}" if e.filename else "")
+    return str(e)
 
 
 # an XMP sidecar (photo.xmp) output, where core.library offers one
@@ -108,16 +117,18 @@ def folder_form(can_caption: bool) -> tuple[LibraryConfig | None, bool]:
     if sidecar or metadata or xmp or tags["tags_ext"]:
         st.caption("Nothing is written into the photos or beside them yet: the captions go into a table to review "
                    "and edit first, then **Write** puts the reviewed text where you chose.")
-    ok = bool(found and (want_csv or sidecar or jsonl or metadata or xmp or tags["tags_ext"]))
-    start = st.button("Caption the folder", type="primary", key="lib-start", disabled=not (can_caption and ok))
-    if not ok:
-        return None, False
-    extra = {"xmp_sidecar": xmp} if XMP_SIDECAR else {}
-    cfg = LibraryConfig(str(folder), recursive=recursive, include=_patterns(include), exclude=_patterns(exclude),
-                        csv=str(folder / "captions.csv") if want_csv else None, sidecar_ext=".txt" if sidecar else None,
-                        jsonl=jsonl, metadata=metadata, existing=existing, prefix=prefix, suffix=suffix,
-                        num_captions=int(k), **extra, **tags)
-    return cfg, start
+    cfg = None
+    if found and (want_csv or sidecar or jsonl or metadata or xmp or tags["tags_ext"]):
+        extra = {"xmp_sidecar": xmp} if XMP_SIDECAR else {}
+        try:
+            cfg = LibraryConfig(str(folder), recursive=recursive, include=_patterns(include),
+                                exclude=_patterns(exclude), csv=str(folder / "captions.csv") if want_csv else None,
+                                sidecar_ext=".txt" if sidecar else None, jsonl=jsonl, metadata=metadata,
+                                existing=existing, prefix=prefix, suffix=suffix, num_captions=int(k), **extra, **tags)
+        except ValueError as e:  # settings core.library refuses (a system folder): its reason, and no button
+            st.error(plain(e))
+    start = st.button("Caption the folder", type="primary", key="lib-start", disabled=not (can_caption and cfg is not None))
+    return cfg, start and cfg is not None
 
 
 class _Recording:
@@ -201,6 +212,10 @@ def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int, object_word
                          finished=final.done >= final.total)
         except WorkerError as e:  # the worker crashed or was killed: every caption written so far stays written
             state["stopped"] = str(e)
+        except LibraryError as e:  # an output it may not use (a CSV of another program): nothing was changed
+            state["refused"] = plain(e)
+        except OSError as e:  # a full disk, a folder it may not write: in words, everything written so far kept
+            state["stopped"] = plain(e)
     box.empty()
 
 
@@ -222,7 +237,9 @@ def library_summary(state: dict) -> None:
     where = "for review (nothing is written into the photos yet)" if state.get("review") else f"in {state['root']}"
     kept = ("Every caption so far is in the review table" if state.get("review")
             else "Everything captioned so far is written")
-    if state["finished"] or (total is not None and done >= total):  # stopped after its last batch: all done
+    if state.get("refused"):
+        st.error(state["refused"])
+    elif state["finished"] or (total is not None and done >= total):  # stopped after its last batch: all done
         st.success(f"Captioned {done:,} images {where}"
                    + (f" ({state['skipped']:,} already had captions)" if state["skipped"] else "") + ".")
     elif state.get("stopped"):
@@ -278,12 +295,15 @@ def write_ui(batch: dict, cfg: LibraryConfig) -> None:
         with st.spinner(f"Writing {n:,} captions..."):
             try:
                 progress, missing = write_reviewed(write, reviewed)
-                batch["written"] = {"done": progress.done, "skipped": progress.skipped, "failed": progress.failed,
-                                    "missing": len(missing), "to": output_names(cfg), "existing": cfg.existing}
-            except OSError as e:
-                batch["written"] = {"error": str(e)}
-    done = batch.get("written")
-    if not done:
+                done = {"done": progress.done, "skipped": progress.skipped, "failed": progress.failed,
+                        "missing": len(missing), "to": output_names(cfg), "existing": cfg.existing}
+            except (LibraryError, OSError) as e:  # a full disk, an output refused: what was written stays written
+                done = {"error": plain(e)}
+            # in the session, not in the batch: "Caption the folder" (continue) reloads the batch from disk, and what
+            # was written must still be said after that rerun and any other
+            st.session_state[WRITTEN] = dict(done, table=batch["id"])
+    done = st.session_state.get(WRITTEN)
+    if not done or done["table"] != batch["id"]:
         return
     if done.get("error"):
         st.error(f"The captions could not be written: {done['error']}")
