@@ -21,6 +21,10 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 
 DEFAULT_BEAM = 3  # beam width of the Caption page, `core.caption` and `core.evaluate`
 DEFAULT_MAX_LEN = 20  # longest caption in words, in training and in decoding
+# Beam search never repeats a word pair: "a man is riding a bike on a bike" cannot be written. Measured on the
+# Flickr8k dev split (beam 3, issue 19): against 3 (no repeated triple), 10.9% -> 0% of captions with a repeated
+# pair, CIDEr 53.98 -> 54.13 (Transformer) and 53.12 -> 54.02 (the same after self-critical training).
+DEFAULT_NO_REPEAT_NGRAM = 2
 
 # One rule for the names of models and runs: they become folder names on every OS.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,60}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from .config import DEFAULT_BEAM, DEFAULT_MAX_LEN, DEFAULT_NO_REPEAT_NGRAM
 from .vocabulary import END, PAD, START, UNK
 
 _BANNED = [PAD, START, UNK]
@@ -69,7 +69,7 @@ def _ban_repeated_ngrams(logp: torch.Tensor, history: torch.Tensor, n: int) -> N
 
 @torch.no_grad()
 def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max_len: int = DEFAULT_MAX_LEN,
-                length_penalty: float = 0.7, no_repeat_ngram: int = 3, min_len: int = 1,
+                length_penalty: float = 0.7, no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM, min_len: int = 1,
                 constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
     """feats (B, P, C) -> for each image, `beam_size` hypotheses, best first.
 

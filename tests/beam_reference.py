@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from core.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from core.config import DEFAULT_BEAM, DEFAULT_MAX_LEN, DEFAULT_NO_REPEAT_NGRAM
 from core.decode import Hypothesis, _next_logprobs
 from core.vocabulary import END, PAD, START
 
@@ -21,7 +21,7 @@ def _banned_ngram_words(history: list[int], n: int) -> list[int]:
 
 @torch.no_grad()
 def reference_beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max_len: int = DEFAULT_MAX_LEN,
-                length_penalty: float = 0.7, no_repeat_ngram: int = 3, min_len: int = 1,
+                length_penalty: float = 0.7, no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM, min_len: int = 1,
                 constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
     """feats (B, P, C) -> for each image, `beam_size` hypotheses, best first.
 

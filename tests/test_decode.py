@@ -59,6 +59,16 @@ def test_no_repeat_ngram():
             assert len(bigrams) == len(set(bigrams))
 
 
+def test_the_default_beam_search_never_repeats_a_word_pair():
+    """The app's decoding (no n-gram option given) cannot write "a man is riding a bike on a bike"."""
+    torch.manual_seed(0)
+    m = tiny_model("show_tell", vocab_size=6)  # 2 words: long captions must repeat pairs unless banned
+    for hs in beam_search(m.decoder, torch.randn(4, 1, 1280) * 3, beam_size=3, max_len=12, min_len=4):
+        for h in hs:
+            bigrams = list(zip(h.tokens, h.tokens[1:]))
+            assert len(bigrams) == len(set(bigrams)), h.tokens
+
+
 def test_beam_hypotheses_are_ranked_by_length_normalised_score():
     m = tiny_model("show_tell", vocab_size=9)
     for hs in beam_search(m.decoder, torch.randn(2, 1, 1280) * 3, beam_size=3, max_len=8, length_penalty=0.7):
