@@ -3,6 +3,7 @@ encoder, beam search with object words), measured in turns (A B A B ...) so that
 all of them alike. Prints wall-clock and CPU milliseconds per photo (CPU time: all threads of this process).
 
     python bench/compare_caption_time.py --data ../shared/data/flickr8k --images 200 models/default models/new
+    python bench/compare_caption_time.py --data ../shared/data/flickr8k --beams 3,5 models/default   # one model, two widths
 """
 from __future__ import annotations
 
@@ -27,23 +28,26 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--beam", type=int, default=DEFAULT_BEAM)
+    p.add_argument("--beams", default="", help="comma-separated beam widths, each timed for every model (e.g. 3,5)")
     args = p.parse_args(argv)
+    beams = [int(b) for b in args.beams.split(",") if b.strip()] or [args.beam]
     items, _ = load_split(args.data, args.split)
     photos = [(it.path.name, it.path) for it in items[: args.images]]
-    caps = {m: Captioner(m, device="cpu") for m in args.models}
-    for cap in caps.values():
-        cap.caption(photos[:16], beam=args.beam)  # warm-up
-    wall = {m: [] for m in caps}
-    cpu = {m: [] for m in caps}
+    loaded = {m: Captioner(m, device="cpu") for m in args.models}
+    runs = [(m, b) for m in args.models for b in beams]  # timed in turns: (model, beam width)
+    for m, b in runs:
+        loaded[m].caption(photos[:16], beam=b)  # warm-up
+    wall = {r: [] for r in runs}
+    cpu = {r: [] for r in runs}
     for _ in range(args.rounds):
-        for m, cap in caps.items():
+        for m, b in runs:
             t, c = time.perf_counter(), time.process_time()
-            cap.caption(photos, beam=args.beam)
-            wall[m].append((time.perf_counter() - t) * 1e3 / len(photos))
-            cpu[m].append((time.process_time() - c) * 1e3 / len(photos))
-    for m in caps:
-        print(json.dumps({"model": str(m), "photos": len(photos), "wall_ms_per_photo": round(min(wall[m]), 1),
-                          "cpu_ms_per_photo": round(min(cpu[m]), 1), "rounds": args.rounds}))
+            loaded[m].caption(photos, beam=b)
+            wall[m, b].append((time.perf_counter() - t) * 1e3 / len(photos))
+            cpu[m, b].append((time.process_time() - c) * 1e3 / len(photos))
+    for m, b in runs:
+        print(json.dumps({"model": str(m), "beam": b, "photos": len(photos), "wall_ms_per_photo": round(min(wall[m, b]), 1),
+                          "cpu_ms_per_photo": round(min(cpu[m, b]), 1), "rounds": args.rounds}))
     return 0
 
 
