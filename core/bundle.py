@@ -431,6 +431,8 @@ def headline_metrics(metrics: dict) -> tuple[str, dict]:
     if evaluations:  # the evaluation on the most images is the most telling
         key, values = max(evaluations, key=lambda kv: _number(kv[1].get("images")))
         label = f"{key}, beam {values.get('beam', '?')}, {values.get('images', '?')} images"
+        if isinstance(values.get("measured_on"), str):  # a model that learned from the split: scored by its twin
+            label += f", {values['measured_on']}"
     elif isinstance(metrics.get("val_greedy"), dict):
         label, values = "validation during training (greedy)", metrics["val_greedy"]
     else:

@@ -53,6 +53,8 @@ def test_summary_comes_from_the_bundles_metrics_and_card():
     bare = model_summary({"val_greedy": {"BLEU-4": 1.0, "CIDEr": 3.0}}, "")
     assert bare.quality == "poor" and "learned from" in bare.good_at and "names no weaknesses" in bare.bad_at
     assert model_summary({}, "").quality == "unknown"
+    twin = {"dogs/val": {"CIDEr": 50.0, "images": 9, "measured_on": "by its twin, trained without these photos"}}
+    assert model_summary(twin, "").source.endswith("by its twin, trained without these photos")  # said, not hidden
     assert all(len(METRIC_HELP[n]) < 200 for n in ("BLEU-4", "CIDEr"))  # one line each
 
 
