@@ -79,7 +79,8 @@ def main() -> None:
     sidebar_menu(warm_up=False)
     st.title("Image captioning")
     st.markdown(
-        "Describe photos in a sentence: a CNN reads the picture, a language model (the default: a Transformer decoder) writes the caption.  \n"
+        "Describe photos in a sentence: a CNN reads the picture, a Transformer decoder (in the default model) "
+        "writes the caption.  \n"
         "Caption your own images or a whole photo library, or train a new model on COCO-2017 or a Flickr-style dataset."
     )
     st.subheader("Pages")
