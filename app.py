@@ -5,9 +5,14 @@ by the background warm-up (ui.warm), which also loads the active model for the C
 """
 import streamlit as st
 
-from core.data import inspect_dataset
-from core.paths import COCO_DIR, models_dir
-from core.scores import METRIC_HELP, demote_headings, format_metric, model_summary
+from core.base.paths import COCO_DIR, models_dir
+from core.data.datasets import inspect_dataset
+from core.evaluate.scores import (
+    METRIC_HELP,
+    demote_headings,
+    format_metric,
+    model_summary,
+)
 from ui import warm
 from ui.device import device_report_ui
 from ui.loader import bundle_choices, decoder_label
@@ -37,7 +42,7 @@ def model_section() -> None:
 
 
 def summary_ui(b) -> None:
-    """What the model is good and bad at, and how good its captions are, in plain words (core.scores reads its
+    """What the model is good and bad at, and how good its captions are, in plain words (core.evaluate.scores reads its
     metrics.json and card); the two main figures, each explained in a line; the full card one click further."""
     s = model_summary(b.metrics, b.card)
     st.markdown(f"**How good its captions are: {s.quality}.** {s.how_good}  \n"

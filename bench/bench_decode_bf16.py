@@ -1,11 +1,11 @@
-"""Beam search in bf16 (what core.caption does on a CPU with native bf16) against fp32: speed and captions.
+"""Beam search in bf16 (what core.nn.captioner does on a CPU with native bf16) against fp32: speed and captions.
 
     .venv/bin/python bench/bench_decode_bf16.py --data ../shared/data/flickr8k --split val --images 480
 
 Encodes the first N photos of a split once (bf16 encoder, as always), then runs the default beam search with
 object words on each batch twice, in fp32 and as Captioner does (bf16 autocast, fp32 logits), interleaved so
 that both see the same load. Prints the seconds of each, how many best captions differ, and BLEU-4 / CIDEr of
-both against the references (core.metrics).
+both against the references (core.evaluate.metrics).
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.caption import Captioner  # noqa: E402
-from core.data import iter_image_batches, load_split  # noqa: E402
-from core.decode import beam_search  # noqa: E402
-from core.device import bf16_native, encoder_autocast  # noqa: E402
-from core.metrics import score_captions  # noqa: E402
-from core.tags import guide_words, image_tags  # noqa: E402
+from core.nn.captioner import Captioner  # noqa: E402
+from core.nn.batches import iter_image_batches  # noqa: E402
+from core.data.datasets import load_split
+from core.nn.decode import beam_search  # noqa: E402
+from core.nn.precision import bf16_native, encoder_autocast  # noqa: E402
+from core.evaluate.metrics import score_captions  # noqa: E402
+from core.caption.tags import guide_words, image_tags  # noqa: E402
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.runs import read_progress  # noqa: E402
+from core.runs.folder import read_progress  # noqa: E402
 
 
 def measure(cmd: list[str], run_dir: Path, env: dict) -> dict:

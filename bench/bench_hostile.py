@@ -66,7 +66,7 @@ def _png_header(w: int, h: int) -> bytes:
 
 
 def _rows(items) -> str:
-    from core.data import Refused
+    from core.data.images import Refused
 
     refused = [(n, s.reason) for n, s in items if isinstance(s, Refused)]
     kept = len(items) - len(refused)
@@ -88,7 +88,8 @@ def upload_case(files_fn):
 
 def caption_decode(files):
     """What captioning one upload costs in decoding: the page's path (budget, thumbnail, model input, preview)."""
-    from core.data import Refused, iter_image_batches
+    from core.data.images import Refused
+    from core.nn.batches import iter_image_batches
     from ui.images import preview_bytes, thumbnail_data_url
     from ui.inputs import read_uploads
 
@@ -104,7 +105,7 @@ def caption_decode(files):
 
 
 def grey16(files):
-    from core.data import load_image
+    from core.data.images import load_image
 
     return f"decoded grey level {load_image(files[0].data).getpixel((0, 0))[0]} of 255 (50% grey = 128)"
 
@@ -112,10 +113,10 @@ def grey16(files):
 def _bundle_dir(tmp: Path, change=None, name="m") -> Path:
     import torch  # noqa: F401  (setup only)
 
-    from core.bundle import save_bundle
-    from core.config import ModelConfig
-    from core.model import CaptionModel
-    from core.vocabulary import Vocabulary
+    from core.nn.weights import save_bundle
+    from core.base.config import ModelConfig
+    from core.nn.model import CaptionModel
+    from core.data.vocabulary import Vocabulary
 
     vocab = Vocabulary.build(["a b c d e f g h"], min_count=1)
     cfg = ModelConfig(vocab_size=len(vocab), embed_dim=16, hidden_dim=24, attention_dim=8, feature_proj_dim=16)
@@ -134,7 +135,7 @@ def _set(field, value):
 
 
 def list_models(folder: Path) -> str:
-    from core.bundle import list_bundles
+    from core.bundle.store import list_bundles
 
     found = list_bundles(folder.parent)
     return "; ".join(f"{b.name}: " + (f"unusable: {b.problem[len(str(b.path)) + 1:][:80]}" if b.problem else "usable")
@@ -142,7 +143,8 @@ def list_models(folder: Path) -> str:
 
 
 def load_model(folder: Path) -> str:
-    from core.bundle import BundleError, load_bundle
+    from core.bundle.store import BundleError
+    from core.nn.weights import load_bundle
 
     try:
         load_bundle(folder, pretrained=False)
@@ -203,7 +205,7 @@ def download_case(mode: str):
     def run(arg):
         import hashlib
 
-        from core.download import DownloadError, download
+        from core.data.download import DownloadError, download
 
         tmp, url, payload = arg
         messages = []
@@ -231,7 +233,7 @@ def run_damaged_archive(tmp: Path) -> str:
     import threading
     from functools import partial
 
-    from core.download import fetch_coco
+    from core.data.download import fetch_coco
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *a):
@@ -254,7 +256,7 @@ def digest_big(tmp: Path) -> Path:
 
 
 def run_digest(path: Path) -> str:
-    from core.download import file_digest
+    from core.data.download import file_digest
 
     return f"md5 {file_digest(path, 'md5')[:12]}... of 1 GB, streamed"
 
@@ -312,9 +314,9 @@ def _measure(name: str, queue) -> None:
 
         import torch  # noqa: F401
 
-        import core.bundle  # noqa: F401
-        import core.model  # noqa: F401
-        import core.download  # noqa: F401
+        import core.bundle.store  # noqa: F401
+        import core.nn.model  # noqa: F401
+        import core.data.download  # noqa: F401
         import ui.inputs  # noqa: F401
         gc.collect()
         Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) restarts from here, after setup

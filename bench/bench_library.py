@@ -3,9 +3,9 @@
     .venv/bin/python bench/bench_library.py                      # 1,000 photos made from scikit-image's samples
     .venv/bin/python bench/bench_library.py --photos ../shared/data/flickr8k/images --images 1000
 
-End to end = `core.library.caption_library` with its defaults (128 photos per beam search, encoded 32 at a
+End to end = `core.caption.library.caption_library` with its defaults (128 photos per beam search, encoded 32 at a
 time): find the files, check what is done, decode and resize the JPEGs (in threads, one batch ahead), encode,
-beam search, append the CSV rows. The bare encoder is the CNN alone on batches of 32 (core.caption.ENCODE_BATCH)
+beam search, append the CSV rows. The bare encoder is the CNN alone on batches of 32 (core.nn.captioner.ENCODE_BATCH)
 already in memory, the ceiling for the whole pipeline, timed on as many photos after each folder of 250 photos
 (captioned as a library of its own), so that both see the same load on a shared machine. Peak memory is the
 process's maximum RSS. The second line compares process CPU seconds per photo instead of wall time.
@@ -26,10 +26,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.caption import ENCODE_BATCH, Captioner  # noqa: E402
-from core.data import iter_image_batches  # noqa: E402
-from core.device import encoder_autocast  # noqa: E402
-from core.library import LibraryConfig, caption_library, find_images  # noqa: E402
+from core.nn.captioner import ENCODE_BATCH, Captioner  # noqa: E402
+from core.nn.batches import iter_image_batches  # noqa: E402
+from core.nn.precision import encoder_autocast  # noqa: E402
+from core.caption.library import LibraryConfig, caption_library, find_images  # noqa: E402
 
 
 def synthetic_photos(folder: Path, n: int) -> Path:

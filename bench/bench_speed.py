@@ -28,16 +28,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.backbones import get_spec  # noqa: E402
-from core.bundle import save_bundle  # noqa: E402
-from core.caption import Captioner  # noqa: E402
-from core.config import ModelConfig, TrainConfig  # noqa: E402
-from core.data import ImageCaptions, iter_image_batches, load_split  # noqa: E402
-from core.device import adamw, compile_decoder, train_precision  # noqa: E402
-from core.features import FeatureCache, encode_to_cache  # noqa: E402
-from core.model import CaptionModel, Encoder  # noqa: E402
-from core.train import FeatureSource, caption_loss, pad_captions  # noqa: E402
-from core.vocabulary import Vocabulary  # noqa: E402
+from core.nn.backbones import get_spec  # noqa: E402
+from core.nn.weights import save_bundle  # noqa: E402
+from core.nn.captioner import Captioner  # noqa: E402
+from core.base.config import ModelConfig, TrainConfig  # noqa: E402
+from core.data.datasets import ImageCaptions, load_split  # noqa: E402
+from core.nn.batches import iter_image_batches
+from core.nn.precision import adamw, compile_decoder, train_precision  # noqa: E402
+from core.nn.features import FeatureCache, encode_to_cache  # noqa: E402
+from core.nn.model import CaptionModel, Encoder  # noqa: E402
+from core.train.trainer import FeatureSource, caption_loss, pad_captions  # noqa: E402
+from core.data.vocabulary import Vocabulary  # noqa: E402
 
 
 def synthetic_items(folder: Path, n: int) -> list[ImageCaptions]:

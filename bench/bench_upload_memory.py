@@ -31,7 +31,7 @@ def _reset_peak(pid: int | str) -> None:
 def main() -> None:
     from PIL import Image
 
-    from core.worker_client import CHUNK_BYTES, WorkerClient, _chunks
+    from core.caption.client import CHUNK_BYTES, WorkerClient, _chunks
 
     p = argparse.ArgumentParser()
     p.add_argument("--mb", type=int, default=400)

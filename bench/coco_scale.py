@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core import runs  # noqa: E402  (no torch: the bench's own memory stays out of the way)
+from core.runs import folder as runs  # noqa: E402  (no torch: the bench's own memory stays out of the way)
 
 COCO_TRAIN_IMAGES, COCO_TRAIN_CAPTIONS, COCO_VAL_IMAGES = 118_287, 591_753, 5_000
 
@@ -253,9 +253,9 @@ def _trainer_args(data: Path, cache: Path, run_dir: Path, a, **extra) -> list[st
 
 
 def prefill_cache(cache_root: Path, backbone: str, decoder: str, paths: list[Path]) -> int:
-    """Random features for every image, written through core.features as encoding would: -> rows written."""
-    from core.backbones import get_spec
-    from core.features import FeatureCache, file_identity
+    """Random features for every image, written through core.nn.features as encoding would: -> rows written."""
+    from core.nn.backbones import get_spec
+    from core.nn.features import FeatureCache, file_identity
 
     spec = get_spec(backbone)
     grid = (spec.image_size // 32, spec.image_size // 32)
@@ -272,7 +272,7 @@ def prefill_cache(cache_root: Path, backbone: str, decoder: str, paths: list[Pat
 def full_size_run(a, data: Path, work: Path) -> tuple[list[dict], dict]:
     cache, run_dir = work / "cache_full", work / "run_full"
     shutil.rmtree(run_dir, ignore_errors=True)
-    from core.data import load_split
+    from core.data.datasets import load_split
 
     t = time.monotonic()
     paths = [it.path for split in ("train", "val") for it in load_split(data, split)[0]]
@@ -347,10 +347,10 @@ def fraction_run(a, data: Path, work: Path, fraction: float) -> dict:
 
 
 def tokenizer_figures(data: Path, n: int = 20_000) -> None:
-    """CPU time per caption of nltk's Treebank path (core.metrics.tokenize) and of core.vocabulary's exact shortcut,
+    """CPU time per caption of nltk's Treebank path (core.evaluate.metrics.tokenize) and of core.data.vocabulary's exact shortcut,
     on n of the training captions, with what each costs for all of them (before: twice, vocabulary + encoding)."""
-    from core.metrics import tokenize
-    from core.vocabulary import fast_tokenize
+    from core.evaluate.metrics import tokenize
+    from core.data.vocabulary import fast_tokenize
 
     anns = json.loads((data / "annotations" / "captions_train2017.json").read_text(encoding="utf-8"))["annotations"]
     captions = [a["caption"] for a in random.Random(0).sample(anns, min(n, len(anns)))]
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
     if a.tokenizer_only:
         return 0
 
-    from core.backbones import get_spec
+    from core.nn.backbones import get_spec
 
     rows, facts = full_size_run(a, data, work)
     fr = [fraction_run(a, data, work, f) for f in a.fractions]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.caption import Captioner  # noqa: E402
-from core.config import DEFAULT_BEAM  # noqa: E402
-from core.data import load_split  # noqa: E402
+from core.nn.captioner import Captioner  # noqa: E402
+from core.base.config import DEFAULT_BEAM  # noqa: E402
+from core.data.datasets import load_split  # noqa: E402
 
 
 def main(argv=None) -> int:

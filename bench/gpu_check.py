@@ -2,8 +2,8 @@
 
 1. The GPU, and a 4096 x 4096 matmul in fp32, bf16 and fp16 autocast (TFLOP/s, and the error against fp64).
 2. Training throughput (captions/s) of the attention LSTM and the Transformer decoder on Lite2-shaped features
-   (batch 96, 8 x 8 x 1280), through core.train's own loss and step, in bf16 and fp16 (loss scaling) autocast.
-3. NCCL with one process: core.distributed.setup as under torchrun, an all-reduce, and DDP steps of a Transformer.
+   (batch 96, 8 x 8 x 1280), through core.train.trainer's own loss and step, in bf16 and fp16 (loss scaling) autocast.
+3. NCCL with one process: core.nn.distributed.setup as under torchrun, an all-reduce, and DDP steps of a Transformer.
 4. Captioning speed end to end (JPEG files -> captions, beam 3) with models/default and with a Transformer bundle
    of the same vocabulary (untrained, so its captions run to the length limit: an upper bound of its time).
 
@@ -51,8 +51,8 @@ def check_matmul(dev) -> None:
 
 
 def _models(vocab_size: int):
-    from core.config import ModelConfig
-    from core.model import CaptionModel
+    from core.base.config import ModelConfig
+    from core.nn.model import CaptionModel
 
     lstm = ModelConfig(vocab_size=vocab_size, backbone="efficientnet_lite2", decoder="attention", embed_dim=256,
                        hidden_dim=512, attention_dim=256, dropout=0.5)
@@ -63,7 +63,7 @@ def _models(vocab_size: int):
 
 
 def check_training(dev) -> None:
-    from core.train import caption_loss
+    from core.train.trainer import caption_loss
 
     V, B, steps = 2543, 96, 30
     feats = torch.randn(B, 64, 1280, device=dev)
@@ -93,8 +93,8 @@ def check_training(dev) -> None:
 def check_nccl(dev) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
-    from core import distributed as dist
-    from core.train import caption_loss
+    from core.nn import distributed as dist
+    from core.train.trainer import caption_loss
 
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": os.environ.get("GPU_CHECK_PORT", "29517")})
@@ -123,10 +123,11 @@ def check_captioning(dev) -> None:
     import numpy as np
     from PIL import Image
 
-    from core.bundle import DEFAULT_MODEL, load_bundle, save_bundle
-    from core.caption import Captioner
-    from core.config import ModelConfig
-    from core.model import CaptionModel
+    from core.bundle.store import DEFAULT_MODEL
+    from core.nn.weights import load_bundle, save_bundle
+    from core.nn.captioner import Captioner
+    from core.base.config import ModelConfig
+    from core.nn.model import CaptionModel
 
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)

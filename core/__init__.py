@@ -1,4 +1,4 @@
-"""The captioning engine: vocabulary, datasets, model, training, captioning, evaluation. No Streamlit here."""
+"""The captioning engine, no Streamlit here. Its packages and the rule of which may import torch: docs/architecture.md."""
 import os
 
 # The engine shares the CPU with itself (image-loading threads beside the encoder) and with other processes

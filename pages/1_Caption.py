@@ -1,15 +1,21 @@
 """Caption page: caption uploads (files, zips, a folder) or a folder on this computer; review, edit, download."""
 import streamlit as st
 
-from core.bundle import headline_metrics
-from core.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
-from core.data import FORMAT_NAMES
-from core.paths import models_dir
+from core.base.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from core.base.paths import models_dir
+from core.bundle.store import headline_metrics
+from core.data.images import FORMAT_NAMES
 from ui.inputs import UPLOAD_TYPES, read_uploads, sample_images
 from ui.library_view import folder_flow
 from ui.loader import bundle_choices, decoder_label
 from ui.nav import sidebar_menu
-from ui.review import caption_uploads, offer_last_session, review_ui, session_id, uploads_batch
+from ui.review import (
+    caption_uploads,
+    offer_last_session,
+    review_ui,
+    session_id,
+    uploads_batch,
+)
 from ui.tags import tag_threshold_ui
 
 SAMPLES_NOTE = ("The samples are photos far from what this model learned (it was trained on Flickr8k: people, dogs, "

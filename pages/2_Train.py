@@ -4,14 +4,27 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.bundle import BundleError, inspect_bundle, set_active
-from core.config import ConfigError, TrainConfig, name_problem
-from core.data import COCO_HELP, inspect_dataset
-from core.form_ranges import out_of_range
-from core.jobs import JobError, current_job, enforce_stop, processes_of, resume_job, start_job, stop_job
-from core.paths import models_dir, runs_dir
-from core.runs import Job, list_runs, run_status
-from core.scores import compare_models, dataset_outlook, format_metric, metric_label
+from core.base.config import ConfigError, TrainConfig, name_problem
+from core.base.form_ranges import out_of_range
+from core.base.paths import models_dir, runs_dir
+from core.bundle.store import BundleError, inspect_bundle, set_active
+from core.data.datasets import COCO_HELP, inspect_dataset
+from core.evaluate.scores import (
+    compare_models,
+    dataset_outlook,
+    format_metric,
+    metric_label,
+)
+from core.runs.folder import Job, list_runs, run_status
+from core.runs.jobs import (
+    JobError,
+    current_job,
+    enforce_stop,
+    processes_of,
+    resume_job,
+    start_job,
+    stop_job,
+)
 from ui.loader import bundle_choices
 from ui.monitor import draw_run
 from ui.nav import sidebar_menu
@@ -27,7 +40,7 @@ def start(values: dict, confirmed: bool = False) -> bool:
     st.session_state.pop("small_run", None)  # a new submit replaces an unanswered question
     values = dict(values)
     processes = values.pop("processes", 1)
-    if out_of_range(values):  # the inputs have no bounds of their own (core.form_ranges says why)
+    if out_of_range(values):  # the inputs have no bounds of their own (core.base.form_ranges says why)
         st.error("These settings cannot start a run:\n" + "\n".join(f"- {p}" for p in out_of_range(values)))
         return True
     if processes > 1 and values["device"] not in ("auto", "cuda"):

@@ -36,13 +36,13 @@ def make_flickr_dataset(root: Path, n: int = 12) -> Path:
 
 
 def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "efficientnet_lite0") -> Path:
-    """A randomly initialised model bundle (tiny decoder, real frozen backbone), saved with core.bundle."""
+    """A randomly initialised model bundle (tiny decoder, real frozen backbone), saved with core.nn.weights."""
     import torch
 
-    from core.bundle import save_bundle
-    from core.config import ModelConfig
-    from core.model import CaptionModel
-    from core.vocabulary import Vocabulary
+    from core.nn.weights import save_bundle
+    from core.base.config import ModelConfig
+    from core.nn.model import CaptionModel
+    from core.data.vocabulary import Vocabulary
 
     torch.manual_seed(0)
     vocab = Vocabulary.build([f"a {w} square" for w in COLORS], min_count=1)
@@ -53,7 +53,7 @@ def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "
                        card="A random test model.")
 
 
-# A stand-in for `python -m core.train`: same CLI, same progress events (names from core.runs), the job lock,
+# A stand-in for `python -m core.train`: same CLI, same progress events (names from core.runs.folder), the job lock,
 # STOP file and SIGTERM handling. Mode (--fake-mode): "loop" (steps until stopped; 3 steps when resumed, then
 # done), "ignore_stop", "error", "crash", "linger" (done with models/tiny-attention at once, then 8 s to exit).
 # Under torchrun (RANK set) rank 0 does all that; the other ranks report nothing and end with rank 0's last word,
@@ -63,8 +63,8 @@ FAKE_TRAINER = textwrap.dedent(
     import argparse, json, os, signal, sys, time
     from pathlib import Path
 
-    from core import runs
-    from core.jobs import hold_job_lock
+    from core.runs import folder as runs
+    from core.runs.jobs import hold_job_lock
 
     hold_job_lock()
     ap = argparse.ArgumentParser()
@@ -146,7 +146,7 @@ FAKE_TORCHRUN = textwrap.dedent(
 
 
 def fake_torchrun_command(folder: Path) -> tuple[str, ...]:
-    """What replaces core.jobs.TORCHRUN in tests: the stand-in above, with the flag torchrun gets first."""
+    """What replaces core.runs.jobs.TORCHRUN in tests: the stand-in above, with the flag torchrun gets first."""
     script = Path(folder) / "fake_torchrun.py"
     script.write_text(FAKE_TORCHRUN, encoding="utf-8")
     return (sys.executable, str(script), "--standalone")

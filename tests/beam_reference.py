@@ -1,14 +1,14 @@
 """The straightforward beam search (a Python loop over every row's n-grams and every image's candidates):
-core.decode's implementation before its no-repeat-n-gram rule became tensor work, kept as the oracle that
-tests/test_decode.py holds core.decode to (same hypotheses, same scores, same attention) on random tiny models,
+core.nn.decode's implementation before its no-repeat-n-gram rule became tensor work, kept as the oracle that
+tests/test_decode.py holds core.nn.decode to (same hypotheses, same scores, same attention) on random tiny models,
 so that a change made for speed cannot change a caption unnoticed. Not used by the app."""
 from __future__ import annotations
 
 import torch
 
-from core.config import DEFAULT_BEAM, DEFAULT_MAX_LEN, DEFAULT_NO_REPEAT_NGRAM
-from core.decode import Hypothesis, _next_logprobs
-from core.vocabulary import END, PAD, START
+from core.base.config import DEFAULT_BEAM, DEFAULT_MAX_LEN, DEFAULT_NO_REPEAT_NGRAM
+from core.nn.decode import Hypothesis, _next_logprobs
+from core.data.vocabulary import END, PAD, START
 
 
 def _banned_ngram_words(history: list[int], n: int) -> list[int]:

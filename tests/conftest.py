@@ -33,7 +33,7 @@ def make_phone_photo(path: Path, orientation: int = 1) -> Path:
     """A 40 x 20 photo, red left half and blue right half, saved in the format its suffix names (.heic/.heif
     through pillow-heif, .avif through Pillow, .jpg...) with this EXIF orientation (6: shown turned 90 degrees
     clockwise, as a phone held upright saves it): decoded upright it is 20 x 40, red on top."""
-    import core.data  # noqa: F401 (registers pillow-heif's HEIF plugin, which saves HEIC too)
+    import core.data.images  # noqa: F401 (registers pillow-heif's HEIF plugin, which saves HEIC too)
 
     img = Image.new("RGB", (40, 20), (220, 20, 20))
     img.paste((20, 20, 220), (20, 0, 40, 20))
@@ -83,7 +83,7 @@ def tiny_flickr(tmp_path) -> Path:
 
 
 def tiny_train_config(data: Path, tmp: Path, **overrides):
-    from core.config import TrainConfig
+    from core.base.config import TrainConfig
 
     base = dict(data=str(data), decoder="show_tell", embed_dim=32, hidden_dim=64, attention_dim=32, dropout=0.0,
                 min_word_count=1, epochs=60, batch_size=8, lr=1e-2, warmup_steps=20, val_images=50,
@@ -96,7 +96,7 @@ def tiny_train_config(data: Path, tmp: Path, **overrides):
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A Show-and-Tell model trained until it captions the tiny dataset's images correctly (about 20 s on 2 cores)."""
-    from core.train import run
+    from core.train.trainer import run
 
     tmp = tmp_path_factory.mktemp("tiny_bundle")
     data = make_flickr(tmp / "flickr")
@@ -105,7 +105,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_attention_bundle(tmp_path_factory) -> Path:
-    from core.train import run
+    from core.train.trainer import run
 
     tmp = tmp_path_factory.mktemp("tiny_attention")
     data = make_flickr(tmp / "flickr")

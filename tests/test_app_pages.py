@@ -16,9 +16,9 @@ from streamlit.testing.v1 import AppTest
 
 from app_fixtures import (fake_torchrun_command, fake_trainer_command, jpeg_bytes, make_flickr_dataset,
                           make_tiny_bundle)
-from core.bundle import get_active
-from core import jobs
-from core.runs import read_progress, run_info, summarize
+from core.bundle.store import get_active
+from core.runs import jobs
+from core.runs.folder import read_progress, run_info, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 HOME, CAPTION, TRAIN = "app.py", "pages/1_Caption.py", "pages/2_Train.py"
@@ -217,7 +217,7 @@ def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatc
     assert any(b.label == "Start training" for b in at.button)  # the form is back
     next(b for b in at.button if b.label == "Resume").click().run()
     # the resumed stand-in trains 3 steps and ends: on a loaded machine it may be done before this line
-    from core.runs import Job
+    from core.runs.folder import Job
 
     again = jobs.current_job(runs) or Job.load(job.run_dir)
     assert again is not None and again.resumed
@@ -270,7 +270,7 @@ def test_train_page_runs_on_all_gpus_through_torchrun(models, runs, tmp_path, mo
     at.run()
     assert not at.exception and run_info(job.run_dir).status == "stopped"
     next(b for b in at.button if b.label == "Resume").click().run()
-    from core.runs import Job
+    from core.runs.folder import Job
 
     again = jobs.current_job(runs) or Job.load(job.run_dir)
     assert again.resumed and jobs.processes_of(again.command) == 2  # resumed on as many GPUs
@@ -366,7 +366,7 @@ def test_a_folder_is_reviewed_before_its_photos_are_written(models, tmp_path, ca
     """Sidecars and the photos' metadata: captions into the review table first (nothing in the folder changes),
     an edit, then "Write N captions" writes the edited text into the sidecar and the photo; a new page (a reload,
     with the URL's session) finds the table, its edit and the form again."""
-    from core import imagemeta
+    from core.caption import imagemeta
 
     folder = make_library(tmp_path / "photos")
     before = {p: p.read_bytes() for p in folder.rglob("*")if p.is_file()}
@@ -436,10 +436,10 @@ def open_folder(folder: Path, *outputs: str) -> AppTest:
 
 def test_a_folder_the_app_may_not_write_into_is_said_in_words(models, tmp_path, monkeypatch):
     """Regression (issue 21): LibraryConfig's refusal (a system folder) came out of the folder form as a traceback."""
-    import core.library
+    import core.caption.library
 
     folder = make_library(tmp_path / "photos")
-    monkeypatch.setattr(core.library, "system_folder", lambda path: "/usr")  # as if the photos lay under /usr
+    monkeypatch.setattr(core.caption.library, "system_folder", lambda path: "/usr")  # as if the photos lay under /usr
     at = open_folder(folder, "lib-sidecar")
     assert not at.exception
     assert any("is a system folder (/usr): no captions are written there" in e.value for e in at.error)
@@ -447,7 +447,7 @@ def test_a_folder_the_app_may_not_write_into_is_said_in_words(models, tmp_path, 
 
 
 def test_a_captions_csv_of_another_program_is_refused_in_words(models, tmp_path):
-    """Regression (issue 21): core.library's LibraryError (a captions.csv this program did not write) came out of
+    """Regression (issue 21): core.caption.library's LibraryError (a captions.csv this program did not write) came out of
     Caption the folder, and of Write after a review, as a traceback; the page now says why, and the file is kept."""
     folder = make_library(tmp_path / "photos")
     theirs = "name,text\np0.jpg,my own words\n"
@@ -469,11 +469,11 @@ def test_a_captions_csv_of_another_program_is_refused_in_words(models, tmp_path)
 
 
 def test_a_full_disk_while_captioning_a_folder_is_said_in_words(models, tmp_path, monkeypatch):
-    """Regression (issue 21): core.files.DiskFullError out of caption_library was drawn as a traceback."""
+    """Regression (issue 21): core.base.files.DiskFullError out of caption_library was drawn as a traceback."""
     import errno
 
     import ui.library_view as library_view
-    from core.files import DiskFullError
+    from core.base.files import DiskFullError
 
     def full(*args, **kwargs):
         raise DiskFullError(errno.ENOSPC, "the disk is full while writing captions.csv; free some space and run "
@@ -497,7 +497,7 @@ def kill_the_worker_after_the_first_batch(monkeypatch):
     import os
     import signal
 
-    from core.worker_client import RemoteCaptioner
+    from core.caption.client import RemoteCaptioner
 
     real = RemoteCaptioner.iter_captions
 
@@ -650,8 +650,8 @@ def test_use_this_model_applies_to_the_run_that_just_finished(models, runs, tmp_
 
 
 def test_an_ensemble_is_named_on_home_and_captions_the_samples(tmp_path, monkeypatch):
-    from core.bundle import set_active
-    from core.ensemble import combine_bundles
+    from core.bundle.store import set_active
+    from core.bundle.join import combine_bundles
 
     members = [make_tiny_bundle(tmp_path / "parts" / f"m{i}") for i in range(2)]
     combine_bundles(members, tmp_path / "models" / "x2")
@@ -729,7 +729,7 @@ def _bundle_with(folder: Path, metrics: dict) -> Path:
 
 def test_use_this_model_shows_both_models_figures_and_asks_when_worse(tmp_path, monkeypatch, runs):
     """Regression (issue 21): one click made a model with broken captions the active one, no figures shown."""
-    from core.bundle import set_active
+    from core.bundle.store import set_active
 
     models = tmp_path / "models"
     _bundle_with(models / "good", {"val_greedy": {"BLEU-4": 17.7, "CIDEr": 44.7, "distinct_captions": 759}})

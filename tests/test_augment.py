@@ -1,11 +1,11 @@
-"""core.augment: mirrored and cropped views of the training photos, and captions that follow the mirror."""
+"""core.train.augment: mirrored and cropped views of the training photos, and captions that follow the mirror."""
 import csv
 
 import numpy as np
 import torch
 
 from conftest import make_image, tiny_train_config
-from core.augment import apply_view, crop_box, epoch_views, is_flipped, swap_table
+from core.train.augment import apply_view, crop_box, epoch_views, is_flipped, swap_table
 
 
 def test_a_mirrored_view_swaps_left_and_right_and_nothing_else():
@@ -36,7 +36,7 @@ def test_views_are_the_photo_its_mirror_and_fixed_crops():
 
 def test_training_on_views_mirrors_the_captions_of_mirrored_photos(tmp_path, monkeypatch):
     """Each photo's caption says "left" or "right"; in each epoch exactly the photos seen mirrored get the other."""
-    import core.train as train
+    import core.train.trainer as train
 
     root = tmp_path / "flickr"
     names = []

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.backbones import BackboneUnavailable, build_backbone, get_spec
-from core.data import preprocess
+from core.nn.backbones import BackboneUnavailable, build_backbone, get_spec
+from core.nn.batches import preprocess
 
 
 def test_offline_efficientnet_lite0_weights_classify_a_real_photo():

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from app_fixtures import jpeg_bytes, make_flickr_dataset, make_tiny_bundle
-from core.runs import read_progress
+from core.runs.folder import read_progress
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core import imagemeta
+from core.caption import imagemeta
 from test_browser import (browser, grid_row_text, page, pytestmark, server, shot,  # noqa: F401
                           wait_idle)
 

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from core.bundle import (BundleError, get_active, list_bundles, load_bundle, new_bundle_dir, save_bundle, set_active)
-from core.vocabulary import Vocabulary
+from core.bundle.store import BundleError, get_active, list_bundles, new_bundle_dir, set_active
+from core.nn.weights import load_bundle, save_bundle
+from core.data.vocabulary import Vocabulary
 from test_model import tiny_model
 
 
@@ -88,7 +89,7 @@ def test_listing_works_without_torch(tmp_path):
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 from pathlib import Path
-from core.bundle import BundleInfo, get_active, headline_metrics, list_bundles, set_active
+from core.bundle.store import BundleInfo, get_active, headline_metrics, list_bundles, set_active
 root = Path({str(tmp_path)!r})
 found = list_bundles(root)
 assert [(b.name, b.usable) for b in found] == [("default", True), ("broken", False), ("mine", True)], found
@@ -115,9 +116,9 @@ def test_the_shape_check_builds_on_meta_without_importing_dynamo(tmp_path):
     code = f"""
 import sys
 from pathlib import Path
-from core.bundle import _check_shapes, read_config, weight_shapes
+from core.bundle.store import check_shapes, read_config, weight_shapes
 folder = Path({str(tmp_path / "b")!r})
-_check_shapes(folder, read_config(folder), weight_shapes(folder))
+check_shapes(folder, read_config(folder), weight_shapes(folder))
 assert "torch._dynamo" not in sys.modules
 print("ok")
 """
@@ -127,8 +128,8 @@ print("ok")
 
 
 def test_backbone_names_match_the_registry():
-    from core.backbones import BACKBONES
-    from core.config import BACKBONE_NAMES
+    from core.nn.backbones import BACKBONES
+    from core.base.config import BACKBONE_NAMES
 
     assert tuple(BACKBONES) == BACKBONE_NAMES
 
@@ -248,7 +249,7 @@ def test_a_file_that_is_neither_safetensors_nor_a_pickle_is_refused_in_plain_wor
 LIST_IN_A_CHILD = """
 import json, sys
 from pathlib import Path
-from core.bundle import get_active, list_bundles
+from core.bundle.store import get_active, list_bundles
 found = list_bundles(Path(sys.argv[1]))
 print(json.dumps({"bundles": {b.name: [b.usable, b.problem, b.card] for b in found},
                   "active": get_active(Path(sys.argv[1])).name}))
@@ -303,7 +304,7 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickl
 
     from safetensors.torch import save
 
-    from core.bundle import _check_not_pickle
+    from core.bundle.store import _check_not_pickle
 
     for pad in range(300):
         data = save({"w": torch.zeros(2)}, metadata={"pad": "x" * pad})

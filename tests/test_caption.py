@@ -6,7 +6,9 @@ import sys
 import pytest
 
 from conftest import ROOT, make_image
-from core.caption import Captioner, CaptionResult, csv_bytes
+from core.nn.captioner import Captioner
+from core.caption.result import CaptionResult
+from core.caption.library import csv_bytes
 
 
 def test_overfit_model_captions_its_images(tiny_bundle, tmp_path):
@@ -133,7 +135,7 @@ def _cli(args, env_models=None, **kw):
 def test_command_line_uses_the_model_made_active_in_the_app(tiny_bundle, tmp_path):
     import shutil
 
-    from core.bundle import set_active
+    from core.bundle.store import set_active
 
     models = tmp_path / "models"
     shutil.copytree(tiny_bundle, models / "my-model")
@@ -172,7 +174,7 @@ def test_command_line_progress_is_a_line_per_photo_without_a_terminal(tiny_bundl
 def test_plain_lines_also_say_how_many_photos_are_read():
     import io
 
-    from core.progress import PhotoProgress
+    from core.caption.progress import PhotoProgress
 
     out = io.StringIO()  # not a terminal
     lines = PhotoProgress(2, stream=out, read_every_s=0)
@@ -188,7 +190,7 @@ def test_plain_lines_also_say_how_many_photos_are_read():
 def test_progress_bar_on_a_terminal_moves_per_photo():
     import io
 
-    from core.progress import PhotoProgress
+    from core.caption.progress import PhotoProgress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -213,8 +215,8 @@ def test_tag_threshold_and_the_tags_outputs(tiny_bundle, tmp_path, monkeypatch):
 
     import torch
 
-    from core import caption as caption_module
-    from core.library import LibraryConfig, caption_library
+    from core.caption import cli as caption_module
+    from core.caption.library import LibraryConfig, caption_library
 
     cap = Captioner(tiny_bundle, device="cpu")
     cap.can_tag = True  # the tiny model's backbone has no ImageNet head: give it one that sees a cat and a bed
@@ -250,7 +252,7 @@ def test_tag_threshold_and_the_tags_outputs(tiny_bundle, tmp_path, monkeypatch):
 
 
 def test_tags_options_are_checked():
-    from core.library import LibraryConfig
+    from core.caption.library import LibraryConfig
 
     with pytest.raises(ValueError, match="overwrite images"):
         LibraryConfig("x", tags_ext=".jpg")
@@ -262,7 +264,7 @@ def test_tags_options_are_checked():
 
 
 def test_two_photos_sharing_a_name_get_a_tags_file_each(tiny_bundle, tmp_path):
-    from core.library import LibraryConfig, caption_library
+    from core.caption.library import LibraryConfig, caption_library
 
     folder = tmp_path / "photos"
     make_image(folder / "a.jpg", "red", "square")
@@ -280,8 +282,8 @@ def test_a_transformer_trained_by_image_groups_saves_in_fp16_loads_and_captions(
     import json
 
     from conftest import make_flickr, tiny_train_config
-    from core.bundle import load_bundle, save_bundle
-    from core.train import run
+    from core.nn.weights import load_bundle, save_bundle
+    from core.train.trainer import run
 
     data = make_flickr(tmp_path / "flickr")
     cfg = tiny_train_config(data, tmp_path, decoder="transformer", hidden_dim=64, num_layers=2, num_heads=4,

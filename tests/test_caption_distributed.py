@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from app_fixtures import COLORS, jpeg_bytes, make_tiny_bundle
-from core import imagemeta
-from core.library import PART, LibraryConfig, Library, csv_line
+from core.caption import imagemeta
+from core.caption.library import PART, LibraryConfig, Library, csv_line
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -149,8 +149,8 @@ def test_parts_are_merged_in_input_order_also_for_names_like_formulas(tmp_path):
 
 
 def test_a_run_without_torchrun_takes_over_what_a_killed_torchrun_run_left(bundle, tmp_path):
-    from core.caption import Captioner
-    from core.library import caption_library
+    from core.nn.captioner import Captioner
+    from core.caption.library import caption_library
 
     root, out = tmp_path / "lib", tmp_path / "out.csv"
     names = make_library(root, 4)

@@ -1,4 +1,4 @@
-"""core/caption_store.py: a session's tables on disk: rows added chunk by chunk, edits, pictures, a torn line."""
+"""core/caption/store.py: a session's tables on disk: rows added chunk by chunk, edits, pictures, a torn line."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from core import caption_store
-from core.caption_store import Table, read_review_csv
-from core.library import LibraryConfig, Progress, caption_library
-from core.result import CaptionResult
+from core.caption import store as caption_store
+from core.caption.store import Table, read_review_csv
+from core.caption.library import LibraryConfig, Progress, caption_library
+from core.caption.result import CaptionResult
 
 
 def test_rows_edits_and_pictures_come_back(tmp_path):

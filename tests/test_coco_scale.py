@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, make_image, tiny_train_config
-from core import diskspace, runs
-from core.data import inspect_dataset, load_split
+from core.train import diskspace
+from core.runs import folder as runs
+from core.data.datasets import inspect_dataset, load_split
 
 sys.path.insert(0, str(ROOT / "bench"))
 import coco_scale  # noqa: E402
@@ -82,7 +83,7 @@ def _half_unzipped(root: Path) -> Path:
 
 
 def test_dry_run_shows_missing_images_and_overlap(tmp_path, capsys):
-    from core.train import main
+    from core.train.trainer import main
 
     data = _half_unzipped(tmp_path / "coco")
     assert main(["--dry-run", "--data", str(data)]) == 1
@@ -95,7 +96,7 @@ def test_dry_run_shows_missing_images_and_overlap(tmp_path, capsys):
 
 
 def test_the_run_refuses_a_partly_unzipped_coco_unless_allowed(tmp_path):
-    from core.train import _load_data
+    from core.train.trainer import _load_data
 
     data = _half_unzipped(tmp_path / "coco")
     log = []
@@ -110,7 +111,7 @@ def test_the_run_refuses_a_partly_unzipped_coco_unless_allowed(tmp_path):
 
 
 def test_allow_missing_is_a_flag_and_a_config_field():
-    from core.config import TrainConfig, flag_fields
+    from core.base.config import TrainConfig, flag_fields
 
     assert ("allow_missing", False, "train") in flag_fields()
     assert TrainConfig.from_dict({"allow_missing": True}).allow_missing is True
@@ -130,8 +131,8 @@ def test_the_trainer_stops_before_encoding_when_the_cache_will_not_fit(tmp_path,
     """Show-and-Tell's cache holds pooled rows (1 x 1280 fp16 = 2,560 bytes for Lite0); cached rows need no space."""
     import numpy as np
 
-    from core.features import FeatureCache, file_identity
-    from core.train import _features
+    from core.nn.features import FeatureCache, file_identity
+    from core.train.trainer import _features
 
     paths = [make_image(tmp_path / "img" / f"{k}.png", "red", "square", seed=k) for k in range(5)]
     cfg = tiny_train_config(tmp_path, tmp_path, backbone="efficientnet_lite0").resolved()

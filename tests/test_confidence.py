@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.confidence import Calibration, _fit_logistic, fit_calibration, human_cider, per_image_cider
+from core.caption.confidence import Calibration, _fit_logistic, fit_calibration, human_cider, per_image_cider
 
 
 def test_logistic_fit_recovers_known_parameters():

@@ -1,8 +1,8 @@
-"""core/config.py: one TrainConfig with the ModelConfig inside, validated without torch."""
+"""core/base/config.py: one TrainConfig with the ModelConfig inside, validated without torch."""
 import pytest
 
-from core.config import ConfigError, ModelConfig, TrainConfig, flag_fields, name_problem, slug
-from core.paths import models_dir
+from core.base.config import ConfigError, ModelConfig, TrainConfig, flag_fields, name_problem, slug
+from core.base.paths import models_dir
 
 
 def test_model_options_are_declared_once_and_all_settable_from_training():
@@ -36,7 +36,7 @@ def test_one_name_rule():
 
 
 def test_the_advanced_options_of_the_train_page_are_fields_and_checked():
-    from core.config import ADVANCED_OPTIONS
+    from core.base.config import ADVANCED_OPTIONS
 
     names = {n for n, _, _ in flag_fields()}
     assert all(name in names for name, _, _, _ in ADVANCED_OPTIONS)

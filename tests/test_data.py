@@ -6,8 +6,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_coco, make_flickr, make_image, make_phone_photo
-from core import data
-from core.data import ImageError, collect_images, inspect_dataset, load_image, load_split, preprocess
+from core.data import datasets, images
+from core.data.images import ImageError, collect_images, load_image
+from core.data.datasets import inspect_dataset, load_split
+from core.nn.batches import iter_image_batches, preprocess
 
 
 def _jpeg_bytes(arr, **kw):
@@ -41,7 +43,7 @@ def test_joined_splits_train_on_every_captioned_photo(tmp_path):
     (coco / "images" / "val2017" / "000000000001.jpg").unlink()
     items, missing = load_split(coco, "train+val")
     assert missing == 1 and len(items) == len(load_split(coco, "train")[0]) + 3
-    assert data.split_label(coco, "train+val") == "train2017+val2017"
+    assert datasets.split_label(coco, "train+val") == "train2017+val2017"
 
 
 def test_coco_layout_through_pycocotools_and_missing_images_are_counted(tmp_path):
@@ -110,19 +112,19 @@ def test_truncated_jpeg_is_an_error():
 
 
 def test_the_pixel_limit_is_the_one_enforced(monkeypatch):
-    monkeypatch.setattr(data, "MAX_PIXELS", 400)
+    monkeypatch.setattr(images, "MAX_PIXELS", 400)
     assert load_image(_jpeg_bytes(np.zeros((20, 20, 3), np.uint8))).size == (20, 20)  # at the limit: fine
     with pytest.raises(ImageError, match=r"20 x 21 pixels \(0 megapixels\); the limit is 0 megapixels"):
         load_image(_jpeg_bytes(np.zeros((21, 20, 3), np.uint8)))
 
 
 def test_a_48_megapixel_photo_passes_and_decodes_at_reduced_size():
-    assert data.MAX_PIXELS >= 48_000_000
+    assert images.MAX_PIXELS >= 48_000_000
     photo = _jpeg_bytes(np.full((3000, 4000, 3), 90, np.uint8))  # 12 MP here; the scale is what matters
-    assert data.probe_image(photo) == ("JPEG", 1000, 750)  # 1/4 scale: the smallest still >= DRAFT_SIDE
+    assert images.probe_image(photo) == ("JPEG", 1000, 750)  # 1/4 scale: the smallest still >= DRAFT_SIDE
     assert load_image(photo, draft_to=512).size == (1000, 750)
     assert load_image(photo).size == (4000, 3000)  # asked for nothing: full size
-    _, x, _ = next(data.iter_image_batches([photo], 32, (0.5,) * 3, (0.5,) * 3, batch_size=1))
+    _, x, _ = next(iter_image_batches([photo], 32, (0.5,) * 3, (0.5,) * 3, batch_size=1))
     assert x.shape == (1, 3, 32, 32)
 
 
@@ -145,13 +147,13 @@ def test_only_the_accepted_formats_are_decoded(monkeypatch):
     with pytest.raises(ImageError, match="not one of the formats read here"):
         load_image(eps)  # e.g. named photo.jpg
     assert not tried  # Ghostscript's plugin was never asked
-    assert data.PIL_FORMATS == ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "HEIF", "AVIF")
+    assert images.PIL_FORMATS == ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "HEIF", "AVIF")
 
 
 def test_a_refused_input_is_an_error_row():
     with pytest.raises(ImageError, match="encrypted"):
-        load_image(data.Refused("encrypted"))
-    _, x, errors = next(data.iter_image_batches([data.Refused("too big")], 32, (0.5,) * 3, (0.5,) * 3, batch_size=1))
+        load_image(images.Refused("encrypted"))
+    _, x, errors = next(iter_image_batches([images.Refused("too big")], 32, (0.5,) * 3, (0.5,) * 3, batch_size=1))
     assert errors == {0: "too big"} and x.shape == (0, 3, 32, 32)
 
 
@@ -171,7 +173,7 @@ def test_collect_images_recurses_and_keeps_named_files(tmp_path):
 
 def test_iter_image_batches_reports_bad_items_alone(tmp_path):
     good = make_image(tmp_path / "g.png", "red", "square")
-    batches = list(data.iter_image_batches([good, b"", good], 32, (0.5,) * 3, (0.5,) * 3, batch_size=2))
+    batches = list(iter_image_batches([good, b"", good], 32, (0.5,) * 3, (0.5,) * 3, batch_size=2))
     (idx1, x1, err1), (idx2, x2, err2) = batches
     assert idx1 == [0] and list(err1) == [1] and x1.shape == (1, 3, 32, 32)
     assert idx2 == [2] and not err2
@@ -216,10 +218,10 @@ def test_up_to_one_percent_missing_is_a_note_not_a_problem(tmp_path):
 
 
 def test_missing_report_threshold():
-    assert data.missing_report("x", 100, 0) == ([], [])
-    assert data.missing_report("x", 99, 1)[0] == []  # exactly 1%
-    assert data.missing_report("x", 98, 2)[0] != []
-    assert data.missing_report("x", 98, 2, allow_missing=True)[0] == []
+    assert datasets.missing_report("x", 100, 0) == ([], [])
+    assert datasets.missing_report("x", 99, 1)[0] == []  # exactly 1%
+    assert datasets.missing_report("x", 98, 2)[0] != []
+    assert datasets.missing_report("x", 98, 2, allow_missing=True)[0] == []
 
 
 def test_train_and_val_sharing_images_is_reported(tmp_path):
@@ -239,7 +241,7 @@ def test_train_and_val_sharing_images_is_reported(tmp_path):
     assert info.notes[0].startswith("2 of the 6 val2017 images are also in train2017 (e.g. 000000000002.jpg)")
     train, _ = load_split(root, "train")
     val, _ = load_split(root, "val")
-    assert [p.name for p in data.shared_images(train, val)] == ["000000000002.jpg", "000000000003.jpg"]
+    assert [p.name for p in datasets.shared_images(train, val)] == ["000000000002.jpg", "000000000003.jpg"]
 
 
 # ----------------------------------------------------------------------------------- iPhone photos: HEIC, AVIF
@@ -263,7 +265,7 @@ def test_heic_and_avif_decode_turned_as_their_exif_says(tmp_path, suffix, orient
         assert np.abs(np.asarray(img, int) - np.asarray(reference, int)).mean() < 8  # lossy codecs, same picture
     if orientation == 6:
         assert _upright(load_image(path)) and _upright(reference)
-    assert data.probe_image(path)[0] == ("AVIF" if suffix == ".avif" else "HEIF")
+    assert images.probe_image(path)[0] == ("AVIF" if suffix == ".avif" else "HEIF")
 
 
 def test_a_damaged_heic_is_an_error_not_a_crash(tmp_path):
@@ -273,7 +275,7 @@ def test_a_damaged_heic_is_an_error_not_a_crash(tmp_path):
 
 
 def test_folders_and_datasets_find_heic_and_avif(tmp_path):
-    from core.library import find_images
+    from core.caption.library import find_images
 
     folder = tmp_path / "phone"
     names = ["IMG_1.HEIC", "IMG_2.heif", "IMG_3.avif", "IMG_4.jpg"]
@@ -292,12 +294,12 @@ def test_folders_and_datasets_find_heic_and_avif(tmp_path):
     (root / "Flickr_8k.trainImages.txt").write_text("\n".join(names) + "\n")
     items, missing = load_split(root, "train")
     assert missing == 0 and [it.path.name for it in items] == sorted(names)
-    idx, x, errors = next(data.iter_image_batches([it.path for it in items], 32, (0.5,) * 3, (0.5,) * 3, 8))
+    idx, x, errors = next(iter_image_batches([it.path for it in items], 32, (0.5,) * 3, (0.5,) * 3, 8))
     assert idx == [0, 1, 2, 3] and not errors and x.shape == (4, 3, 32, 32)
 
 
 def test_files_not_read_say_what_they_are():
-    assert data.not_read_reason("IMG_1.HEIC") is None and data.not_read_reason("x.avif") is None
-    assert "video" in data.not_read_reason("IMG_1.MOV") and "RAW" in data.not_read_reason("DSC_1.NEF")
-    assert data.not_read_reason("notes.txt").startswith("not an image file (.txt)")
-    assert "HEIC" in data.not_read_reason("README") and "no extension" in data.not_read_reason("README")
+    assert images.not_read_reason("IMG_1.HEIC") is None and images.not_read_reason("x.avif") is None
+    assert "video" in images.not_read_reason("IMG_1.MOV") and "RAW" in images.not_read_reason("DSC_1.NEF")
+    assert images.not_read_reason("notes.txt").startswith("not an image file (.txt)")
+    assert "HEIC" in images.not_read_reason("README") and "no extension" in images.not_read_reason("README")

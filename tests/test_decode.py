@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from beam_reference import reference_beam_search
-from core.decode import _ban_repeated_ngrams, beam_search, greedy_decode, sample_captions
-from core.vocabulary import END, PAD
+from core.nn.decode import _ban_repeated_ngrams, beam_search, greedy_decode, sample_captions
+from core.data.vocabulary import END, PAD
 from test_model import tiny_model
 
 
@@ -168,7 +168,7 @@ def test_images_finishing_early_or_with_other_constraints_do_not_change_the_othe
 
 
 def test_bf16_decoding_keeps_fp32_logits_and_attention():
-    """core.caption decodes attention models under CPU bf16 autocast; the output layer stays fp32 (bf16 logits
+    """core.nn.captioner decodes attention models under CPU bf16 autocast; the output layer stays fp32 (bf16 logits
     reorder close beams) and the attention maps come back as fp32 (numpy has no bf16)."""
     m = tiny_model("attention", vocab_size=12)
     torch.manual_seed(0)

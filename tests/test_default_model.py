@@ -4,8 +4,9 @@ import json
 import pytest
 
 from conftest import ROOT
-from core.bundle import DEFAULT_MODEL, load_bundle
-from core.caption import Captioner
+from core.bundle.store import DEFAULT_MODEL
+from core.nn.weights import load_bundle
+from core.nn.captioner import Captioner
 
 SAMPLES = ROOT / "assets" / "samples"
 

@@ -1,4 +1,4 @@
-"""core.device: the NVIDIA GPU that nvidia-smi lists, the PyTorch build that fits it, and the report of why a GPU
+"""core.device (build, report) and core.nn.precision: the NVIDIA GPU that nvidia-smi lists, the PyTorch build that fits it, and the report of why a GPU
 goes unused. No GPU is needed: a fake `nvidia-smi` goes first on PATH, and the torch build is faked (attributes
 patched in this process, or a stub `torch` package for a subprocess)."""
 from __future__ import annotations
@@ -14,7 +14,9 @@ from types import SimpleNamespace
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import device
+from core.device import build as device
+from core.device.report import device_report, device_report_subprocess
+from core.nn.precision import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 PINS = device.pinned_versions()
@@ -180,7 +182,7 @@ def fake_torch(monkeypatch, version="2.14.1+cpu", cuda=None, available=False, in
 def test_report_cpu_only_build_with_an_nvidia_gpu(gpu_path, monkeypatch):
     gpu_path(cuda="12.8")
     fake_torch(monkeypatch, version=f"{PINS['torch']}+cpu", cuda=None)
-    report = device.device_report()
+    report = device_report()
     assert report.device == "cpu" and report.nvidia.startswith("NVIDIA GeForce RTX 4070 (12.0 GB)")
     assert "CPU-only build" in report.problem and report.torch == f"{PINS['torch']}+cpu (CPU-only build)"
     assert report.command == device.shell_command([
@@ -194,44 +196,44 @@ def test_report_cpu_only_build_with_an_nvidia_gpu(gpu_path, monkeypatch):
 def test_report_driver_too_old_for_the_cuda_build(gpu_path, monkeypatch):
     gpu_path(cuda="12.8", driver="572.16")
     fake_torch(monkeypatch, version="2.14.1+cu130", cuda="13.0")
-    report = device.device_report()
+    report = device_report()
     assert report.device == "cpu"
     assert "runs CUDA up to 12.8" in report.problem and "needs CUDA 13.0: the driver is too old" in report.problem
     assert device.DRIVER_URL in report.fix and "+cu128" in report.command
     gpu_path(cuda="12.2")  # too old for every build of the release: only a driver update helps
-    report = device.device_report()
+    report = device_report()
     assert "driver is too old" in report.problem and report.command is None and device.DRIVER_URL in report.fix
 
 
 def test_report_cuda_build_that_cannot_start(gpu_path, monkeypatch):
     gpu_path(cuda="13.0")
     fake_torch(monkeypatch, version="2.14.1+cu130", cuda="13.0", init_error="CUDA driver initialization failed")
-    report = device.device_report()
+    report = device_report()
     assert "cannot use the GPU (CUDA driver initialization failed)" in report.problem and device.DRIVER_URL in report.fix
 
 
 def test_report_a_working_gpu(gpu_path, monkeypatch):
     gpu_path(cuda="13.0")
     fake_torch(monkeypatch, version="2.14.1+cu130", cuda="13.0", available=True)
-    report = device.device_report()
+    report = device_report()
     assert (report.device, report.name, report.problem) == ("cuda", "NVIDIA GeForce RTX 4070, 12.0 GB", None)
     assert report.label() == "CUDA (NVIDIA GeForce RTX 4070, 12.0 GB)"
     monkeypatch.setenv(device.FORCE_CPU_ENV, "1")
-    report = device.device_report()
+    report = device_report()
     assert report.device == "cpu" and "CAPTION_FORCE_CPU=1" in report.name and report.problem is None
-    assert device.pick_device("auto").type == "cpu"
+    assert pick_device("auto").type == "cpu"
 
 
 def test_report_without_a_gpu_has_no_problem(no_gpu_path, monkeypatch):
     fake_torch(monkeypatch, version="2.14.1+cpu", cuda=None)
-    report = device.device_report()
+    report = device_report()
     assert (report.device, report.nvidia, report.problem, report.command) == ("cpu", None, None, None)
     assert report.label() == f"CPU ({os.cpu_count()} cores)"
 
 
 def test_report_without_torch(no_gpu_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-    report = device.device_report()
+    report = device_report()
     assert report.device == "?" and "not installed" in report.problem and "launcher" in report.fix
 
 
@@ -265,7 +267,7 @@ def stub_torch(tmp_path):
 
 
 def test_module_import_does_not_load_torch():
-    code = "import sys, core.device; print('torch' in sys.modules)"
+    code = "import sys, core.device.report, core.device.build; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -283,7 +285,7 @@ def test_cli_prints_the_report(gpu_path, stub_torch, monkeypatch):
     assert f"--index-url https://download.pytorch.org/whl/cu128" in out.stdout
 
     monkeypatch.setenv("PYTHONPATH", str(stub_torch))
-    report = device.device_report_subprocess()  # what the pages read
+    report = device_report_subprocess()  # what the pages read
     assert report.device == "cpu" and "CPU-only build" in report.problem and "+cu128" in report.command
 
 
@@ -292,7 +294,7 @@ def test_subprocess_failure_is_a_plain_report(monkeypatch, tmp_path):
     (broken / "torch").mkdir(parents=True)
     (broken / "torch" / "__init__.py").write_text("raise SystemExit('torch is broken here')\n")
     monkeypatch.setenv("PYTHONPATH", str(broken))
-    report = device.device_report_subprocess()
+    report = device_report_subprocess()
     assert report.device == "?" and report.problem == "Could not check the compute device: torch is broken here"
 
 

@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, make_flickr, tiny_train_config
-from core import runs
-from core.config import TrainConfig
-from core.runs import read_progress
-from core.train import FAIL_AT_ENV, run
+from core.runs import folder as runs
+from core.base.config import TrainConfig
+from core.runs.folder import read_progress
+from core.train.trainer import FAIL_AT_ENV, run
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with Gloo is needed")
@@ -199,7 +199,7 @@ def test_a_failing_rank_ends_the_run_with_its_error(setup):
 
 
 def test_shards_cover_every_item_once_and_fill_gives_every_rank_work():
-    from core.distributed import shard
+    from core.nn.distributed import shard
 
     for n in range(0, 9):
         items = list(range(100, 100 + n))

@@ -10,8 +10,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import make_image
-from core.data import inspect_dataset
-from core.download import COCO_PARTS, DownloadError, download, fetch_coco, safe_extract
+from core.data.datasets import inspect_dataset
+from core.data.download import COCO_PARTS, DownloadError, download, fetch_coco, safe_extract
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
@@ -172,7 +172,7 @@ def test_a_corrupt_archive_is_removed_and_downloaded_again(server, tmp_path):
 def test_coco_is_fetched_over_https_and_verified_by_size_and_md5_streamed(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from core.download import COCO_URL, file_digest
+    from core.data.download import COCO_URL, file_digest
 
     assert COCO_URL.startswith("https://")
     assert all(isinstance(size, int) and size > 0 and len(md5) == 32 for _, _, size, md5 in COCO_PARTS.values())

@@ -1,15 +1,17 @@
-"""Ensembles of decoders (core.ensemble): the search drives N decoders as one, and a bundle holds them safely."""
+"""Ensembles of decoders (core.nn.ensemble, core.bundle.join): the search drives N decoders as one, and a bundle holds them safely."""
 import json
 
 import pytest
 import torch
 
-from core.bundle import BundleError, load_bundle, save_bundle
-from core.config import ModelConfig
-from core.decode import beam_search, greedy_decode
-from core.ensemble import EnsembleDecoder, combine_bundles, main
-from core.model import CaptionModel
-from core.vocabulary import Vocabulary
+from core.bundle.store import BundleError
+from core.nn.weights import load_bundle, save_bundle
+from core.base.config import ModelConfig
+from core.nn.decode import beam_search, greedy_decode
+from core.nn.ensemble import EnsembleDecoder
+from core.bundle.join import combine_bundles, main
+from core.nn.model import CaptionModel
+from core.data.vocabulary import Vocabulary
 
 WORDS = ["a b c d e f g h"]
 
@@ -110,8 +112,8 @@ def test_a_hostile_ensemble_count_is_refused_before_building(tmp_path):
 
 
 def test_training_does_not_start_from_an_ensemble(tmp_path):
-    from core.config import TrainConfig
-    from core.train import with_init_architecture
+    from core.base.config import TrainConfig
+    from core.train.trainer import with_init_architecture
 
     members = [_bundle(tmp_path / f"m{i}", seed=i) for i in range(2)]
     combine_bundles(members, tmp_path / "ens")

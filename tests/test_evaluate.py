@@ -19,7 +19,7 @@ def test_evaluate_command_writes_metrics_into_the_bundle(tiny_bundle, tmp_path):
 
 
 def test_caption_diagnostics_count_invented_clothes_repeats_and_words():
-    from core.evaluate import caption_diagnostics, clothing_mentions, diagnostics_markdown
+    from core.evaluate.run import caption_diagnostics, clothing_mentions, diagnostics_markdown
 
     assert clothing_mentions("a boy in a blue shirt runs".split()) == [("blue", "shirt")]
     assert clothing_mentions("a man in red is climbing".split()) == [("red", None)]

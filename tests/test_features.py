@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from conftest import make_image
-from core.features import FeatureCache, encode_to_cache, file_identity
+from core.nn.features import FeatureCache, encode_to_cache, file_identity
 
 
 class CountingEncoder(torch.nn.Module):
@@ -89,7 +89,7 @@ from pathlib import Path
 sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
 import torch
 from test_features import CountingEncoder
-from core.features import FeatureCache, encode_to_cache
+from core.nn.features import FeatureCache, encode_to_cache
 paths = [Path(p) for p in sys.argv[2:]]
 cache = FeatureCache(Path({cache!r}), "efficientnet_lite0", "pooled", (7, 7))
 Path(sys.argv[1]).touch()  # opened: ready

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import imagemeta
-from core.imagemeta import MetadataError, read_alt_text, read_caption, write_caption
+from core.caption import imagemeta
+from core.caption.imagemeta import MetadataError, read_alt_text, read_caption, write_caption
 
 TEXT = "un café près de l'eau <b> & “quotes”"
 

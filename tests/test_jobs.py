@@ -1,4 +1,4 @@
-"""core/jobs.py with a fake trainer: a tiny script speaking core.train's CLI, events and job lock."""
+"""core/runs/jobs.py with a fake trainer: a tiny script speaking core.train.trainer's CLI, events and job lock."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,9 @@ import psutil
 import pytest
 
 from app_fixtures import fake_torchrun_command, fake_trainer_command
-from core import jobs, process, runs
+from core.runs import jobs
+from core.base import process
+from core.runs import folder as runs
 
 
 @pytest.fixture
@@ -213,7 +215,7 @@ def test_summarize_restarts_after_resume():
 def test_job_outlives_the_server_that_started_it(runs_root, fake):
     # A stand-in for the Streamlit server starts the job and exits (stopped or restarted); a new one re-attaches.
     repo = Path(jobs.__file__).resolve().parent.parent
-    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from core import jobs; "
+    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from core.runs import jobs; "
             f"jobs.start_job({{}}, {str(runs_root)!r}, command={fake!r})")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     job = jobs.current_job(runs_root)
@@ -239,7 +241,7 @@ def test_two_starts_at_once_give_one_job(runs_root, fake):
 
 def test_two_starting_processes_give_one_job(runs_root, fake):
     repo = Path(jobs.__file__).resolve().parent.parent
-    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from core import jobs\n"
+    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from core.runs import jobs\n"
             f"try:\n    jobs.start_job({{}}, {str(runs_root)!r}, command={fake!r}); print('started')\n"
             f"except jobs.JobError as e:\n    print('refused', e)")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -258,8 +260,8 @@ def test_two_starting_processes_give_one_job(runs_root, fake):
 def test_the_torchrun_command_line():
     assert jobs.train_command(1) == [sys.executable, "-m", "core.train"]
     four = jobs.train_command(4)
-    assert four == [sys.executable, "-m", "core.launch", "--standalone", "--nproc-per-node", "4",
-                    "-m", "core.train"]  # torchrun, its stores on loopback (core.launch)
+    assert four == [sys.executable, "-m", "core.runs.launch", "--standalone", "--nproc-per-node", "4",
+                    "-m", "core.train"]  # torchrun, its stores on loopback (core.runs.launch)
     assert [jobs.processes_of(c) for c in (four, jobs.train_command(1), ["torchrun", "--nproc-per-node=3"], None)] \
         == [4, 1, 3, 1]
     # a trainer given as a script (the tests' stand-in) runs under torchrun as that script
@@ -335,7 +337,7 @@ def test_real_torchrun_runs_the_job(runs_root, fake):
     job = jobs.start_job({}, runs_root, command=fake, processes=2)
     family = []
     try:
-        assert "core.launch" in job.command
+        assert "core.runs.launch" in job.command
         assert wait_until(lambda: runs.run_status(job.run_dir) == "running", timeout=120)
         family = workers(job)
         # torchrun's stores (and anything its ranks listen on) are on loopback only: nothing on the network
@@ -351,7 +353,7 @@ def test_real_torchrun_runs_the_job(runs_root, fake):
 
 
 def test_resume_refuses_a_run_folder_a_trainer_from_a_terminal_works_on(runs_root, fake):
-    """The run folder's own lock (core.runs.hold_run_lock, taken by every trainer) is held by a process this app did
+    """The run folder's own lock (core.runs.folder.hold_run_lock, taken by every trainer) is held by a process this app did
     not start: Resume says who has it instead of launching a trainer that would stop at once."""
     import os
 

@@ -87,7 +87,8 @@ def project(tmp_path):
     """A temporary app folder (with a space in its path) holding just what the launcher needs."""
     root = tmp_path / "my app"
     for relative in ("run_macos.command", "tools/env_check.py", ".streamlit/config.toml", "core/__init__.py",
-                     "core/device.py", "ui/__init__.py", "ui/serve.py", "ui/warm.py", "ui/hosts.py"):
+                     "core/base/__init__.py", "core/base/paths.py", "core/device/__init__.py",
+                     "core/device/build.py", "ui/__init__.py", "ui/serve.py", "ui/warm.py", "ui/hosts.py"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / relative, root / relative)
     (root / "app.py").write_text('import streamlit as st\n\nst.write("hello")\n')
@@ -236,7 +237,7 @@ def test_env_check_remembers_the_torch_build(tmp_path, monkeypatch):
     """The stamp's second line: which PyTorch build is installed, and a CUDA build that failed to install."""
     import platform
 
-    from core import device
+    from core.device import build as device
 
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.parent.mkdir()
@@ -294,8 +295,10 @@ def test_env_check_unexpected_errors_are_exit_2_not_up_to_date(tmp_path):
     (tmp_path / "tools").mkdir()
     (tmp_path / "core").mkdir()
     shutil.copy2(ENV_CHECK, tmp_path / "tools" / "env_check.py")
-    (tmp_path / "core" / "__init__.py").write_text("")
-    (tmp_path / "core" / "device.py").write_text("raise RuntimeError('a broken core/device.py')\n")
+    (tmp_path / "core" / "device").mkdir()
+    for init in ("core/__init__.py", "core/device/__init__.py"):
+        (tmp_path / init).write_text("")
+    (tmp_path / "core" / "device" / "build.py").write_text("raise RuntimeError('a broken core/device/build.py')\n")
     (tmp_path / ".venv").mkdir()
     (tmp_path / "requirements.txt").write_text("six\n")
     script = str(tmp_path / "tools" / "env_check.py")
@@ -304,7 +307,7 @@ def test_env_check_unexpected_errors_are_exit_2_not_up_to_date(tmp_path):
     for command in ("needs-install", "install-torch"):
         result = run(command)
         assert result.returncode == 2, command
-        assert "Error: RuntimeError: a broken core/device.py" in result.stderr
+        assert "Error: RuntimeError: a broken core/device/build.py" in result.stderr
 
 
 def test_env_check_python_version():
@@ -326,7 +329,7 @@ def test_env_check_runs_on_old_pythons_and_uses_only_the_standard_library():
         tree = ast.parse(source, feature_version=(3, 6))
     except ValueError:  # this Python cannot parse that old a grammar
         tree = ast.parse(source)
-    # Module level: the standard library only. core.device (standard library at import too) is loaded inside
+    # Module level: the standard library only. core.device.build (standard library and core.base.paths at import) is loaded inside
     # the functions that choose the PyTorch build, which run with the venv's Python only.
     top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     imported = {alias.name.split(".")[0] for node in top if isinstance(node, ast.Import) for alias in node.names}
@@ -335,12 +338,12 @@ def test_env_check_runs_on_old_pythons_and_uses_only_the_standard_library():
     nested = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) and node not in top
               for alias in node.names}
     nested |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node not in top}
-    assert nested <= {"core.device", "importlib"}
-    device_tree = ast.parse((ROOT / "core" / "device.py").read_text())
-    device_top = {alias.name.split(".")[0] for node in device_tree.body if isinstance(node, ast.Import)
-                  for alias in node.names}
-    device_top |= {node.module.split(".")[0] for node in device_tree.body if isinstance(node, ast.ImportFrom)}
-    assert device_top <= set(sys.stdlib_module_names) | {"__future__"}
+    assert nested <= {"core.device.build", "importlib"}
+    for module, allowed in (("core/device/build.py", {"core.base.paths"}), ("core/base/paths.py", set())):
+        tree = ast.parse((ROOT / module).read_text())
+        top = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        top |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+        assert {m for m in top if m.split(".")[0] not in sys.stdlib_module_names} <= {"__future__"} | allowed, module
 
     old = old_python()
     if old is None:
@@ -477,7 +480,7 @@ def test_bash_launcher_installs_the_cuda_build_for_an_nvidia_gpu(project, fake_s
 
 def test_linux_without_an_nvidia_driver_wants_the_cpu_build(monkeypatch):
     """PyPI's Linux torch wheel carries 4 GB of CUDA libraries: without an NVIDIA driver, PyTorch's CPU build."""
-    from core import device
+    from core.device import build as device
 
     for name in (device.FORCE_CPU_ENV, device.TORCH_CUDA_ENV, device.TORCH_INDEX_ENV):
         monkeypatch.delenv(name, raising=False)

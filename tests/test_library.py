@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, make_coco, make_image
-from core import imagemeta
-from core.caption import Captioner
-from core.library import LibraryConfig, caption_library, find_images
+from core.caption import imagemeta
+from core.nn.captioner import Captioner
+from core.caption.library import LibraryConfig, caption_library, find_images
 
 
 @pytest.fixture(scope="module")

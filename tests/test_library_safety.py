@@ -10,9 +10,10 @@ import os
 import pytest
 
 from conftest import make_image
-from core import imagemeta
-from core.caption import Captioner, main
-from core.library import LibraryConfig, LibraryError, caption_library
+from core.caption import imagemeta
+from core.nn.captioner import Captioner
+from core.caption.cli import main
+from core.caption.library import LibraryConfig, LibraryError, caption_library
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_a_read_only_photo_or_sidecar_gets_a_row_saying_so(captioner, tmp_path):
 
 
 def test_a_link_into_a_system_folder_is_not_written_through(captioner, tmp_path, monkeypatch):
-    from core import library
+    from core.caption import library
 
     system = tmp_path / "system"
     target = make_image(system / "icon.png", "red", "square")
@@ -261,7 +262,7 @@ def test_an_append_killed_before_its_journal_was_synced_still_resumes(captioner,
 
 @pytest.mark.parametrize("where", ["fsync", "journal write"])
 def test_a_full_disk_is_said_plainly(tiny_bundle, tmp_path, monkeypatch, capsys, where):
-    from core import library
+    from core.caption import library
 
     root = tmp_path / "lib"
     make_image(root / "r.png", "red", "square")

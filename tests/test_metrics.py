@@ -1,4 +1,4 @@
-"""core/metrics.py: the scorers against references, without the rest of the project."""
+"""core/evaluate/metrics.py: the scorers against references, without the rest of the project."""
 import subprocess
 import sys
 
@@ -7,7 +7,7 @@ import pytest
 from pycocoevalcap.cider.cider import Cider
 
 from conftest import ROOT
-from core.metrics import CorpusCider, java_available, score_captions
+from core.evaluate.metrics import CorpusCider, java_available, score_captions
 
 REFS = {"1": ["a dog runs on the grass", "a brown dog is running outside"],
         "2": ["two children play in the sand", "kids playing on a beach"],
@@ -43,14 +43,14 @@ def test_corpus_cider_matches_pycocoevalcap_when_the_corpus_is_the_batch():
 
 
 def test_one_tokenizer_for_training_and_scoring():
-    import core.metrics
-    import core.vocabulary
+    import core.evaluate.metrics
+    import core.data.vocabulary
 
-    assert core.vocabulary.tokenize is core.metrics.tokenize
+    assert core.data.vocabulary.tokenize is core.evaluate.metrics.tokenize
 
 
 def test_metrics_import_nothing_else_from_the_project():
-    code = ("import sys; import core.metrics; "
-            "print(sorted(m for m in sys.modules if m.startswith('core.') and m != 'core.metrics'))")
+    code = ("import sys; import core.evaluate.metrics; "
+            "print(sorted(m for m in sys.modules if m.startswith('core.') and m not in ('core.evaluate', 'core.evaluate.metrics')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

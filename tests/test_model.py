@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from core.config import ModelConfig
-from core.model import CaptionModel
-from core.vocabulary import PAD
+from core.base.config import ModelConfig
+from core.nn.model import CaptionModel
+from core.data.vocabulary import PAD
 
 
 def tiny_model(decoder, vocab_size=12, with_encoder=False):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import make_flickr, tiny_train_config
-from core.data import inspect_dataset
+from core.data.datasets import inspect_dataset
 
 
 def test_a_captions_file_the_csv_module_refuses_is_a_problem_of_the_check(tmp_path):
@@ -25,8 +25,8 @@ def test_an_annotation_file_nested_too_deeply_is_a_problem_of_the_check(tmp_path
 
 
 def test_a_dataset_of_damaged_images_only_stops_in_plain_words(tmp_path):
-    from core import runs
-    from core.train import run
+    from core.runs import folder as runs
+    from core.train.trainer import run
 
     data = make_flickr(tmp_path / "data")
     for image in (data / "images").iterdir():
@@ -40,9 +40,9 @@ def test_a_dataset_of_damaged_images_only_stops_in_plain_words(tmp_path):
 def test_resuming_after_config_json_was_edited_names_the_mismatch(tmp_path):
     import torch
 
-    from core.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
-    from core.config import ModelConfig
-    from core.model import CaptionModel
+    from core.train.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
+    from core.base.config import ModelConfig
+    from core.nn.model import CaptionModel
 
     def model(hidden):
         cfg = ModelConfig(vocab_size=12, decoder="attention", embed_dim=16, hidden_dim=hidden, attention_dim=8)
@@ -69,7 +69,7 @@ def test_the_train_form_refuses_out_of_range_values_instead_of_using_defaults(tm
     from streamlit.testing.v1 import AppTest
 
     from app_fixtures import make_flickr_dataset
-    from core.form_ranges import out_of_range
+    from core.base.form_ranges import out_of_range
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.setenv("CAPTION_MODELS_DIR", str(tmp_path / "models"))
@@ -91,7 +91,7 @@ def test_the_train_form_refuses_out_of_range_values_instead_of_using_defaults(tm
     assert not at.exception
     shown = " ".join(e.value for e in at.error)
     assert "Hidden size must be from 8 to 4096 (it is 5000)" in shown and "Epochs must be from 1 to 200 (it is 0)" in shown
-    from core.runs import FORM_MEMORY, list_runs
+    from core.runs.folder import FORM_MEMORY, list_runs
 
     assert list_runs(tmp_path / "runs") == []  # no run started (the form's memory may be there: it is no run)
     assert {p.name for p in (tmp_path / "runs").glob("*")} <= {FORM_MEMORY}

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_flickr, tiny_train_config
-from core import device
-from core.config import ModelConfig, TrainConfig
-from core.model import CaptionModel
-from core.runs import read_progress
-from core.train import _step, caption_loss, pad_captions, run
+from core.nn import precision
+from core.base.config import ModelConfig, TrainConfig
+from core.nn.model import CaptionModel
+from core.runs.folder import read_progress
+from core.train.trainer import _step, caption_loss, pad_captions, run
 
 CPU = torch.device("cpu")
 
@@ -20,40 +20,40 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def native(monkeypatch):
     """native(True/False): pretend the CPU has (or lacks) AVX512-BF16/AMX."""
-    return lambda has: monkeypatch.setattr(device, "_cpu_has_native_bf16", lambda: has)
+    return lambda has: monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: has)
 
 
 @pytest.mark.parametrize("has_bf16, label", [(True, "bf16"), (False, "fp32")])
 def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(native, has_bf16, label):
     native(has_bf16)
-    p = device.train_precision(CPU, "auto")
+    p = precision.train_precision(CPU, "auto")
     assert p.label == label and not p.scaler.is_enabled()
     assert p.reason.startswith("the CPU runs bf16 natively" if has_bf16 else "no native bf16")
 
 
 def test_fp32_and_bf16_can_be_forced(native):
     native(True)
-    fp32 = device.train_precision(CPU, "fp32")
+    fp32 = precision.train_precision(CPU, "fp32")
     assert fp32.label == "fp32"
     with fp32.autocast():
         assert not torch.is_autocast_enabled("cpu")
     native(False)  # forced bf16 runs even where it is emulated (slower, but the user asked)
-    bf16 = device.train_precision(CPU, "bf16")
+    bf16 = precision.train_precision(CPU, "bf16")
     with bf16.autocast():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def test_unknown_or_unavailable_precision_is_a_clear_error():
     with pytest.raises(ValueError, match="auto, fp32, bf16"):
-        device.train_precision(CPU, "fp8")
+        precision.train_precision(CPU, "fp8")
     with pytest.raises(ValueError, match="not available on this mps device"):
-        device.train_precision(torch.device("mps"), "bf16")
+        precision.train_precision(torch.device("mps"), "bf16")
     assert any("precision" in p for p in TrainConfig(precision="half").problems())
     assert not any("precision" in p for p in TrainConfig(precision="bf16").problems())
 
 
 def test_the_cpu_probe_reads_pytorchs_cpuinfo_flags(monkeypatch):
-    probe = device._cpu_has_native_bf16.__wrapped__  # past the cache
+    probe = precision._cpu_has_native_bf16.__wrapped__  # past the cache
     for bf16, amx, expected in [(True, False, True), (False, True, True), (False, False, False)]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
@@ -67,7 +67,7 @@ def test_a_bf16_step_keeps_fp32_weights_and_optimizer_state_and_learns(decoder):
                       feature_proj_dim=32, dropout=0.0, max_len=6)
     model = CaptionModel(cfg, with_encoder=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    amp = device.train_precision(CPU, "bf16")
+    amp = precision.train_precision(CPU, "bf16")
     s = SimpleNamespace(optimizer=torch.optim.AdamW(params, lr=1e-2), scaler=amp.scaler, params=params,
                         cfg=SimpleNamespace(grad_clip=5.0))
     feats = torch.randn(8, 4, model.spec.feature_dim)  # (B, P, C)
@@ -105,7 +105,7 @@ def test_compile_keeps_the_decoders_results_and_state_dict_keys(decoder):
     torch.manual_seed(0)
     plain, compiled = CaptionModel(cfg, with_encoder=False), CaptionModel(cfg, with_encoder=False)
     compiled.load_state_dict(plain.state_dict())
-    device.compile_decoder(compiled.decoder, backend="eager")
+    precision.compile_decoder(compiled.decoder, backend="eager")
     assert compiled.state_dict().keys() == plain.state_dict().keys()
     feats = torch.randn(5, 4, plain.spec.feature_dim)  # (B, P, C)
     for caps in ([[1, 4, 5, 2], [1, 6, 2]], [[1, 7, 8, 9, 10, 2], [1, 4, 2], [1, 5, 6, 2]]):  # two batch shapes
@@ -122,7 +122,7 @@ def test_adamw_is_fused_on_the_cpu_and_steps_like_the_plain_one():
     torch.manual_seed(0)
     a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
     b.load_state_dict(a.state_dict())
-    fused, plain = device.adamw(a.parameters(), CPU, lr=1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2)
+    fused, plain = precision.adamw(a.parameters(), CPU, lr=1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2)
     assert fused.param_groups[0]["fused"]
     x = torch.randn(16, 8)
     for _ in range(5):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.caption import CaptionResult
+from core.caption.result import CaptionResult
 from ui import results
 
 

@@ -1,16 +1,17 @@
-"""core/reviewed.py and `python -m core.caption --from-csv`: reviewed captions written without captioning again."""
+"""core/caption/reviewed.py and `python -m core.caption --from-csv`: reviewed captions written without captioning again."""
 from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 from PIL import Image
 
-from core import imagemeta
-from core.library import LibraryConfig
-from core.result import CaptionResult
-from core.reviewed import write_reviewed
+from core.caption import imagemeta
+from core.caption.library import LibraryConfig
+from core.caption.result import CaptionResult
+from core.caption.reviewed import write_reviewed
 
 
 def library(root: Path) -> Path:
@@ -48,7 +49,7 @@ def test_reviewed_text_goes_into_sidecars_metadata_and_jsonl(tmp_path):
 
 
 def test_cli_from_csv_writes_the_reviewed_csv_without_a_model(tmp_path, monkeypatch, capsys):
-    from core import caption
+    from core.caption import cli as caption
 
     root = library(tmp_path / "lib")
     monkeypatch.chdir(tmp_path)
@@ -58,7 +59,7 @@ def test_cli_from_csv_writes_the_reviewed_csv_without_a_model(tmp_path, monkeypa
     reviewed.write_text(reviewed.read_text(encoding="utf-8").replace("sks, my own words", '"sks, my own words"'),
                         encoding="utf-8")
     before = reviewed.read_bytes()
-    monkeypatch.setattr(caption, "Captioner", None)  # no model is loaded to write reviewed text
+    monkeypatch.setitem(sys.modules, "core.nn.captioner", None)  # no model (nor torch) is loaded to write reviewed text
     code = caption.main([str(root), "--from-csv", str(reviewed), "--sidecar-ext", ".txt", "--metadata"])
     assert code == 0, capsys.readouterr().err
     assert (root / "a.txt").read_text(encoding="utf-8") == "sks, my own words\n"

@@ -1,4 +1,4 @@
-"""core/runs.py: the run folder's readers, read without the trainer and without torch (the web process)."""
+"""core/runs/folder.py: the run folder's readers, read without the trainer and without torch (the web process)."""
 import json
 import os
 import subprocess
@@ -12,7 +12,7 @@ BLOCK_TORCH = """
 import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchvision", "timm") or name == "core.train":
+        if name.split(".")[0] in ("torch", "torchvision", "timm") or name == "core.train.trainer":
             raise ImportError(f"{name} may not be imported to draw a run")
 sys.meta_path.insert(0, NoTorch())
 sys.path.insert(0, %r)
@@ -31,14 +31,17 @@ def test_the_page_reads_and_draws_a_run_without_torch_or_the_trainer(tmp_path):
     (run / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
     code = BLOCK_TORCH % str(ROOT) + f"""
 from pathlib import Path
-from core import jobs, runs, config, paths
+from core.runs import jobs
+from core.runs import folder as runs
+from core.base import config
+from core.base import paths
 import ui.monitor  # the Train page's drawing of a run
 info = runs.run_info({str(run)!r})
 p = runs.summarize(runs.read_progress({str(run)!r}))
 assert jobs.current_job(Path({str(tmp_path)!r})) is None
 config.TrainConfig.from_dict({{"epochs": 2}}).resolved().check()  # the page's validation
 print(info.status, info.resumable, info.config["model_name"] == "été", p.label, runs.list_runs({str(tmp_path)!r})[0].name)
-print(sorted(m for m in sys.modules if m.startswith(("torch", "core.train"))))
+print(sorted(m for m in sys.modules if m.startswith(("torch", "core.train.trainer"))))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -46,15 +49,15 @@ print(sorted(m for m in sys.modules if m.startswith(("torch", "core.train"))))
 
 
 def test_backbone_names_match_the_registry():
-    from core.backbones import BACKBONES
-    from core.config import BACKBONE_NAMES
+    from core.nn.backbones import BACKBONES
+    from core.base.config import BACKBONE_NAMES
 
     assert tuple(BACKBONES) == BACKBONE_NAMES
 
 
 def test_form_values_round_trip_and_damage(tmp_path):
     """The Train form's memory: plain values kept beside the run folders, not seen as a run; damage -> {}."""
-    from core.runs import FORM_MEMORY, list_runs, load_form_values, save_form_values
+    from core.runs.folder import FORM_MEMORY, list_runs, load_form_values, save_form_values
 
     assert load_form_values(tmp_path / "none-yet") == {}
     save_form_values(tmp_path, {"data": "/photos", "epochs": 3, "lr": 4e-4, "fine_tune": True, "odd": [1, 2]})
@@ -72,7 +75,7 @@ def test_a_second_trainer_on_the_same_run_folder_exits_at_once_naming_the_first(
     import time
 
     from conftest import make_flickr, tiny_train_config
-    from core import runs
+    from core.runs import folder as runs
 
     data = make_flickr(tmp_path / "data")
     (tmp_path / "cfg.json").write_text(json.dumps(tiny_train_config(data, tmp_path, epochs=500).to_dict()))
@@ -101,7 +104,8 @@ def test_only_rank_0_takes_the_run_lock_under_torchrun(tmp_path, monkeypatch):
     """Under torchrun rank 0 holds the run folder for the job: the other ranks of the same job never try (they
     would find it held), while a second job's rank 0 is refused."""
     from conftest import make_flickr, tiny_train_config
-    from core import runs, train
+    from core.runs import folder as runs
+    from core.train import trainer as train
 
     taken = []
     real = runs.hold_run_lock
@@ -123,19 +127,19 @@ def test_only_rank_0_takes_the_run_lock_under_torchrun(tmp_path, monkeypatch):
 
 
 def test_a_torchrun_job_on_a_run_folder_in_use_stops_at_once(tmp_path):
-    """Under torchrun (through core.launch, as the app starts it): rank 0 finds the folder held and exits saying
+    """Under torchrun (through core.runs.launch, as the app starts it): rank 0 finds the folder held and exits saying
     so; torchrun then ends the other rank, and nothing is written into the run."""
     import time
 
     from conftest import make_flickr, tiny_train_config
-    from core import runs
+    from core.runs import folder as runs
 
     data = make_flickr(tmp_path / "data")
     (tmp_path / "cfg.json").write_text(json.dumps(tiny_train_config(data, tmp_path, epochs=2).to_dict()))
     (tmp_path / "run").mkdir()
     held = runs.hold_run_lock(tmp_path / "run")  # another trainer: this test process
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "CAPTION_JOB_LOCK")}
-    cmd = [sys.executable, "-m", "core.launch", "--standalone", "--nproc-per-node", "2", "-m", "core.train",
+    cmd = [sys.executable, "-m", "core.runs.launch", "--standalone", "--nproc-per-node", "2", "-m", "core.train",
            "--config", str(tmp_path / "cfg.json"), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
     started = time.time()
     try:

@@ -1,7 +1,6 @@
-"""core.scores: one formatting for figures, plain-words summaries from a bundle's own files, the comparison of a
+"""core.evaluate.scores: one formatting for figures, plain-words summaries from a bundle's own files, the comparison of a
 new model with the active one, and what a dataset's size lets a user expect."""
-from core.scores import (METRIC_HELP, compare_models, card_sections, dataset_outlook, demote_headings, format_metric,
-                         model_summary, quality)
+from core.evaluate.scores import METRIC_HELP, compare_models, card_sections, dataset_outlook, demote_headings, format_metric, model_summary, quality
 
 
 def test_one_formatting_for_every_figure():

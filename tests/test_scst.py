@@ -1,4 +1,4 @@
-"""Self-critical training (core.scst): the reward, the leave-one-out baseline, the loss, and a run that starts
+"""Self-critical training (core.train.scst): the reward, the leave-one-out baseline, the loss, and a run that starts
 from a saved model (--init-from)."""
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from conftest import make_flickr, tiny_train_config
-from core.bundle import load_bundle, read_vocab
-from core.scst import CiderReward, leave_one_out_advantage, policy_loss, scst_step
-from core.train import run
-from core.vocabulary import Vocabulary
+from core.nn.weights import load_bundle
+from core.bundle.store import read_vocab
+from core.train.scst import CiderReward, leave_one_out_advantage, policy_loss, scst_step
+from core.train.trainer import run
+from core.data.vocabulary import Vocabulary
 
 REFS = ["a dog runs on the grass", "a brown dog runs on green grass", "the dog is running on the grass",
         "a dog running across a lawn", "a dog runs outside"]
@@ -47,7 +48,7 @@ def test_policy_loss_raises_the_probability_of_samples_better_than_their_baselin
 
 
 class _BagOfWords(nn.Module):
-    """A decoder whose every step draws from one learnable word distribution (the decoder interface of core.model)."""
+    """A decoder whose every step draws from one learnable word distribution (the decoder interface of core.nn.model)."""
 
     def __init__(self, vocab_size: int):
         super().__init__()

@@ -102,7 +102,8 @@ def test_the_warm_up_loads_the_model_then_reports_the_device_where_torch_is(tmp_
     server's own. A subprocess would import torch a second time while the first captions are computed
     (bench/bench_first_impression.py)."""
     from app_fixtures import make_tiny_bundle
-    from core import device, worker
+    from core.device import report as device
+    from core.caption import worker
     from ui import warm
 
     make_tiny_bundle(tmp_path / "models" / "default")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.tags import OBJECT_WORDS, format_tags, guide_words, image_tags, object_words
+from core.caption.tags import OBJECT_WORDS, format_tags, guide_words, image_tags, object_words
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,11 +59,12 @@ def test_guide_words_only_for_confident_known_guidable_nouns():
 
 
 def test_the_bundled_cat_photo_is_tagged_cat():
-    from core.data import load_image, preprocess
-    from core.model import Encoder
+    from core.data.images import load_image
+    from core.nn.batches import preprocess
+    from core.nn.model import Encoder
 
     enc = Encoder("efficientnet_lite2").eval()
-    from core.backbones import get_spec
+    from core.nn.backbones import get_spec
 
     s = get_spec("efficientnet_lite2")
     x = preprocess(load_image(ROOT / "assets" / "samples" / "cat.jpg"), s.image_size, s.mean, s.std).unsqueeze(0)

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, make_flickr, tiny_train_config
-from core import runs
-from core.config import ConfigError, TrainConfig
-from core.runs import read_progress
-from core.train import lr_at, main, run
+from core.runs import folder as runs
+from core.base.config import ConfigError, TrainConfig
+from core.runs.folder import read_progress
+from core.train.trainer import lr_at, main, run
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -129,7 +129,7 @@ def test_unknown_config_keys_are_refused():
 
 
 def test_fine_tuning_trains_the_backbone_without_the_cache(tmp_path):
-    from core.bundle import load_bundle
+    from core.nn.weights import load_bundle
 
     data = make_flickr(tmp_path / "data")
     bundle = run(tiny_train_config(data, tmp_path, epochs=1, fine_tune=True), tmp_path / "run")
@@ -138,7 +138,7 @@ def test_fine_tuning_trains_the_backbone_without_the_cache(tmp_path):
     assert any(k.startswith("encoder.") for k in weights)
     assert load_bundle(bundle).config.fine_tune
     # the backbone's BatchNorm statistics stay ImageNet's (the same on every rank under torchrun); its weights learn
-    from core.model import CaptionModel
+    from core.nn.model import CaptionModel
 
     pretrained = CaptionModel(load_bundle(bundle).config, with_encoder=True, pretrained=True).state_dict()
     stats = [k for k in pretrained if k.startswith("encoder.") and k.endswith(("running_mean", "running_var"))]
@@ -208,7 +208,7 @@ def test_config_files_are_read_as_utf8_under_an_ascii_locale(tmp_path):
     run_dir = tmp_path / "listed"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), ensure_ascii=False), encoding="utf-8")
-    code = (f"import sys, locale; sys.path.insert(0, {str(ROOT)!r}); from core import runs; "
+    code = (f"import sys, locale; sys.path.insert(0, {str(ROOT)!r}); from core.runs import folder as runs; "
             f"assert locale.getpreferredencoding(False) != 'UTF-8'; "
             f"print(runs.run_info({str(run_dir)!r}).config['models_dir'].encode('unicode_escape').decode())")
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
@@ -252,9 +252,9 @@ def test_resuming_a_finished_run_publishes_nothing_more(tiny_bundle):
 def test_fine_tuning_the_top_stages_from_a_trained_decoder_caches_the_rest_and_keeps_it_bit_equal(tmp_path):
     """--fine-tune --fine-tune-blocks 1 --init-from M: the last stage and head of the backbone learn (at a tenth of
     the rate), the stages below stay bit-equal to ImageNet's (their output is cached once), BatchNorm statistics too."""
-    from core.bundle import load_bundle
-    from core.caption import Captioner
-    from core.model import CaptionModel
+    from core.nn.weights import load_bundle
+    from core.nn.captioner import Captioner
+    from core.nn.model import CaptionModel
     from conftest import make_image
 
     data = make_flickr(tmp_path / "data")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import Refused
+from core.data.images import Refused
 from ui import images, inputs
 
 
@@ -162,13 +162,13 @@ def _png_header(w: int, h: int) -> bytes:
 
 
 def test_one_list_of_image_formats():
-    from core import data
+    from core.data import images
 
-    assert inputs.IMAGE_EXTENSIONS is data.IMAGE_EXTENSIONS
-    assert inputs.IMAGE_TYPES == [e.lstrip(".") for e in data.IMAGE_EXTENSIONS] + ["zip"]
+    assert inputs.IMAGE_EXTENSIONS is images.IMAGE_EXTENSIONS
+    assert inputs.IMAGE_TYPES == [e.lstrip(".") for e in images.IMAGE_EXTENSIONS] + ["zip"]
     assert {"heic", "heif", "avif"} <= set(inputs.IMAGE_TYPES)
     assert inputs.UPLOAD_TYPES is None  # the widget takes any file; read_uploads says why one is not read
-    assert set(data.IMAGE_FORMATS.values()) == set(data.PIL_FORMATS)
+    assert set(images.IMAGE_FORMATS.values()) == set(images.PIL_FORMATS)
 
 
 def test_sample_images_ship_with_the_app():

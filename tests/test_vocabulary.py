@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from core.vocabulary import END, PAD, SPECIALS, START, UNK, Vocabulary, tokenize
+from core.data.vocabulary import END, PAD, SPECIALS, START, UNK, Vocabulary
+from core.evaluate.metrics import tokenize
 
 
 def test_tokenize_needs_no_downloads_and_drops_punctuation():
@@ -88,7 +89,7 @@ def _varied_captions(n=4000, seed=0):
 
 
 def test_fast_tokenize_gives_exactly_the_scorer_tokens():
-    from core.vocabulary import fast_tokenize
+    from core.data.vocabulary import fast_tokenize
 
     captions = _varied_captions()
     assert [fast_tokenize(c) for c in captions] == [tokenize(c) for c in captions]
@@ -98,7 +99,7 @@ def test_tokenized_once_gives_the_same_vocabulary_and_encodings_as_caption_by_ca
     import numpy as np
     from collections import Counter
 
-    from core.vocabulary import TokenizedCaptions
+    from core.data.vocabulary import TokenizedCaptions
 
     captions = _varied_captions(800, seed=1)
     tokenized = TokenizedCaptions.of(captions)
@@ -121,8 +122,8 @@ def test_tokenized_once_gives_the_same_vocabulary_and_encodings_as_caption_by_ca
 def test_training_samples_batch_like_pad_captions():
     import numpy as np
 
-    from core.train import Samples, pad_captions
-    from core.vocabulary import TokenizedCaptions
+    from core.train.trainer import Samples, pad_captions
+    from core.data.vocabulary import TokenizedCaptions
 
     captions = ["a dog runs", "a cat", "a big red dog runs on the grass", "dog"]
     tokenized = TokenizedCaptions.of(captions)

@@ -1,4 +1,4 @@
-"""The caption worker (core.worker) and the server's client for it (core.worker_client): the same captions as a
+"""The caption worker (core.caption.worker) and the server's client for it (core.caption.client): the same captions as a
 Captioner in this process, bad input failing alone, cancel, concurrent requests, a killed worker, and a worker that
 never outlives its server."""
 from __future__ import annotations
@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from app_fixtures import jpeg_bytes, make_tiny_bundle
-from core.bundle import BundleError
-from core.worker_client import WorkerClient, WorkerStopped
+from core.bundle.store import BundleError
+from core.caption.client import WorkerClient, WorkerStopped
 
 ROOT = Path(__file__).resolve().parent.parent
 COLOURS = [(220, 20, 20), (20, 20, 220), (20, 200, 20), (240, 220, 30), (128, 128, 128)]
@@ -51,7 +51,7 @@ def wait_gone(pid: int, timeout: float = 30) -> bool:
 
 def test_the_worker_captions_as_a_captioner_here_does(client, bundle, tmp_path):
     """Uploads (bytes) and files (paths) alike, with every option the pages use; a bad file fails alone."""
-    from core.caption import Captioner
+    from core.nn.captioner import Captioner
 
     path = tmp_path / "on-disk.png"
     path.write_bytes(jpeg_bytes((10, 120, 200), fmt="PNG"))
@@ -126,7 +126,7 @@ def test_a_killed_worker_fails_the_waiting_request_and_the_next_one_starts_anoth
 
 def test_the_worker_runs_at_a_lower_priority_and_ends_with_its_server(tmp_path):
     """The server killed outright (no chance to stop anything): the worker sees its stdin close and exits."""
-    code = ("from core.worker_client import WorkerClient\nimport time\n"
+    code = ("from core.caption.client import WorkerClient\nimport time\n"
             "c = WorkerClient(warm=None)\nc.start()\nc.device_report()\nprint(c.pid, flush=True)\ntime.sleep(600)\n")
     server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -141,16 +141,16 @@ def test_the_worker_runs_at_a_lower_priority_and_ends_with_its_server(tmp_path):
 
 
 def test_the_worker_cli_answers_a_request_on_stdin(bundle):
-    """`python -m core.worker` on its own: JSON Lines in, JSON Lines out; nothing else on stdout."""
+    """`python -m core.caption.worker` on its own: JSON Lines in, JSON Lines out; nothing else on stdout."""
     import json
 
     request = {"id": 7, "op": "caption", "bundle": str(bundle), "device": "cpu",
                "items": [["p.jpg", {"bytes": __import__("base64").b64encode(jpeg_bytes()).decode()}]],
                "options": {"beam": 2, "max_len": 4}}
-    out = subprocess.run([sys.executable, "-m", "core.worker"], cwd=ROOT, input=json.dumps(request) + "\n",
+    out = subprocess.run([sys.executable, "-m", "core.caption.worker"], cwd=ROOT, input=json.dumps(request) + "\n",
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    lines = [line for line in out.stdout.splitlines() if line]  # it starts with a newline (see core.worker)
+    lines = [line for line in out.stdout.splitlines() if line]  # it starts with a newline (see core.caption.worker)
     answers = [a for a in map(json.loads, lines) if a.get("id") is not None]  # besides the heartbeats
     assert [a["id"] for a in answers] == [7, 7] and answers[-1] == {"id": 7, "end": True}
     assert answers[0]["results"][0]["image"] == "p.jpg" and answers[0]["results"][0]["caption"]
@@ -221,7 +221,7 @@ sys.stdout.flush()
 
 class SlowModelLoad:  # the first model load on a slow laptop: longer than the stall limit of the test
     def find_spec(self, name, path=None, target=None):
-        if name == "core.caption":
+        if name == "core.nn.captioner":
             sys.meta_path.remove(self)
             time.sleep(12)
         return None
@@ -254,7 +254,7 @@ def test_malformed_lines_on_the_workers_stdin_do_not_kill_it(bundle):
     junk = (b"\xff\xfe not UTF-8\n[1, 2]\n5\nnull\n{\"op\": \"cancel\", \"target\": [1]}\n"
             b"{\"id\": [1], \"op\": \"device\"}\n{\"id\": 3, \"op\": \"caption\", \"items\": 7}\n{broken\n")
     good = json.dumps({"id": 9, "op": "load", "bundle": str(bundle), "device": "cpu"}).encode() + b"\n"
-    out = subprocess.run([sys.executable, "-m", "core.worker"], cwd=ROOT, input=junk + good, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "core.caption.worker"], cwd=ROOT, input=junk + good, capture_output=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     answers = [json.loads(line) for line in out.stdout.decode().splitlines() if line]
@@ -265,7 +265,7 @@ def test_malformed_lines_on_the_workers_stdin_do_not_kill_it(bundle):
 def test_upload_requests_carry_at_most_32_mb_as_sent():
     """Uploads of 5 MB, 16 to a batch: each request's base64 stays within CHUNK_BYTES (before: 16 x 5 MB = 78 MB
     a request, 104 MB once in base64), and every image is sent once, in order."""
-    from core import worker_client
+    from core.caption import client as worker_client
 
     uploads = [(f"{i}.jpg", bytes(5 << 20)) for i in range(40)] + [("disk.jpg", Path("/x.jpg"))]
     chunks = list(worker_client._chunks(uploads, 16))

@@ -3,7 +3,7 @@
     python tools/average_checkpoints.py --like models/default --out /tmp/averaged \
         runs/X/snapshots/step_300.safetensors runs/X/snapshots/step_350.safetensors ...
 
-Accepts training checkpoints (core.checkpoint: weights under "model/") and bundles' model.safetensors alike;
+Accepts training checkpoints (core.train.checkpoint: weights under "model/") and bundles' model.safetensors alike;
 every input must have the same tensors as the `--like` bundle, whose config and vocabulary the new bundle
 takes. The average is stored in fp16 (the default model's format) unless --fp32. Checkpoint averaging along
 one run's last steps smooths the noise of the last updates (Vaswani et al. 2017 average their last checkpoints).
@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.bundle import load_bundle, save_bundle  # noqa: E402
+from core.nn.weights import load_bundle, save_bundle  # noqa: E402
 
 
 def model_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "core" / "object_words.json"
+OUT = Path(__file__).resolve().parent.parent / "core" / "caption" / "object_words.json"
 
 RANGES = [  # (first, last, noun): inclusive index ranges of ImageNet-1k
     (0, 1, "fish"), (2, 4, "shark"), (5, 6, "ray"), (7, 8, "chicken"), (9, 24, "bird"), (25, 29, "salamander"),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.data import load_split  # noqa: E402
-from core.metrics import java_available, score_captions  # noqa: E402
+from core.data.datasets import load_split  # noqa: E402
+from core.evaluate.metrics import java_available, score_captions  # noqa: E402
 
 
 def main(argv=None) -> int:

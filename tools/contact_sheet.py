@@ -72,7 +72,7 @@ def draw_page(entries: list[tuple[int, Path, str]], title: str) -> Image.Image:
 def make_sheets(captions_file: Path, out: Path, photos: int = 50, seed: int = 0, per_page: int = 25) -> list[Path]:
     """-> the files written (PNG pages, then the Markdown form)."""
     data = json.loads(Path(captions_file).read_text(encoding="utf-8"))
-    captions = data["captions"] if "captions" in data else data  # core.evaluate's file, or {image: caption}
+    captions = data["captions"] if "captions" in data else data  # core.evaluate.run's file, or {image: caption}
     if not captions:
         raise ValueError(f"{captions_file} holds no captions")
     keys = choose(captions, photos, seed)

@@ -32,7 +32,7 @@ nvidia-smi, no /proc/driver/nvidia) install-torch installs the CPU build from Py
 If either fails, the standard build is used and the failure is remembered, so later starts do not
 download again. needs-install also answers "install" when a CUDA build is wanted that is neither
 installed nor remembered as failed (a GPU appeared, a stamp from before this check). Which build
-fits this computer is decided in core/device.py, loaded from the app folder (it needs only the
+fits this computer is decided in core/device/build.py, loaded from the app folder (it needs only the
 standard library); nvidia-smi runs only on Windows (or with CAPTION_TORCH_CUDA=1).
 
 The syntax stays compatible with old Pythons on purpose: a too-old Python must
@@ -169,11 +169,11 @@ def read_build(venv):
 
 
 def device_module():
-    """core/device.py of this app: which PyTorch build fits this computer (standard library only)."""
+    """core/device/build.py of this app: which PyTorch build fits this computer (standard library only)."""
     if APP_DIR not in sys.path:
         sys.path.insert(0, APP_DIR)
-    import core.device
-    return core.device
+    import core.device.build
+    return core.device.build
 
 
 def wanted_build(requirements):

@@ -6,7 +6,7 @@ Encodes every image once, then prints:
 - the captions' scores without guidance and with it, for several tag-probability thresholds, with how many
   images were guided and the precision of the forced nouns (the share of guided images where at least one
   human reference uses one of the noun's words);
-- the confidence calibration (core.confidence), fitted on one half of the images and checked on the other:
+- the confidence calibration (core.caption.confidence), fitted on one half of the images and checked on the other:
   the mean CIDEr of flagged captions against the rest.
 `--write` stores the calibration fitted on all images in the bundle's metrics.json.
 `--sweep` first prints BLEU-4 / CIDEr / distinct captions for a grid of beam widths and length penalties.
@@ -23,14 +23,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.bundle import DEFAULT_MODEL, load_bundle, update_metrics  # noqa: E402
-from core.confidence import fit_calibration, per_image_cider  # noqa: E402
-from core.data import iter_image_batches, load_split  # noqa: E402
-from core.decode import beam_search  # noqa: E402
-from core.device import encoder_autocast  # noqa: E402
-from core.metrics import score_captions  # noqa: E402
-from core.tags import GUIDE_MIN_PROB, guide_words, image_tags  # noqa: E402
-from core.metrics import tokenize  # noqa: E402
+from core.bundle.store import DEFAULT_MODEL, update_metrics  # noqa: E402
+from core.nn.weights import load_bundle
+from core.caption.confidence import fit_calibration, per_image_cider  # noqa: E402
+from core.nn.batches import iter_image_batches  # noqa: E402
+from core.data.datasets import load_split
+from core.nn.decode import beam_search  # noqa: E402
+from core.nn.precision import encoder_autocast  # noqa: E402
+from core.evaluate.metrics import score_captions  # noqa: E402
+from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags  # noqa: E402
+from core.evaluate.metrics import tokenize  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import runs  # noqa: E402
+from core.runs import folder as runs  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
            "purple": (140, 40, 160)}
@@ -128,11 +128,11 @@ def cache_mismatches(cache_root: Path, images: list[Path]) -> tuple[int, int]:
     """(images whose cached features differ from a fresh encoding, images checked)."""
     import torch
 
-    from core.backbones import get_spec
-    from core.data import iter_image_batches
-    from core.device import encoder_autocast
-    from core.features import FeatureCache, file_identity
-    from core.model import Encoder
+    from core.nn.backbones import get_spec
+    from core.nn.batches import iter_image_batches
+    from core.nn.precision import encoder_autocast
+    from core.nn.features import FeatureCache, file_identity
+    from core.nn.model import Encoder
 
     spec = get_spec("efficientnet_lite0")
     cache = FeatureCache(cache_root, "efficientnet_lite0", "grid", (7, 7))

@@ -14,10 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.bundle import DEFAULT_MODEL  # noqa: E402
-from core.caption import Captioner  # noqa: E402
-from core.config import DEFAULT_BEAM  # noqa: E402
-from core.tags import format_tags  # noqa: E402
+from core.bundle.store import DEFAULT_MODEL  # noqa: E402
+from core.nn.captioner import Captioner  # noqa: E402
+from core.base.config import DEFAULT_BEAM  # noqa: E402
+from core.caption.tags import format_tags  # noqa: E402
 
 
 def main(argv=None) -> int:

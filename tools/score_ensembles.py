@@ -4,7 +4,7 @@
         --data ../shared/data/flickr8k runs/seed1/model runs/seed2/model runs/seed3/model [--beam 3] [--sizes 2,3]
 
 Each input is a single-decoder bundle of the same backbone. Prints one line per model and per combination of
-models sharing a vocabulary (core.ensemble.EnsembleDecoder, both averaging rules): BLEU-4, CIDEr and distinct
+models sharing a vocabulary (core.nn.ensemble.EnsembleDecoder, both averaging rules): BLEU-4, CIDEr and distinct
 captions (Python PTB-rule tokenizer, fast) and the CPU time of beam search per photo, decoded under bf16 autocast
 where the CPU runs it natively, as the app does. The features are encoded once into the cache.
 """
@@ -21,14 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.bundle import load_bundle  # noqa: E402
-from core.data import load_split  # noqa: E402
-from core.decode import beam_search  # noqa: E402
-from core.device import encoder_autocast  # noqa: E402
-from core.ensemble import EnsembleDecoder  # noqa: E402
-from core.features import FeatureCache, encode_to_cache  # noqa: E402
-from core.metrics import score_captions  # noqa: E402
-from core.paths import cache_dir  # noqa: E402
+from core.nn.weights import load_bundle  # noqa: E402
+from core.data.datasets import load_split  # noqa: E402
+from core.nn.decode import beam_search  # noqa: E402
+from core.nn.precision import encoder_autocast  # noqa: E402
+from core.nn.ensemble import EnsembleDecoder  # noqa: E402
+from core.nn.features import FeatureCache, encode_to_cache  # noqa: E402
+from core.evaluate.metrics import score_captions  # noqa: E402
+from core.base.paths import cache_dir  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     def score(name, decoder, vocab):
         caps, t0 = {}, time.process_time()
-        with torch.no_grad(), encoder_autocast(torch.device("cpu")):  # the decoder too, as core.caption does on CPU
+        with torch.no_grad(), encoder_autocast(torch.device("cpu")):  # the decoder too, as core.nn.captioner does on CPU
             for s in range(0, len(keep), 32):
                 hyps = beam_search(decoder, feats[s:s + 32], beam_size=args.beam, max_len=first.config.max_len,
                                    length_penalty=args.length_penalty)

@@ -6,7 +6,7 @@
 Each input is a training checkpoint or a bundle (tools/average_checkpoints.model_weights) loaded into the
 `--like` bundle's model. Prints one line per input: BLEU-4, CIDEr, distinct captions of the split, and the
 decoding time per image. --beam 1 is greedy (the trainer's validation); --ptb scores with the PTB tokenizer
-(Java) as core.evaluate does, else with the Python one (fast, within 0.1 of it here).
+(Java) as core.evaluate.run does, else with the Python one (fast, within 0.1 of it here).
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.bundle import load_bundle  # noqa: E402
-from core.data import load_split  # noqa: E402
-from core.decode import beam_search, greedy_decode  # noqa: E402
-from core.features import FeatureCache, encode_to_cache  # noqa: E402
-from core.metrics import score_captions  # noqa: E402
-from core.paths import cache_dir  # noqa: E402
+from core.nn.weights import load_bundle  # noqa: E402
+from core.data.datasets import load_split  # noqa: E402
+from core.nn.decode import beam_search, greedy_decode  # noqa: E402
+from core.nn.features import FeatureCache, encode_to_cache  # noqa: E402
+from core.evaluate.metrics import score_captions  # noqa: E402
+from core.base.paths import cache_dir  # noqa: E402
 
 from average_checkpoints import model_weights  # noqa: E402
 

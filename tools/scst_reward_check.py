@@ -6,7 +6,7 @@
 Prints, for the greedy caption and for sampled captions (with dropout, as SCST samples them, and without):
 the mean CIDEr-D reward, the share of captions that chose <end>, the share that end on a word no English
 caption ends on ("with", "a", ...), and for the samples the share of positive advantages under the greedy
-baseline and under the leave-one-out baseline (core.scst), with and without <end> seen by the reward.
+baseline and under the leave-one-out baseline (core.train.scst), with and without <end> seen by the reward.
 """
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.bundle import DEFAULT_MODEL, load_bundle  # noqa: E402
-from core.data import load_split  # noqa: E402
-from core.decode import greedy_decode, sample_captions  # noqa: E402
-from core.features import FeatureCache, encode_to_cache  # noqa: E402
-from core.metrics import CorpusCider  # noqa: E402
-from core.paths import cache_dir  # noqa: E402
-from core.scst import DANGLING, CiderReward, leave_one_out_advantage  # noqa: E402
-from core.vocabulary import END  # noqa: E402
+from core.bundle.store import DEFAULT_MODEL  # noqa: E402
+from core.nn.weights import load_bundle
+from core.data.datasets import load_split  # noqa: E402
+from core.nn.decode import greedy_decode, sample_captions  # noqa: E402
+from core.nn.features import FeatureCache, encode_to_cache  # noqa: E402
+from core.evaluate.metrics import CorpusCider  # noqa: E402
+from core.base.paths import cache_dir  # noqa: E402
+from core.train.scst import DANGLING, CiderReward, leave_one_out_advantage  # noqa: E402
+from core.data.vocabulary import END  # noqa: E402
 
 
 def _describe(name, captions, ended, rewards):

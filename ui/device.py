@@ -1,11 +1,11 @@
-"""The compute-device report (core.device), drawn on the Home page and beside the Train page's device choice."""
+"""The compute-device report (core.device.report), drawn on the Home page and beside the Train page's device choice."""
 from __future__ import annotations
 
 from dataclasses import asdict
 
 import streamlit as st
 
-from core.device import DeviceReport, device_report_subprocess
+from core.device.report import DeviceReport, device_report_subprocess
 
 
 @st.cache_data(show_spinner="Checking the compute device...")

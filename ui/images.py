@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from core.data import ImageError, load_image
+from core.data.images import ImageError, load_image
 
 # anchor colours of a dark-to-bright heat map (black, purple, red, orange, pale yellow)
 _HEAT = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)

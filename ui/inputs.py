@@ -1,7 +1,7 @@
 """Turn uploads (images and zips of images) into `(name, source)` items, in memory, within one budget per batch.
 
 Every uploaded file and every file inside a zip gets an item, so every file gets a row: its bytes, or a
-`core.data.Refused` whose reason becomes the row's error (too large, encrypted, not an image, over the budget).
+`core.data.images.Refused` whose reason becomes the row's error (too large, encrypted, not an image, over the budget).
 Names are labels only, never used as paths: the path inside the zip is kept (`cats/1.jpg`), cleaned of `..`,
 drive letters and control characters, and prefixed with the zip's name when a batch holds two zips or more.
 
@@ -15,7 +15,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from core.data import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageError, Refused, not_read_reason, probe_image
+from core.data.images import (
+    FORMAT_NAMES,
+    IMAGE_EXTENSIONS,
+    ImageError,
+    Refused,
+    not_read_reason,
+    probe_image,
+)
 
 IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS] + ["zip"]  # what is read
 # The upload widgets take any file: one the widget refused would be greyed out with only a hover tooltip (an

@@ -1,8 +1,8 @@
 """The folder flow of the Caption page: a photo library on this computer, captioned in place, resumable.
 
 Writing into the photos or beside them (sidecars, metadata) takes two steps: the captions go into a review
-table first (rows in the run's review CSV as they come, in the session's folder, core.caption_store), and
-"Write N captions" then writes the reviewed text through core.reviewed. Writing only a CSV or metadata.jsonl
+table first (rows in the run's review CSV as they come, in the session's folder, core.caption.store), and
+"Write N captions" then writes the reviewed text through core.caption.reviewed. Writing only a CSV or metadata.jsonl
 is one step, as before. Only paths travel: images are read from disk a batch at a time, and the page keeps
 thumbnails of the first rows only, so a library of tens of thousands of photos never sits in memory.
 """
@@ -16,15 +16,30 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import caption_store
-from core.caption_store import Table, folder_table
-from core.library import EXISTING, LibraryConfig, LibraryError, Progress, caption_library, find_images
-from core.reviewed import reviewed_results, write_reviewed
-from core.worker_client import WorkerError
+from core.caption import store as caption_store
+from core.caption.client import WorkerError
+from core.caption.library import (
+    EXISTING,
+    LibraryConfig,
+    LibraryError,
+    Progress,
+    caption_library,
+    find_images,
+)
+from core.caption.reviewed import reviewed_results, write_reviewed
+from core.caption.store import Table, folder_table
 from ui.images import data_url, thumbnail_data_url, thumbnail_jpeg
 from ui.results import with_captions
-from ui.review import (MAX_PICTURES, cancel_button, load_batch, load_captioner, review_ui, running, store_safely,
-                       wait_until_stopped)
+from ui.review import (
+    MAX_PICTURES,
+    cancel_button,
+    load_batch,
+    load_captioner,
+    review_ui,
+    running,
+    store_safely,
+    wait_until_stopped,
+)
 from ui.tags import tag_outputs_ui
 
 WRITTEN = "folder_written"  # what the last "Write N captions" wrote, and into which folder's table
@@ -49,7 +64,7 @@ def plain(e: Exception) -> str:
     return str(e)
 
 
-# an XMP sidecar (photo.xmp) output, where core.library offers one
+# an XMP sidecar (photo.xmp) output, where core.caption.library offers one
 XMP_SIDECAR = "xmp_sidecar" in {f.name for f in dataclasses.fields(LibraryConfig)}
 FORM_KEYS = ("lib-root", "lib-recursive", "lib-include", "lib-exclude", "lib-csv", "lib-sidecar", "lib-jsonl",
              "lib-metadata", "lib-xmp", "lib-existing", "lib-prefix", "lib-suffix", "lib-k")
@@ -125,7 +140,7 @@ def folder_form(can_caption: bool) -> tuple[LibraryConfig | None, bool]:
                                 exclude=_patterns(exclude), csv=str(folder / "captions.csv") if want_csv else None,
                                 sidecar_ext=".txt" if sidecar else None, jsonl=jsonl, metadata=metadata,
                                 existing=existing, prefix=prefix, suffix=suffix, num_captions=int(k), **extra, **tags)
-        except ValueError as e:  # settings core.library refuses (a system folder): its reason, and no button
+        except ValueError as e:  # settings core.caption.library refuses (a system folder): its reason, and no button
             st.error(plain(e))
     start = st.button("Caption the folder", type="primary", key="lib-start", disabled=not (can_caption and cfg is not None))
     return cfg, start and cfg is not None
@@ -144,7 +159,7 @@ class _Recording:
 
 
 def review_csv(sid: str, root: str | Path) -> Path:
-    """The review run's CSV: core.library's journal, so that Cancel and continue lose nothing."""
+    """The review run's CSV: core.caption.library's journal, so that Cancel and continue lose nothing."""
     return caption_store.session_dir(sid) / folder_table(Path(root)) / "review.csv"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def bundle_choices(models_dir) -> tuple[list, int]:
     """Every model bundle, and the index of the active one (0 when the active one is missing)."""
-    from core.bundle import get_active, list_bundles
+    from core.bundle.store import get_active, list_bundles
 
     bundles = list_bundles(models_dir)
     try:

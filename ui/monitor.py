@@ -1,6 +1,6 @@
 """Drawing one training run's progress (live in the Train page's fragment, or after the fact).
 
-It reads the run folder through core.runs only: no trainer, no torch in the web process for this.
+It reads the run folder through core.runs.folder only: no trainer, no torch in the web process for this.
 """
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.runs import LIVE, format_eta, read_progress, run_status, summarize, tail_log
-from core.scores import format_metric
+from core.evaluate.scores import format_metric
+from core.runs.folder import (
+    LIVE,
+    format_eta,
+    read_progress,
+    run_status,
+    summarize,
+    tail_log,
+)
 
 CHART_METRICS = ("BLEU-4", "CIDEr")  # the per-epoch scores drawn (x100); the rest are in the runs table
 

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from core.tags import format_tags
+from core.caption.tags import format_tags
 
 # what a reviewer reads first comes first: the picture, the caption, whether to check it, what the classifier sees
 COLUMNS = ["thumbnail", "look", "caption", "check", "confidence", "tags", "image", "score", "error"]
@@ -22,7 +22,7 @@ FLAG_QUANTILE = 20  # without a calibrated confidence: "flagged" = a score among
 def flagged_names(results) -> set[str]:
     """Images that need a look: unreadable ones, and the captions to check.
 
-    With a model whose confidence is calibrated (core.confidence) that is each caption marked "check"; for
+    With a model whose confidence is calibrated (core.caption.confidence) that is each caption marked "check"; for
     other models, the lowest-scoring fifth of the batch.
     """
     if any(r.confidence is not None for r in results):

@@ -1,27 +1,40 @@
 """The review table of the Caption page: caption uploads into it (batch after batch, with progress and Cancel),
-review and edit, look at one image up close; every row and edit is kept on disk (core.caption_store), so a reload
+review and edit, look at one image up close; every row and edit is kept on disk (core.caption.store), so a reload
 comes back to them. The folder flow (ui.library_view) reviews a folder's captions in the same table."""
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-import time
 from pathlib import Path
 
 import streamlit as st
 
-from core import caption_store
-from core.bundle import BundleError
-from core.caption_store import UPLOADS, Table
-from core.library import csv_bytes
-from core.tags import format_tags
-from core.worker_client import WorkerError
+from core.bundle.store import BundleError
+from core.caption import store as caption_store
+from core.caption.client import WorkerError
+from core.caption.library import csv_bytes
+from core.caption.store import UPLOADS, Table
+from core.caption.tags import format_tags
 from ui import warm
-from ui.images import attention_overlay, data_url, open_image, preview_bytes, thumbnail_jpeg
+from ui.images import (
+    attention_overlay,
+    data_url,
+    open_image,
+    preview_bytes,
+    thumbnail_jpeg,
+)
 from ui.inputs import unique_name
-from ui.results import (SHOW, edited_names, find_replace, merge_edits, next_selected, results_frame, ticked,
-                        with_captions)
+from ui.results import (
+    SHOW,
+    edited_names,
+    find_replace,
+    merge_edits,
+    next_selected,
+    results_frame,
+    ticked,
+    with_captions,
+)
 from ui.tags import tag_threshold
 
 MAX_PICTURES = 1000  # rows beyond this keep no thumbnail or preview: a batch of 10,000 stays light in memory

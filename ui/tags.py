@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.tags import TAG_MIN_PROB
+from core.caption.tags import TAG_MIN_PROB
 
 THRESHOLD_KEY = "tag-threshold"
-TAGS_EXT = ".tags.txt"  # photo.jpg -> photo.tags.txt; photo.txt stays the caption sidecar (core.library.tags_path)
+TAGS_EXT = ".tags.txt"  # photo.jpg -> photo.tags.txt; photo.txt stays the caption sidecar (core.caption.library.tags_path)
 
 
 def tag_threshold_ui() -> float:

@@ -1,5 +1,5 @@
-"""The Train page's form: one table of fields (defaults from core.config, each explained in plain words), the
-values of the last submitted form (kept on disk in the runs folder by core.runs) as the starting values.
+"""The Train page's form: one table of fields (defaults from core.base.config, each explained in plain words), the
+values of the last submitted form (kept on disk in the runs folder by core.runs.folder) as the starting values.
 
 To add a setting: one `Field` line in MAIN or ADVANCED, naming a TrainConfig or ModelConfig field; its
 default, type and remembered value follow from that name.
@@ -13,10 +13,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.config import (ADVANCED_OPTIONS, BACKBONE_NAMES, DECODER_NAMES, DECODERS, DEVICES, MODEL_KEYS, NAME_RULE, ModelConfig,
-                         TrainConfig)
-from core.paths import runs_dir
-from core.runs import load_form_values, save_form_values
+from core.base.config import (
+    ADVANCED_OPTIONS,
+    BACKBONE_NAMES,
+    DECODER_NAMES,
+    DECODERS,
+    DEVICES,
+    MODEL_KEYS,
+    NAME_RULE,
+    ModelConfig,
+    TrainConfig,
+)
+from core.base.paths import runs_dir
+from core.runs.folder import load_form_values, save_form_values
 from ui import warm
 from ui.device import device_report_ui
 
@@ -88,7 +97,7 @@ ADVANCED = [
     Field("allow_missing", "Train even when more than 1% of a split's images are missing", "Train on the photos "
           "that are there, e.g. on a COCO folder whose unzip is not finished."),
 ]
-# the decoder/augmentation/fine-tuning options core.config lists (one copy of their labels, help and limits)
+# the decoder/augmentation/fine-tuning options core.base.config lists (one copy of their labels, help and limits)
 ADVANCED += [Field(name, label, help_[:1].upper() + help_[1:] + ".", *(limits or (None, None)))
              for name, label, help_, limits in ADVANCED_OPTIONS]
 
@@ -137,7 +146,7 @@ def widget(where, f: Field, value):
                                 placeholder="e.g. /home/me/data/flickr8k" if f.name == "data" else None)
     kind = type(value)
     # No min/max on the widget: Streamlit does not send a typed value outside them, so a run would start with the
-    # previous value; core.form_ranges refuses it with a message instead (the page checks before starting).
+    # previous value; core.base.form_ranges refuses it with a message instead (the page checks before starting).
     return where.number_input(f.label, None, None, value, step=kind(f.step) if f.step else None, format=f.fmt,
                               help=f.help, key=key)
 
@@ -165,7 +174,7 @@ def all_fields() -> list[Field]:
 
 def train_form() -> dict | None:
     """The run's settings (TrainConfig field names, flat) when the form is submitted, else None. The values
-    submitted are remembered (core.runs) and start the form next time, in this or a later session."""
+    submitted are remembered (core.runs.folder) and start the form next time, in this or a later session."""
     start = start_values(runs_dir())
     with st.form("train"):
         values = {"data": widget(st, DATA, start["data"])}

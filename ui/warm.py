@@ -1,6 +1,6 @@
 """Loaded models for the pages and their warm-up, shared by every session of the server.
 
-The models live in the caption worker, a process of its own (core.worker says why), which start() launches: the
+The models live in the caption worker, a process of its own (core.caption.worker says why), which start() launches: the
 launchers' `python -m ui.serve` calls it before the server starts, and under a plain `streamlit run app.py` the first
 page does. The worker loads the active model at once, at a lower CPU priority, while the server and the browser draw
 the first page; the pages then get their captions from it through `captioner()`. Here, in the server, a thread asks
@@ -19,7 +19,7 @@ from pathlib import Path
 
 WORKER_ENV = "CAPTION_WORKER"  # "0": the models in the server's own process, no worker
 _lock = threading.Lock()
-_client = None  # core.worker_client.WorkerClient, once started
+_client = None  # core.caption.client.WorkerClient, once started
 _device: dict = {}
 _started = threading.Event()
 _device_done = threading.Event()
@@ -27,7 +27,8 @@ _warmed = threading.Event()  # the warm-up has loaded the model (or given up)
 _model_loaded = threading.Event()  # ... in this process (CAPTION_WORKER=0) and it did load one: torch is imported here
 # What the pages import (pandas, PIL and numpy among them: about a second on a small CPU), imported in a thread, so
 # that the first visit of each page finds them loaded. Torch-free, as the pages are.
-PAGE_MODULES = ("core.bundle", "core.data", "core.paths", "core.library", "core.jobs", "core.runs", "ui.device",
+PAGE_MODULES = ("core.bundle.store", "core.data.images", "core.data.datasets", "core.base.paths", "core.caption.library",
+                "core.runs.jobs", "core.runs.folder", "ui.device",
                 "ui.loader", "ui.nav", "ui.inputs", "ui.images", "ui.results", "ui.review", "ui.library_view",
                 "ui.monitor")
 
@@ -41,7 +42,7 @@ def captioner(bundle_path: Path | str, device: str = "auto"):
     CAPTION_WORKER=0, the Captioner in this process). Raises BundleError when the model cannot be loaded."""
     if use_worker():
         return client().captioner(bundle_path, device)
-    from core.worker import loaded_captioner
+    from core.caption.worker import loaded_captioner
 
     return loaded_captioner(bundle_path, device)
 
@@ -51,7 +52,7 @@ def client():
     global _client
     with _lock:
         if _client is None:
-            from core.worker_client import WorkerClient
+            from core.caption.client import WorkerClient
 
             _client = WorkerClient(warm="active")  # the worker looks for it: the server starts without importing it
         _client.start()
@@ -59,7 +60,7 @@ def client():
 
 
 def device_info() -> dict | None:
-    """core.device's DeviceReport as a dict once the warm-up has made it, else None; {"error": message} if that failed."""
+    """core.device.report's DeviceReport as a dict once the warm-up has made it, else None; {"error": message} if that failed."""
     return dict(_device) if _device else None
 
 
@@ -77,7 +78,7 @@ def _look_at_device() -> None:
         if use_worker():
             _device.update(client().device_report())
         else:
-            from core.device import device_report, device_report_subprocess
+            from core.device.report import device_report, device_report_subprocess
 
             _warmed.wait(60)
             _device.update(asdict(device_report() if _model_loaded.is_set() else device_report_subprocess()))
@@ -90,7 +91,7 @@ def _look_at_device() -> None:
 
 def _warm_here() -> None:
     """CAPTION_WORKER=0: load the active model in this process, and caption one tiny image with it."""
-    from core.worker import active_bundle, warm_up
+    from core.caption.worker import active_bundle, warm_up
 
     try:
         active = active_bundle()
@@ -156,6 +157,6 @@ def reset() -> None:
         _model_loaded.clear()
         _started.clear()
         _preloading.clear()
-    from core import worker
+    from core.caption import worker
 
     worker.forget_models()

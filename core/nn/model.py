@@ -1,0 +1,347 @@
+"""Caption models: a CNN backbone (encoder) and one of three decoders (two LSTMs, one Transformer).
+
+All decoders share one interface, so training, greedy decoding and beam search do not care which
+one they drive:
+    forward(feats, captions) -> logits, alphas        teacher-forced, for training
+    init_state(feats)        -> state                 dict of batch-first tensors (beam search reorders them)
+    step(tokens, state)      -> logits, state, alpha   one word at a time, for decoding
+`feats` is always (B, P, C): P grid cells of C channels (P = 1 for pooled features).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.base.config import GRID_DECODERS, ModelConfig
+from core.data.vocabulary import PAD
+from core.nn.backbones import build_backbone, get_spec
+
+
+class Encoder(nn.Module):
+    """Backbone -> grid of feature vectors."""
+
+    def __init__(self, backbone: str, pretrained: bool = True):
+        super().__init__()
+        # channels_last runs convolutions faster on CUDA and on CPU alike (~1.4x measured on a 2-core CPU)
+        self.cnn = build_backbone(backbone, pretrained).to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.cnn(images.contiguous(memory_format=torch.channels_last))  # (B, C, h, w)
+        return x.flatten(2).transpose(1, 2)  # (B, P, C) with P = h * w
+
+    def split(self, top: int) -> tuple[nn.Module, nn.Module]:
+        """(lower, upper): images -> the input of the last `top` stages (B, C', h, w) -> their output (B, C, h', w')."""
+        from core.nn.backbones import split_top
+
+        return split_top(self.cnn, top)
+
+    @property
+    def can_classify(self) -> bool:
+        return hasattr(self.cnn, "classify_features")
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (B, P, C) from forward() -> the backbone's own ImageNet logits (B, 1000), nearly free."""
+        return self.cnn.classify_features(feats)
+
+
+class ShowTellDecoder(nn.Module):
+    """Show and Tell (Vinyals et al. 2015): the pooled image is the LSTM's first input."""
+
+    def __init__(self, cfg: ModelConfig, feature_dim: int):
+        super().__init__()
+        self.img_proj = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, cfg.embed_dim))
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, batch_first=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
+
+    def _image_input(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.img_proj(feats.mean(1)))  # (B, E)
+
+    def forward(self, feats, captions, image_index=None):
+        """feats (B, P, C), captions (B, L) starting with <start> -> logits (B, L-1, V) for captions[:, 1:].
+        image_index (B,) (optional): caption i is of image image_index[i] of feats (U, P, C), each image once."""
+        words = self.embed(captions[:, :-1])  # (B, L-1, E)
+        image = self._image_input(feats)  # (U or B, E)
+        image = image if image_index is None else image[image_index]  # (B, E)
+        x = torch.cat([image.unsqueeze(1), self.drop(words)], 1)  # (B, L, E)
+        out, _ = self.lstm(x)  # (B, L, H)
+        return self.fc(self.drop(out[:, 1:])), None  # (B, L-1, V); position 0 only read the image
+
+    def init_state(self, feats):
+        _, (h, c) = self.lstm(self._image_input(feats).unsqueeze(1))  # h, c: (1, B, H)
+        return {"h": h[0], "c": c[0]}  # (B, H) each: batch first so beam search can reorder rows
+
+    def step(self, tokens, state):
+        x = self.embed(tokens).unsqueeze(1)  # (B, 1, E)
+        out, (h, c) = self.lstm(x, (state["h"].unsqueeze(0).contiguous(), state["c"].unsqueeze(0).contiguous()))
+        return self.fc(out[:, 0]), {"h": h[0], "c": c[0]}, None  # logits (B, V)
+
+
+class AttentionDecoder(nn.Module):
+    """Show, Attend and Tell (Xu et al. 2015), soft attention with the gating scalar beta."""
+
+    def __init__(self, cfg: ModelConfig, feature_dim: int):
+        super().__init__()
+        A, H, D = cfg.attention_dim, cfg.hidden_dim, cfg.feature_proj_dim
+        # Normalise and narrow the CNN's channels once per image: every later step (attention, gate, LSTM
+        # input) then works on D instead of C channels, about twice as fast to train on a CPU.
+        # (no affine LayerNorm parameters: the Linear after it absorbs them, and without them no gradient has
+        # to flow back through the (B, P, C) grid, a third of the backward pass on a CPU)
+        self.proj = nn.Sequential(nn.LayerNorm(feature_dim, elementwise_affine=False), nn.Linear(feature_dim, D),
+                                  nn.ReLU(), nn.Dropout(cfg.dropout))
+        feature_dim = D
+        self.feat_att = nn.Linear(feature_dim, A)
+        self.hid_att = nn.Linear(H, A)
+        self.att_score = nn.Linear(A, 1)
+        self.init_h = nn.Linear(feature_dim, H)
+        self.init_c = nn.Linear(feature_dim, H)
+        self.gate = nn.Linear(H, feature_dim)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.cell = nn.LSTMCell(cfg.embed_dim + feature_dim, H)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(H, cfg.vocab_size)
+
+    def init_state(self, feats):
+        feats = self.proj(feats)  # (B, P, D)
+        mean = feats.mean(1)  # (B, D)
+        return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean)),  # (B, H)
+                "feats": feats, "feats_att": self.feat_att(feats)}  # (B, P, D), (B, P, A): computed once
+
+    def _advance(self, word, state):
+        """One LSTM step with attention: word (B, E) -> new state, alpha (B, P)."""
+        h, c, feats = state["h"], state["c"], state["feats"]
+        e = self.att_score(torch.tanh(state["feats_att"] + self.hid_att(h).unsqueeze(1))).squeeze(2)  # (B, P)
+        alpha = e.softmax(1)  # (B, P)
+        context = torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, D) without a (B, P, D) temporary
+        context = torch.sigmoid(self.gate(h)) * context  # beta gate: lets the model look away for "a", "of"
+        h, c = self.cell(torch.cat([word, context], 1), (h, c))  # (B, H) each
+        return {**state, "h": h, "c": c}, alpha
+
+    def forward(self, feats, captions, image_index=None):
+        """feats (B, P, C), captions (B, L) -> logits (B, L-1, V), alphas (B, L-1, P). With image_index (B,),
+        caption i is of image image_index[i] of feats (U, P, C): each image's projection is computed once.
+
+        Captions are processed longest first and step t only runs the n_t captions still going, so a batch
+        costs the sum of its caption lengths, not B x the longest (about 40% less on Flickr8k and COCO).
+        Positions past a caption's <end> get zeros; the loss ignores them (their targets are <pad>).
+        """
+        B, T = captions.size(0), captions.size(1) - 1
+        lengths = (captions[:, 1:] != PAD).sum(1)  # (B,) targets per caption, <end> included
+        order = lengths.argsort(descending=True)
+        active = [int((lengths > t).sum()) for t in range(T)]  # n_t, non-increasing
+        if image_index is None:
+            state = self.init_state(feats[order])
+        else:
+            state = {k: v[image_index[order]] for k, v in self.init_state(feats).items()}  # (B, ...) from (U, ...)
+        words = self.drop(self.embed(captions[order, :-1]))  # (B, T, E)
+        hs, alphas = [], []
+        for t in range(T):
+            n = active[t]
+            if n == 0:
+                break
+            state = {k: v[:n] for k, v in state.items()}
+            state, alpha = self._advance(words[:n, t], state)
+            hs.append(F.pad(state["h"], (0, 0, 0, B - n)))  # (B, H)
+            alphas.append(F.pad(alpha, (0, 0, 0, B - n)))  # (B, P)
+        h = torch.stack(hs, 1)  # (B, T', H)
+        logits = self.fc(self.drop(h))  # (B, T', V): one big output matmul, not one per word
+        logits = F.pad(logits, (0, 0, 0, T - h.size(1)))  # (B, T, V)
+        alphas = F.pad(torch.stack(alphas, 1), (0, 0, 0, T - h.size(1)))  # (B, T, P)
+        restore = order.argsort()
+        return logits[restore], alphas[restore]
+
+    def step(self, tokens, state):
+        state, alpha = self._advance(self.embed(tokens), state)
+        h = self.drop(state["h"])  # (B, H)
+        if h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # bf16 decoding (core.nn.captioner) keeps the output layer in fp32: bf16 logits (3 significant digits)
+            # reorder close beams (46 of 480 Flickr8k dev captions changed; 8 with fp32 logits)
+            with torch.autocast("cpu", enabled=False):
+                return self.fc(h.float()), state, alpha  # logits (B, V)
+        return self.fc(h), state, alpha  # logits (B, V)
+
+
+class _Attention(nn.Module):
+    """Multi-head attention whose keys and values can be computed once and kept (the decoding cache)."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        return x.view(B, T, self.heads, D // self.heads).transpose(1, 2)  # (B, h, T, D/h)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv(x).chunk(2, -1)  # (B, T, D) each
+        return self._split(k), self._split(v)  # (B, h, T, D/h) each
+
+    def forward(self, x, k, v, causal: bool = False, weights: bool = False):
+        """x (B, T, D) attends to k, v (B, h, S, D/h) -> (B, T, D), and the heads' mean weights (B, T, S) if asked."""
+        q = self._split(self.q(x))  # (B, h, T, D/h)
+        mean_weights = None
+        if weights:  # spelled out: scaled_dot_product_attention does not return its weights
+            att = (q @ k.transpose(-1, -2)) * q.size(-1) ** -0.5  # (B, h, T, S)
+            att = att.float().softmax(-1)
+            mean_weights = att.mean(1)  # (B, T, S)
+            out = att.to(v.dtype) @ v  # (B, h, T, D/h)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                 dropout_p=self.dropout if self.training else 0.0)
+        B, _, T, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(B, T, -1)), mean_weights  # (B, T, D)
+
+
+class _Block(nn.Module):
+    """Pre-LayerNorm decoder layer: causal self-attention, cross-attention over the image grid, feed-forward."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_att = _Attention(d, heads, dropout)
+        self.cross_att = _Attention(d, heads, dropout)
+        self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, self_kv, cross_kv, causal: bool, weights: bool = False):
+        """x (B, T, D); self_kv: keys/values of the words before x (None: x is the whole caption) -> x, the keys/values
+        of x's words (for the cache), the last cross-attention's mean weights (B, T, P) when asked."""
+        h = self.ln1(x)
+        k, v = self.self_att.keys_values(h)  # (B, h, T, D/h)
+        if self_kv is not None:
+            k, v = torch.cat([self_kv[0], k], 2), torch.cat([self_kv[1], v], 2)  # (B, h, t + T, D/h)
+        x = x + self.drop(self.self_att(h, k, v, causal=causal)[0])
+        out, w = self.cross_att(self.ln2(x), *cross_kv, weights=weights)
+        x = x + self.drop(out)
+        x = x + self.drop(self.ffn(self.ln3(x)))
+        return x, (k, v), w
+
+
+MAX_CELLS = 1024  # grid cells a Transformer decoder has position embeddings for (32 x 32; Lite2 gives 8 x 8)
+
+
+class TransformerDecoder(nn.Module):
+    """A Transformer decoder (Vaswani et al. 2017) with pre-LayerNorm layers (Xiong et al. 2020, stabler without
+    warm-up tricks), learned positions for words and for grid cells, over the projected CNN grid as memory.
+
+    Decoding keeps a key/value cache in the state: the cross-attention keys/values of every layer, computed once in
+    `init_state` (the same for every step, so beam search never reorders them), and the self-attention keys/values
+    of the words so far, one row per beam (reordered by beam search like the LSTM's h and c). A step then costs one
+    word's worth of work, not the whole caption again. The attention map shown in the app is the mean over heads of
+    the last layer's cross-attention.
+    """
+
+    def __init__(self, cfg: ModelConfig, feature_dim: int):
+        super().__init__()
+        D, heads = cfg.hidden_dim, cfg.num_heads
+        if D % heads:
+            raise ValueError(f"hidden_dim {D} must be a multiple of num_heads {heads}")
+        self.heads = heads
+        self.proj = nn.Sequential(nn.LayerNorm(feature_dim, elementwise_affine=False), nn.Linear(feature_dim, D))
+        self.cell_pos = nn.Embedding(MAX_CELLS, D)
+        self.mem_ln = nn.LayerNorm(D)
+        self.embed = nn.Embedding(cfg.vocab_size, D)
+        self.word_pos = nn.Embedding(cfg.max_len + 2, D)  # <start>, max_len words, <end>
+        self.blocks = nn.ModuleList(_Block(D, heads, cfg.dropout) for _ in range(cfg.num_layers))
+        self.ln_f = nn.LayerNorm(D)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(D, cfg.vocab_size)
+        for emb in (self.cell_pos, self.embed, self.word_pos):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    def _memory(self, feats):
+        mem = self.proj(feats) + self.cell_pos.weight[: feats.size(1)]  # (B, P, D)
+        return self.mem_ln(self.drop(mem))
+
+    def _words(self, tokens, start: int):
+        """tokens (B, T) at positions start.. -> (B, T, D)."""
+        pos = torch.arange(start, start + tokens.size(1), device=tokens.device).clamp(max=self.word_pos.num_embeddings - 1)
+        return self.drop(self.embed(tokens) + self.word_pos(pos))
+
+    def _logits(self, x):
+        x = self.ln_f(x)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):  # fp32 logits under bf16, as AttentionDecoder.step
+                return self.fc(x.float())
+        return self.fc(x)
+
+    def forward(self, feats, captions, image_index=None):
+        """feats (B, P, C), captions (B, L) -> logits (B, L-1, V), None (no per-word attention regulariser).
+        Padding after <end> needs no mask: causal attention never lets a real word see a later position.
+        image_index (B,) (optional): caption i is of image image_index[i] of feats (U, P, C); the memory and its
+        keys/values are then computed once per image, not once per caption (10% of a step on Flickr8k, CPU)."""
+        mem = self._memory(feats)  # (U or B, P, D)
+        x = self._words(captions[:, :-1], 0)  # (B, L-1, D)
+        for blk in self.blocks:
+            k, v = blk.cross_att.keys_values(mem)  # (U or B, h, P, D/h)
+            if image_index is not None:
+                k, v = k[image_index], v[image_index]  # (B, h, P, D/h)
+            x, _, _ = blk(x, None, (k, v), causal=True)
+        return self.fc(self.ln_f(x)), None  # (B, L-1, V)
+
+    def init_state(self, feats):
+        mem = self._memory(feats)  # (B, P, D)
+        B, D = feats.size(0), mem.size(2)
+        empty = mem.new_zeros(B, self.heads, 0, D // self.heads)  # (B, h, 0, D/h): no words yet
+        state = {}
+        for i, blk in enumerate(self.blocks):
+            state[f"mk{i}"], state[f"mv{i}"] = blk.cross_att.keys_values(mem)  # (B, h, P, D/h): computed once
+            state[f"k{i}"], state[f"v{i}"] = empty, empty
+        return state
+
+    def step(self, tokens, state):
+        t = state["k0"].size(2)  # words already in the cache
+        x = self._words(tokens.unsqueeze(1), t)  # (B, 1, D)
+        new, last = dict(state), len(self.blocks) - 1
+        alpha = None
+        for i, blk in enumerate(self.blocks):
+            x, (k, v), w = blk(x, (state[f"k{i}"], state[f"v{i}"]), (state[f"mk{i}"], state[f"mv{i}"]),
+                               causal=False, weights=i == last)
+            new[f"k{i}"], new[f"v{i}"] = k, v  # (B, h, t + 1, D/h)
+            if w is not None:
+                alpha = w[:, 0]  # (B, P)
+        return self._logits(x[:, 0]), new, alpha  # logits (B, V)
+
+
+DECODER_CLASSES = {"attention": AttentionDecoder, "show_tell": ShowTellDecoder, "transformer": TransformerDecoder}
+
+
+class CaptionModel(nn.Module):
+    """Encoder + decoder. The encoder is optional: training on cached features needs only the decoder."""
+
+    def __init__(self, cfg: ModelConfig, with_encoder: bool = True, pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.spec = get_spec(cfg.backbone)
+        self.encoder = Encoder(cfg.backbone, pretrained) if with_encoder else None
+        decoder_cls = DECODER_CLASSES[cfg.decoder]
+        if cfg.ensemble > 1:  # several decoders over this one encoder (core.nn.ensemble)
+            from core.nn.ensemble import EnsembleDecoder
+
+            self.decoder = EnsembleDecoder([decoder_cls(cfg, self.spec.feature_dim) for _ in range(cfg.ensemble)])
+        else:
+            self.decoder = decoder_cls(cfg, self.spec.feature_dim)
+
+    @property
+    def has_attention(self) -> bool:
+        return self.cfg.decoder in GRID_DECODERS
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) -> feats (B, P, C)."""
+        if self.encoder is None:
+            raise RuntimeError("this model was built without its encoder (cached-feature training)")
+        return self.encoder(images)
+
+    def forward(self, feats, captions, image_index=None):
+        if image_index is None:
+            return self.decoder(feats, captions)
+        return self.decoder(feats, captions, image_index=image_index)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a bundle stores: the decoder, plus the encoder only when it was fine-tuned."""
+        return {k: v for k, v in self.state_dict().items() if self.cfg.fine_tune or not k.startswith("encoder.")}

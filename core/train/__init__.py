@@ -1,0 +1,1 @@
+"""Training: `python -m core.train`. Imports torch."""
