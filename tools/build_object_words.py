@@ -1,6 +1,6 @@
-"""Build core/object_words.json: each ImageNet-1k class -> the plain noun a caption would use.
+"""Build core/caption/object_words.json: each ImageNet-1k class -> the plain noun a caption would use.
 
-    python tools/build_object_words.py            # rewrites core/object_words.json
+    python tools/build_object_words.py            # rewrites core/caption/object_words.json
 
 ImageNet's 1000 classes are fine-grained (118 dog breeds, 5 domestic cats, 9 sports balls); a caption says
 "dog", "cat", "ball". The class names and WordNet definitions come from timm (offline). The rules below are
