@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.nn.captioner import ENCODE_BATCH, Captioner  # noqa: E402
 from core.nn.batches import iter_image_batches  # noqa: E402
 from core.nn.precision import encoder_autocast  # noqa: E402
-from core.caption.library import LibraryConfig, caption_library, find_images  # noqa: E402
+from core.caption.library import LibraryConfig, caption_library  # noqa: E402
+from core.data.images import find_images  # noqa: E402
 
 
 def synthetic_photos(folder: Path, n: int) -> Path:

@@ -67,6 +67,18 @@ def test_command_line_writes_a_csv(tiny_bundle, tmp_path):
     assert rows[0]["error"] and rows[1]["caption"] == "a green square"
 
 
+def test_several_paths_follow_the_finder_rules(tmp_path, capsys):
+    """Regression: given several paths, the command line listed hidden files (macOS's ._x.jpg) and ignored
+    --include/--exclude, which a single folder honoured; both now go through core.data.images.find_images."""
+    from core.caption import cli
+
+    make_image(tmp_path / "a" / "x_thumb.png", "red", "square")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "._y.jpg").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: metadata, no picture
+    assert cli.main([str(tmp_path / "a"), str(tmp_path / "b"), "--exclude", "*_thumb.*", "--device", "cpu"]) == 1
+    assert "no images found" in capsys.readouterr().err  # before any model is loaded
+
+
 def test_accented_names_survive_the_csv():
     data = csv_bytes([CaptionResult("café_été.jpg", "un chien", -0.4)])
     assert data.decode("utf-8-sig").splitlines()[1] == "café_été.jpg,un chien,-0.4000,,,,,"

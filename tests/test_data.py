@@ -162,13 +162,52 @@ def test_preprocess_shape_and_normalisation():
     assert x.shape == (3, 224, 224) and float(x.min()) == pytest.approx(1.0)
 
 
-def test_collect_images_recurses_and_keeps_named_files(tmp_path):
+def _rel(found, root) -> list[str]:
+    return [p.relative_to(root).as_posix() for p in found]
+
+
+def test_find_images_leaves_out_hidden_files_and_folders(tmp_path):
+    """Regression: the command line's finder (collect_images) listed hidden files, so ._a.jpg, the AppleDouble file
+    macOS writes beside a photo on a USB disk or a network share, got a row (an error, or a caption of nothing)."""
+    root = tmp_path / "lib"
+    for rel in ("a.jpg", "sub/b.png", "sub/deeper/c.png", ".hidden.png", ".thumbs/t.png", "sub/.cache/d.png"):
+        make_image(root / rel, "red", "square")
+    (root / "._a.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")  # AppleDouble: metadata, no picture
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "notes.txt").write_text("not an image")
+    assert _rel(images.find_images(root), root) == ["a.jpg", "sub/b.png", "sub/deeper/c.png"]
+    assert _rel(images.find_images(root, recursive=False), root) == ["a.jpg"]
+    assert _rel(collect_images([root]), root) == ["a.jpg", "sub/b.png", "sub/deeper/c.png"]
+    # only names below the folder count: a library kept in a hidden folder is found
+    assert _rel(images.find_images(root / ".thumbs"), root / ".thumbs") == ["t.png"]
+
+
+def test_find_images_include_and_exclude_patterns(tmp_path):
+    root = tmp_path / "lib"
+    for rel in ("a.png", "a_thumb.png", "b.jpg", "2023/e.jpg", "2024/c.jpg", "2024/raw/d.jpg"):
+        make_image(root / rel, "blue", "stripe")
+    # a pattern matches the path below the folder or the file name; fnmatch's * crosses folders
+    assert _rel(images.find_images(root, include=["*.jpg"]), root) == ["2023/e.jpg", "2024/c.jpg", "2024/raw/d.jpg",
+                                                                        "b.jpg"]
+    assert _rel(images.find_images(root, include=["2024/*"]), root) == ["2024/c.jpg", "2024/raw/d.jpg"]
+    assert _rel(images.find_images(root, exclude=["*_thumb.*", "**/raw/*"]), root) == [
+        "2023/e.jpg", "2024/c.jpg", "a.png", "b.jpg"]
+    assert _rel(images.find_images(root, include=["*.png"], exclude=["a_*"]), root) == ["a.png"]
+    with pytest.raises(FileNotFoundError):
+        images.find_images(root / "missing")
+
+
+def test_collect_images_keeps_named_files_and_applies_the_rules_in_folders(tmp_path):
     make_image(tmp_path / "a" / "b" / "x.png", "red", "square")
+    make_image(tmp_path / "a" / "x_thumb.png", "red", "square")
+    make_image(tmp_path / "a" / ".x.png", "red", "square")
     (tmp_path / "a" / "notes.txt").write_text("hi")
     named = tmp_path / "named.txt"
-    named.write_text("not an image")
-    found = collect_images([tmp_path / "a", named])
-    assert [p.name for p in found] == ["x.png", "named.txt"]
+    named.write_text("not an image")  # named by the user: kept, so that its row says why it is not captioned
+    hidden = make_image(tmp_path / ".named.png", "red", "square")  # named by the user: asked for, so kept
+    found = collect_images([named, tmp_path / "a", hidden, tmp_path / "a" / "b" / "x.png"], exclude=["*_thumb.*"])
+    assert _rel(found, tmp_path) == [".named.png", "a/b/x.png", "named.txt"]  # sorted by path as text, once each
+    assert _rel(collect_images([tmp_path / "a"], recursive=False), tmp_path) == ["a/x_thumb.png"]
 
 
 def test_iter_image_batches_reports_bad_items_alone(tmp_path):
@@ -275,15 +314,13 @@ def test_a_damaged_heic_is_an_error_not_a_crash(tmp_path):
 
 
 def test_folders_and_datasets_find_heic_and_avif(tmp_path):
-    from core.caption.library import find_images
-
     folder = tmp_path / "phone"
     names = ["IMG_1.HEIC", "IMG_2.heif", "IMG_3.avif", "IMG_4.jpg"]
     for n in names:
         make_phone_photo(folder / n.replace("HEIC", "heic"), 6).rename(folder / n)
     (folder / "IMG_1.MOV").write_bytes(b"not a photo")
     assert [p.name for p in collect_images([folder])] == sorted(names)
-    assert [p.name for p in find_images(folder)] == sorted(names)
+    assert [p.name for p in images.find_images(folder)] == sorted(names)
 
     # a Flickr-layout dataset of phone photos: listed, found and decoded (upright) like any other
     root = tmp_path / "ds"

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import ROOT, make_coco, make_image
 from core.caption import imagemeta
 from core.nn.captioner import Captioner
-from core.caption.library import LibraryConfig, caption_library, find_images
+from core.caption.library import LibraryConfig, caption_library
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +38,6 @@ def library(root, n=4):
 def read_csv(path):
     with open(path, encoding="utf-8-sig", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def test_find_images_recursive_include_exclude_and_hidden(tmp_path):
-    root = library(tmp_path / "lib")
-    make_image(root / ".thumbs" / "t.png", "red", "square")
-    make_image(root / "raw" / "x.png", "red", "square")
-    all_ = [p.relative_to(root).as_posix() for p in find_images(root)]
-    assert all_ == ["broken.jpg", "raw/x.png", "red_square_0.png", "sub/blue_stripe_1.png", "sub/green_stripe_3.png",
-                    "yellow_square_2.png"]  # no hidden folder, no text file
-    assert [p.name for p in find_images(root, recursive=False)] == ["broken.jpg", "red_square_0.png",
-                                                                      "yellow_square_2.png"]
-    assert [p.name for p in find_images(root, include=["*.png"], exclude=["raw/*", "*stripe*"])] == [
-        "red_square_0.png", "yellow_square_2.png"]
 
 
 def test_every_output_format(captioner, tmp_path):

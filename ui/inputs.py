@@ -20,6 +20,7 @@ from core.data.images import (
     IMAGE_EXTENSIONS,
     ImageError,
     Refused,
+    find_images,
     not_read_reason,
     probe_image,
 )
@@ -184,4 +185,4 @@ def read_uploads(files) -> tuple[list[tuple[str, bytes | Refused]], list[str]]:
 
 
 def sample_images() -> list[tuple[str, bytes]]:
-    return [(p.name, p.read_bytes()) for p in sorted(SAMPLES_DIR.glob("*.jpg"))]
+    return [(p.name, p.read_bytes()) for p in find_images(SAMPLES_DIR, recursive=False)]

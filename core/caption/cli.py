@@ -246,7 +246,7 @@ def _write_from_csv(args) -> int:
 
 def _caption_files(args, device: str, team: TorchrunTeam | None) -> int:
     """Several paths, or single files: one pass, one CSV (under torchrun: each rank a share, rank 0 writes)."""
-    files = collect_images(args.paths)
+    files = collect_images(args.paths, args.recursive, args.include, args.exclude)
     if not files:
         print("no images found in " + " ".join(args.paths), file=sys.stderr)
         return 1

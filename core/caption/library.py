@@ -17,7 +17,6 @@ a killed run are merged first by the next run, so a resume skips what they hold.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import glob
 import hashlib
 import io
@@ -40,7 +39,7 @@ from core.base.files import (
 )
 from core.caption import imagemeta
 from core.caption.tags import MAX_TAGS, TAG_MIN_PROB, format_tags, tag_list
-from core.data.images import IMAGE_EXTENSIONS
+from core.data.images import IMAGE_EXTENSIONS, find_images
 
 CSV_COLUMNS = ["image", "caption", "score", "alternatives", "error", "tags", "confidence", "check"]
 _OLD_COLUMNS = 5  # CSVs written before tags/confidence/check: still read when a run resumes
@@ -163,30 +162,7 @@ class Progress:
     kept: int = 0  # photos whose own description (a person's) was kept, not replaced ("skip")
 
 
-# ------------------------------------------------------------------------------------------- finding
-
-def find_images(root: Path | str, recursive: bool = True, include=(), exclude=()) -> list[Path]:
-    """Image files under `root`, sorted by relative path; hidden files and folders are left out.
-
-    A pattern matches the relative path (`2023/*.jpg`, `**/raw/*`) or the file name (`*.png`)."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"the folder {root} does not exist")
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-        for name in files:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            path = Path(folder) / name
-            rel = path.relative_to(root).as_posix()
-            if include and not _matches(rel, include):
-                continue
-            if exclude and _matches(rel, exclude):
-                continue
-            found.append((rel, path))
-    return [p for _, p in sorted(found)]
-
+# --------------------------------------------------------------------------------------------- names
 
 def display_name(rel: str) -> str:
     """A relative path as text for the rows: a name that is not UTF-8 (`caf\\xe9.jpg`, kept by Python as a lone
@@ -196,12 +172,6 @@ def display_name(rel: str) -> str:
         return rel
     except UnicodeEncodeError:
         return os.fsencode(rel).decode("utf-8", "backslashreplace")
-
-
-def _matches(rel: str, patterns) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p.removeprefix("**/"))
-               for p in patterns)
 
 
 # ------------------------------------------------------------------------------------------- journals

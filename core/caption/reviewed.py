@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from core.caption.library import Library, LibraryConfig, Progress, find_images
+from core.caption.library import Library, LibraryConfig, Progress
 from core.caption.result import CaptionResult
 from core.caption.store import read_review_csv
+from core.data.images import find_images
 
 
 def reviewed_results(results: list[CaptionResult]) -> dict[str, CaptionResult]:

@@ -1,11 +1,14 @@
 """Reading images: the formats the app reads (JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC/HEIF, AVIF where Pillow has
-it), EXIF rotation, 8-bit conversion, decompression-bomb limits, and the plain-words reason a file is not read.
+it), EXIF rotation, 8-bit conversion, decompression-bomb limits, the plain-words reason a file is not read, and the one finder of images in folders
+(the command line, a photo library, the Caption page).
 
 Torch-free: the pages read uploads through it; core.nn.batches turns the images into tensors.
 """
 from __future__ import annotations
 
+import fnmatch
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,12 +169,51 @@ def load_image(source: Path | str | bytes | Refused, draft_to: int | None = None
         raise _errors(e) from None
 
 
-def collect_images(paths) -> list[Path]:
-    """Image files named directly, plus those found (recursively) in named folders; sorted, no duplicates."""
+# ---------------------------------------------------------------------------------------------- finding
+
+def is_hidden(name: str) -> bool:
+    """A file or folder name that starts with a dot: hidden on macOS and Linux, and what the systems leave beside
+    photos by themselves (.DS_Store, .thumbnails/, macOS's ._photo.jpg AppleDouble files: named like the photo,
+    but metadata, no picture), never a photo to caption."""
+    return name.startswith(".")
+
+
+def find_images(root: Path | str, recursive: bool = True, include=(), exclude=()) -> list[Path]:
+    """The image files under the folder `root`, sorted by their path as text; hidden files and folders left out.
+
+    A pattern matches the path relative to `root` (`2023/*.jpg`, `**/raw/*`) or the file name (`*.png`); with
+    `include` a file must match one, and one matching an `exclude` pattern is left out. Only names below `root`
+    count as hidden: a library kept in ~/.photos is found. Links to folders are not followed (a loop is no risk)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"the folder {root} does not exist")
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d)) if recursive else []
+        for name in files:
+            if is_hidden(name) or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if include and not _matches(rel, include):
+                continue
+            if exclude and _matches(rel, exclude):
+                continue
+            found.append((rel, path))
+    return [p for _, p in sorted(found)]
+
+
+def _matches(rel: str, patterns) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p.removeprefix("**/"))
+               for p in patterns)
+
+
+def collect_images(paths, recursive: bool = True, include=(), exclude=()) -> list[Path]:
+    """The images find_images finds in the named folders, plus the files named directly; sorted by path as text,
+    no duplicates. A file named directly is kept whatever its name (a user who names ._x.jpg asked for it, and a
+    file that is not an image gets its error row): the rules are for what a folder happens to hold."""
     found = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found += [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
-        else:
-            found.append(p)  # named explicitly: kept even if it is not an image, so the user sees an error row
-    return sorted(dict.fromkeys(found))
+        found += find_images(p, recursive, include, exclude) if p.is_dir() else [p]
+    return sorted(dict.fromkeys(found), key=lambda p: p.as_posix())
