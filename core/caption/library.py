@@ -152,6 +152,9 @@ class LibraryConfig:
 
 @dataclass
 class Progress:
+    """A photo library run's counts, given to on_progress after each batch and returned at the end (what the
+    Train page's monitor draws of a training run is core.runs.folder.RunProgress)."""
+
     done: int  # images finished in this run (captioned or failed)
     total: int  # images this run captions (those not already done)
     skipped: int  # images already done before this run

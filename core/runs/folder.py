@@ -296,8 +296,9 @@ def list_runs(root: Path | str) -> list[RunInfo]:
 
 
 @dataclass
-class Progress:
-    """What the monitor draws, distilled from the events of the latest attempt (and history for charts)."""
+class RunProgress:
+    """What the Train page's monitor draws, distilled from a training run's events: the latest attempt's phase and
+    bar, and the history for the charts. (A photo library's counts are core.caption.library.Progress.)"""
 
     phase: str = "starting"
     fraction: float = 0.0  # of the current phase's work
@@ -312,8 +313,8 @@ class Progress:
     messages: list[str] = field(default_factory=list)
 
 
-def summarize(events: list[dict]) -> Progress:
-    p = Progress()
+def summarize(events: list[dict]) -> RunProgress:
+    p = RunProgress()
     for e in events:
         kind = e.get("event")
         if kind == START:
