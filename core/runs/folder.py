@@ -220,7 +220,9 @@ def last_event_time(run_dir: Path | str) -> float | None:
     return max(times) if times else None
 
 
-def read_config(run_dir: Path | str) -> dict:
+def read_run_config(run_dir: Path | str) -> dict:
+    """The run's config.json (a TrainConfig as a dict); {} when it is missing or damaged, never an error, since
+    the Train page draws every run folder. (A model bundle's config, checked, is core.bundle.store.read_config.)"""
     try:
         config = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -272,7 +274,7 @@ class RunInfo:
 def run_info(run_dir: Path | str) -> RunInfo:
     run_dir = Path(run_dir)
     events = read_progress(run_dir)
-    config = read_config(run_dir)
+    config = read_run_config(run_dir)
     status = run_status(run_dir, events)
     metrics, bundle = {}, None
     for e in events:
