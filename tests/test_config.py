@@ -25,6 +25,15 @@ def test_bad_settings_are_named_in_plain_words():
     assert TrainConfig().problems() == []
 
 
+def test_every_decoder_has_its_names_in_words():
+    from core.base.config import DECODER_NAMES, DECODER_SHORT_NAMES, DECODERS
+    from ui.loader import decoder_label
+
+    assert set(DECODER_NAMES) == set(DECODER_SHORT_NAMES) == set(DECODERS)
+    assert decoder_label({"decoder": "show_tell"}) == "Show-and-Tell decoder"
+    assert decoder_label({"decoder": "attention", "ensemble": 3}) == "an ensemble of 3 attention decoders"
+
+
 def test_folders_are_resolved_and_default_to_the_project():
     cfg = TrainConfig().resolved()
     assert cfg.models_dir == str(models_dir()) and cfg.cache_dir.endswith("features")

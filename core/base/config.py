@@ -12,8 +12,11 @@ from core.base.paths import COCO_DIR, cache_dir, models_dir, resolve
 
 PRECISIONS = ("auto", "fp32", "bf16")  # decoder training; train_precision says what "auto" picks
 DECODERS = ("show_tell", "attention", "transformer")
+# Each decoder in words, both for the pages: its name in full (the Train form's choice, after the paper) and the short
+# one a sentence uses ("an ensemble of 3 attention decoders", Home and the Caption page).
 DECODER_NAMES = {"attention": "Show, Attend and Tell (attention)", "show_tell": "Show and Tell",
                  "transformer": "Transformer"}
+DECODER_SHORT_NAMES = {"attention": "attention", "show_tell": "Show-and-Tell", "transformer": "Transformer"}
 GRID_DECODERS = ("attention", "transformer")  # read the feature grid (and give attention maps); Show-and-Tell pools it
 # The names of core.nn.backbones.BACKBONES (which needs torch to import); tests/test_config.py keeps them equal.
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101")
