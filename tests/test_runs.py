@@ -55,6 +55,23 @@ def test_backbone_names_match_the_registry():
     assert tuple(BACKBONES) == BACKBONE_NAMES
 
 
+def test_every_reason_the_stopper_gives_is_one_the_ranks_can_agree_on(tmp_path, monkeypatch):
+    from core.runs import folder as runs
+
+    monkeypatch.setattr(runs.signal, "signal", lambda *_: None)  # pytest's own SIGTERM handler stays
+    monkeypatch.setattr(runs.os, "getppid", iter([1000, 1000, 1]).__next__)  # the launcher dies after one check
+    gone = runs.Stopper(tmp_path, watch_parent=True)
+    assert not gone() and gone()
+    by_file = runs.Stopper(tmp_path)
+    (tmp_path / runs.STOP).touch()
+    assert by_file()
+    by_signal = runs.Stopper(tmp_path)
+    by_signal._on_sigterm()
+    assert by_signal()
+    assert [gone.reason, by_file.reason, by_signal.reason] == ["launcher gone", "stop file", "SIGTERM"]
+    assert sorted(runs.STOP_REASONS) == sorted([gone.reason, by_file.reason, by_signal.reason])
+
+
 def test_form_values_round_trip_and_damage(tmp_path):
     """The Train form's memory: plain values kept beside the run folders, not seen as a run; damage -> {}."""
     from core.runs.folder import FORM_MEMORY, list_runs, load_form_values, save_form_values

@@ -37,6 +37,10 @@ START, PHASE, ENCODE, STEP, SAMPLE, EPOCH, SAVED, RESUMED, LOG_EVENT = (
 STOPPED, DONE, ERROR = "stopped", "done", "error"
 FINAL_EVENTS = (DONE, STOPPED, ERROR)
 LIVE = ("running", "starting", "stopping")
+# Why a trainer stops early (the "stopped" event's "reason"): the Stopper's three triggers. Under torchrun the ranks
+# agree on a reason by its place in STOP_REASONS (core.nn.distributed.agree_stop), so the trainer passes this tuple.
+REASON_STOP_FILE, REASON_SIGTERM, REASON_LAUNCHER_GONE = "stop file", "SIGTERM", "launcher gone"
+STOP_REASONS = (REASON_STOP_FILE, REASON_SIGTERM, REASON_LAUNCHER_GONE)
 
 
 # --- writing (the trainer's side) -----------------------------------------------------------------------
@@ -91,13 +95,13 @@ class Stopper:
                 pass
 
     def _on_sigterm(self, *_):
-        self.reason = "SIGTERM"
+        self.reason = REASON_SIGTERM
 
     def __call__(self) -> bool:
         if self.reason is None and self.file.exists():
-            self.reason = "stop file"
+            self.reason = REASON_STOP_FILE
         if self.reason is None and self.parent is not None and os.getppid() != self.parent:
-            self.reason = "launcher gone"
+            self.reason = REASON_LAUNCHER_GONE
         return self.reason is not None
 
     def consume(self) -> None:

@@ -63,7 +63,6 @@ from core.train.diskspace import check_cache_fits
 from core.train.scst import CiderReward, scst_step
 
 read_progress = runs.read_progress  # the one reader of progress.jsonl lives in core.runs.folder
-STOP_REASONS = ("stop file", "SIGTERM", "launcher gone")  # runs.Stopper's
 FAIL_AT_ENV = "CAPTION_TEST_FAIL_AT"  # tests only: "RANK:STEP" makes that rank raise at that step
 
 
@@ -248,7 +247,7 @@ def _gathered_rng(device) -> dict[str, torch.Tensor]:
 def _agreed_stop(should_stop: runs.Stopper, values=()) -> tuple[bool, list[float]]:
     """Whether any rank was asked to stop (then all stop here, with its reason), and `values` summed."""
     should_stop()  # reads the STOP file
-    reason, summed = dist.agree_stop(should_stop.reason, STOP_REASONS, values)
+    reason, summed = dist.agree_stop(should_stop.reason, runs.STOP_REASONS, values)
     should_stop.reason = should_stop.reason or reason
     return reason is not None, summed
 
