@@ -15,7 +15,7 @@ from core.evaluate.scores import (
     format_metric,
     metric_label,
 )
-from core.runs.folder import Job, list_runs, run_status
+from core.runs.folder import LIVE, Job, list_runs, run_status
 from core.runs.jobs import (
     JobError,
     current_job,
@@ -165,7 +165,7 @@ def runs_ui(live: Job | None) -> None:
             st.success(f"{Path(run.bundle).name} is now the active model on the Caption page.")
         except BundleError as e:
             st.error(f"This model cannot be used: {e}")
-    if run.status not in ("running", "starting", "stopping"):
+    if run.status not in LIVE:
         with st.expander("Details of this run", expanded=live is None):
             draw_run(run.path)
 

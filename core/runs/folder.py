@@ -36,7 +36,7 @@ START, PHASE, ENCODE, STEP, SAMPLE, EPOCH, SAVED, RESUMED, LOG_EVENT = (
     "start", "phase", "encode", "step", "sample", "epoch", "checkpoint", "resumed", "log")
 STOPPED, DONE, ERROR = "stopped", "done", "error"
 FINAL_EVENTS = (DONE, STOPPED, ERROR)
-LIVE = ("running", "starting", "stopping")
+LIVE = ("running", "starting", "stopping")  # run_status values of a run whose trainer is still at work
 # Why a trainer stops early (the "stopped" event's "reason"): the Stopper's three triggers. Under torchrun the ranks
 # agree on a reason by its place in STOP_REASONS (core.nn.distributed.agree_stop), so the trainer passes this tuple.
 REASON_STOP_FILE, REASON_SIGTERM, REASON_LAUNCHER_GONE = "stop file", "SIGTERM", "launcher gone"

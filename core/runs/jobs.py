@@ -26,7 +26,7 @@ from core.base import process
 from core.base.config import ConfigError, TrainConfig, slug
 from core.base.files import atomic_write_json, atomic_write_text
 from core.base.paths import JOB_LOCK_ENV, REPO_ROOT, runs_dir
-from core.runs.folder import CONFIG, LOG, RUN_LOCK, STOP, Job, run_holder, run_status
+from core.runs.folder import CONFIG, LIVE, LOG, RUN_LOCK, STOP, Job, run_holder, run_status
 
 TRAIN_COMMAND = (sys.executable, "-m", "core.train")
 # torchrun for one machine, a free port of its own, listening on loopback only (core.runs.launch: torchrun's own
@@ -209,7 +209,7 @@ def resume_job(run_dir: Path | str, root: Path | str | None = None, command=None
         raise JobError(f"{run_dir.name}/config.json cannot be read: {e}") from None
     with _Starting(root):
         status = run_status(run_dir)
-        if status in ("running", "starting", "stopping"):
+        if status in LIVE:
             raise JobError(f"{run_dir.name} is still running.")
         if status == "done":
             raise JobError(f"{run_dir.name} has finished; start a new run instead.")
