@@ -13,8 +13,9 @@ from __future__ import annotations
 import io
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
+from core.base.paths import SAMPLES_DIR
 from core.data.images import (
     FORMAT_NAMES,
     IMAGE_EXTENSIONS,
@@ -36,7 +37,6 @@ MAX_BATCH_PIXELS = 4_000_000_000  # decoded pixels of one batch (JPEGs count at 
 MAX_RATIO = 100  # a zip member may unpack to at most 100 times its packed size (photos barely compress)
 RATIO_FLOOR = 1_000_000  # ...once it unpacks to more than this: tiny files may compress well
 MAX_ZIP_ENTRIES = 20_000  # central-directory entries; more is refused before the zip is parsed
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "samples"
 _METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}  # what zips of photos use; bzip2/LZMA can burn minutes of CPU
 _JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
