@@ -16,6 +16,7 @@ import pytest
 from app_fixtures import fake_torchrun_command, fake_trainer_command
 from core.runs import jobs
 from core.base import process
+from core.base.paths import REPO_ROOT
 from core.runs import folder as runs
 
 
@@ -214,7 +215,7 @@ def test_summarize_restarts_after_resume():
 
 def test_job_outlives_the_server_that_started_it(runs_root, fake):
     # A stand-in for the Streamlit server starts the job and exits (stopped or restarted); a new one re-attaches.
-    repo = Path(jobs.__file__).resolve().parent.parent
+    repo = REPO_ROOT
     code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from core.runs import jobs; "
             f"jobs.start_job({{}}, {str(runs_root)!r}, command={fake!r})")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -240,7 +241,7 @@ def test_two_starts_at_once_give_one_job(runs_root, fake):
 
 
 def test_two_starting_processes_give_one_job(runs_root, fake):
-    repo = Path(jobs.__file__).resolve().parent.parent
+    repo = REPO_ROOT
     code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from core.runs import jobs\n"
             f"try:\n    jobs.start_job({{}}, {str(runs_root)!r}, command={fake!r}); print('started')\n"
             f"except jobs.JobError as e:\n    print('refused', e)")

@@ -15,10 +15,10 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 
+from core.base.paths import REPO_ROOT
 from core.device.build import (
     DRIVER_URL,
     FORCE_CPU_ENV,
-    REQUIREMENTS,
     NvidiaInfo,
     cuda_build_for,
     cuda_install_args,
@@ -142,7 +142,7 @@ def device_report(nvidia: NvidiaInfo | None | str = "query") -> DeviceReport:
 def device_report_subprocess(timeout: float = 180) -> DeviceReport:
     """device_report() from a fresh Python, so that the caller never loads torch (or CUDA) itself."""
     try:
-        done = subprocess.run([sys.executable, "-m", "core.device", "--json"], cwd=REQUIREMENTS.parent,
+        done = subprocess.run([sys.executable, "-m", "core.device", "--json"], cwd=REPO_ROOT,
                               capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
     except (OSError, subprocess.SubprocessError) as e:
         return DeviceReport("?", "unknown", "unknown", problem=f"Could not check the compute device: {e}")
