@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from conftest import ROOT, make_flickr, tiny_train_config
 from core.runs import folder as runs
 from core.base.config import TrainConfig
+from core.base.paths import TEST_FAIL_AT_ENV
 from core.runs.folder import read_progress
-from core.train.trainer import FAIL_AT_ENV, run
+from core.train.trainer import run
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with Gloo is needed")
@@ -189,7 +190,7 @@ def test_stop_file_stops_both_ranks_and_one_process_resumes(setup, two_processes
 def test_a_failing_rank_ends_the_run_with_its_error(setup):
     tmp, _ = setup
     run_dir = tmp / "failing"
-    code, _ = _finish(_torchrun(tmp, run_dir, env={FAIL_AT_ENV: "1:3"}))
+    code, _ = _finish(_torchrun(tmp, run_dir, env={TEST_FAIL_AT_ENV: "1:3"}))
     assert code != 0
     events = read_progress(run_dir)
     assert not any(e["event"] == "step" and e["step"] >= 3 for e in events)

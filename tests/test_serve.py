@@ -80,7 +80,7 @@ def test_serve_leaves_the_warm_up_to_the_first_page_on_a_small_cpu_without_the_w
     monkeypatch.setattr(warm, "start", lambda: started.append(True))
     monkeypatch.setattr(runpy, "run_module", lambda name, **kw: calls.append(name))
     monkeypatch.setattr(sys, "argv", ["serve"])
-    monkeypatch.delenv(serve.EARLY_ENV, raising=False)
+    monkeypatch.delenv(serve.EARLY_WARMUP_ENV, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     serve.main([])
     assert calls == ["streamlit"] and started == [True]  # the worker: early
@@ -91,7 +91,7 @@ def test_serve_leaves_the_warm_up_to_the_first_page_on_a_small_cpu_without_the_w
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     serve.main([])
     assert started == [True]
-    monkeypatch.setenv(serve.EARLY_ENV, "0")
+    monkeypatch.setenv(serve.EARLY_WARMUP_ENV, "0")
     serve.main([])
     assert started == [True]  # the override wins
 

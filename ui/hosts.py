@@ -18,11 +18,12 @@ import ipaddress
 import os
 import socket
 
-HOSTS_ENV = "CAPTION_ALLOWED_HOSTS"
+from core.base.paths import ALLOWED_HOSTS_ENV
+
 WILDCARDS = ("0.0.0.0", "::", "")
 REFUSED = (b"This server answers only requests addressed to localhost, 127.0.0.1 or [::1]. To open the app under "
            b"another name, start it with --server.address set to that address, or list the name in "
-           b"CAPTION_ALLOWED_HOSTS.\n")
+           + ALLOWED_HOSTS_ENV.encode() + b".\n")
 
 
 def host_name(header: str) -> str:
@@ -63,7 +64,7 @@ def _machine_names() -> set[str]:
 def allowed_names(server_address: str | None = None, browser_address: str | None = None,
                   extra: str | None = None) -> set[str] | None:
     """The host names answered besides loopback ones; None: any (the user asked for that with "*")."""
-    extra = os.environ.get(HOSTS_ENV, "") if extra is None else extra
+    extra = os.environ.get(ALLOWED_HOSTS_ENV, "") if extra is None else extra
     names = {host_name(n) for n in extra.split(",") if n.strip()}
     if "*" in names:
         return None

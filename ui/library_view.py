@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.base.paths import PAGE_BATCH_ENV
 from core.caption import store as caption_store
 from core.caption.client import WorkerError
 from core.caption.library import (
@@ -46,7 +47,7 @@ WRITTEN = "folder_written"  # what the last "Write N captions" wrote, and into w
 LATEST_ROWS = 50  # rows of the newest captions shown while a library is captioned
 # smaller than the command line's 32: the progress moves, and Cancel stops, every 16 photos (the browser test sets 2,
 # so that its Cancel lands half-way however fast this machine captions its tiny test model)
-PAGE_BATCH = int(os.environ.get("CAPTION_PAGE_BATCH", "16"))
+PAGE_BATCH = int(os.environ.get(PAGE_BATCH_ENV, "16"))
 EXISTING_HELP = {"skip": "skip images that already have a caption (continues an interrupted run)",
                  "overwrite": "caption every image again, replacing old captions",
                  "append": "caption every image again, adding to old captions"}

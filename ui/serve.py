@@ -21,13 +21,14 @@ import os
 import runpy
 import sys
 
+from core.base.paths import EARLY_WARMUP_ENV
+
 APP = "app.py"  # relative to the app folder, which the launchers change to first
-EARLY_ENV = "CAPTION_EARLY_WARMUP"  # "1": warm up before the server starts; "0": leave it to the first page
 EARLY_MIN_CPUS = 4  # without the worker, below this an early warm-up slows the first page more than it saves
 
 
 def early_warm_up() -> bool:
-    choice = os.environ.get(EARLY_ENV, "").strip()
+    choice = os.environ.get(EARLY_WARMUP_ENV, "").strip()
     if choice in ("0", "1"):
         return choice == "1"
     from ui.warm import use_worker

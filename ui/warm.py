@@ -17,7 +17,8 @@ import os
 import threading
 from pathlib import Path
 
-WORKER_ENV = "CAPTION_WORKER"  # "0": the models in the server's own process, no worker
+from core.base.paths import WORKER_ENV
+
 _lock = threading.Lock()
 _client = None  # core.caption.client.WorkerClient, once started
 _device: dict = {}

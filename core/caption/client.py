@@ -23,16 +23,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from core.base.paths import REPO_ROOT
+from core.base.paths import REPO_ROOT, WORKER_NICE_ENV, WORKER_STALL_ENV
 from core.bundle.store import BundleError
 from core.caption.result import CaptionResult
 from core.data.images import Refused
 
-NICE_ENV = "CAPTION_WORKER_NICE"  # the worker's nice value instead of NICE (0: the server's priority)
 NICE = 10  # the worker's nice value: it yields the CPU to the server and the browser (see core.caption.worker)
 CHUNK_BYTES = 32 << 20  # image bytes sent per caption request: the worker holds one chunk of uploads, not all
 CANCEL_WAIT_S = 300  # a cancelled request waits this long at most for the batch being captioned
-STALL_ENV = "CAPTION_WORKER_STALL_S"  # seconds of silence after which the worker counts as stopped (instead of STALL_S)
 # The worker's heartbeats come every 2 s from a thread of their own, during a model load too (an import gives up
 # the interpreter between modules): a minute of silence is some thirty missed, which a slow laptop under load does
 # not explain, while a stopped (SIGSTOP, a debugger) or frozen process does.
@@ -51,8 +49,8 @@ class WorkerStopped(WorkerError):
 class WorkerClient:
     def __init__(self, warm: Path | str | None = None, nice: int | None = None, stall_s: float | None = None):
         self.warm = warm
-        self.nice = int(os.environ.get(NICE_ENV, NICE)) if nice is None else nice
-        self.stall_s = float(os.environ.get(STALL_ENV, STALL_S)) if stall_s is None else stall_s
+        self.nice = int(os.environ.get(WORKER_NICE_ENV, NICE)) if nice is None else nice
+        self.stall_s = float(os.environ.get(WORKER_STALL_ENV, STALL_S)) if stall_s is None else stall_s
         self._lock = threading.Lock()  # the process and the waiting requests
         self._proc: subprocess.Popen | None = None
         self._outbox: dict[int, queue.Queue] = {}  # per worker pid: the lines its writer thread sends, in order

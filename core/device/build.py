@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.base.paths import REPO_ROOT
+from core.base.paths import FORCE_CPU_ENV, REPO_ROOT, TORCH_CUDA_ENV, TORCH_INDEX_ENV
 
 if TYPE_CHECKING:
     pass
 
-FORCE_CPU_ENV = "CAPTION_FORCE_CPU"  # "1": "auto" = CPU, and the launcher downloads no CUDA build
-TORCH_CUDA_ENV = "CAPTION_TORCH_CUDA"  # "1": install the CUDA build from PyTorch's index on Linux too
-TORCH_INDEX_ENV = "CAPTION_TORCH_INDEX"  # PyTorch's wheel index, or a mirror of it
 TORCH_INDEX = "https://download.pytorch.org/whl"
 DRIVER_URL = "https://www.nvidia.com/Download/index.aspx"
 CPU_BUILD = "cpu"  # PyTorch's CPU-only build (torch==X+cpu on its index): Linux without an NVIDIA GPU

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from core.base.paths import CACHE_ENV
+
 MARGIN_BYTES = 1 << 30  # left free for the checkpoints, the bundle and everything else on the disk
 MARGIN_FRACTION = 0.05  # ... or this share of the cache, whichever is more
 
@@ -42,7 +44,7 @@ def check_cache_space(folder: Path | str, rows_to_write: int, row_bytes: int, wh
         raise DiskSpaceError(
             f"not enough disk space for {what}: {rows_to_write:,} images x {row_bytes:,} bytes = {_gb(need)} to write "
             f"(plus {_gb(margin)} kept free), but only {_gb(free)} is free on the disk of {folder}. Free some space, "
-            "or point the cache elsewhere (cache folder / CAPTION_CACHE_DIR), or train on a fraction of the data.")
+            f"or point the cache elsewhere (cache folder / {CACHE_ENV}), or train on a fraction of the data.")
     return need
 
 

@@ -37,7 +37,7 @@ from core.base.config import (
     flag_fields,
 )
 from core.base.files import atomic_write_json
-from core.base.paths import runs_dir
+from core.base.paths import TEST_FAIL_AT_ENV, runs_dir
 from core.bundle.store import BundleError, publish_bundle, read_config, read_vocab
 from core.data.datasets import (
     load_split,
@@ -63,7 +63,6 @@ from core.train.diskspace import check_cache_fits
 from core.train.scst import CiderReward, scst_step
 
 read_progress = runs.read_progress  # the one reader of progress.jsonl lives in core.runs.folder
-FAIL_AT_ENV = "CAPTION_TEST_FAIL_AT"  # tests only: "RANK:STEP" makes that rank raise at that step
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -518,8 +517,8 @@ def _after_step(s: Session, epoch: int, b: int, n_batches: int, per: int, losses
     One collective per step: the loss averaged over the ranks, any rank's stop request, and rank 0's clock
     deciding a timed checkpoint (the ranks' clocks differ; every rank must take part in a checkpoint)."""
     cfg, state = s.cfg, s.state
-    if os.environ.get(FAIL_AT_ENV) == f"{dist.rank()}:{state['global_step'] + 1}":
-        raise RuntimeError(f"failure injected by {FAIL_AT_ENV} at step {state['global_step'] + 1}")
+    if os.environ.get(TEST_FAIL_AT_ENV) == f"{dist.rank()}:{state['global_step'] + 1}":
+        raise RuntimeError(f"failure injected by {TEST_FAIL_AT_ENV} at step {state['global_step'] + 1}")
     timed = dist.is_main() and time.monotonic() - s.last_checkpoint >= cfg.checkpoint_minutes * 60
     stop, (loss_sum, timed) = _agreed_stop(s.should_stop, [loss, timed])
     losses.append(loss_sum / dist.world())
