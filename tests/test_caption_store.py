@@ -48,6 +48,19 @@ def test_a_line_torn_by_a_crash_is_never_read_and_the_next_rows_are_kept(tmp_pat
     assert [r.image for r in table.load().results] == ["a.jpg", "c.jpg"]
 
 
+def test_a_line_separator_in_a_caption_keeps_the_table(tmp_path):
+    """Regression: rows are written with ensure_ascii=False, so U+2028 (or NEL) in a caption or a file name went
+    into rows.jsonl as it is; the reader split lines there too, took the first piece for a torn line and stopped:
+    a reload showed an empty table, and the next add numbered its pictures over the first ones."""
+    table = Table(caption_store.new_session_id(), "uploads", root=tmp_path)
+    table.add([CaptionResult("a\u2028b.jpg", "one\u2028two"), CaptionResult("c.jpg", "three\x85four")])
+    table.add([CaptionResult("d.jpg", "five")], thumbs={"d.jpg": b"thumb"})
+    data = table.load()
+    assert [(r.image, r.caption) for r in data.results] == [
+        ("a\u2028b.jpg", "one\u2028two"), ("c.jpg", "three\x85four"), ("d.jpg", "five")]
+    assert data.thumbs["d.jpg"].name == "2.thumb.jpg"
+
+
 def test_session_ids_from_a_url_are_never_paths(tmp_path):
     assert caption_store.valid_session_id(caption_store.new_session_id())
     for bad in ["../../etc", "", None, "20260101-000000-zz", "20260101-000000-0123abcd/.."]:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees half a file (temp file, fsync, os.replace, fsync the folder).
+"""Atomic file writes: a reader never sees half a file (temp file, fsync, os.replace, fsync the folder). And the one
+reader of the JSON Lines files that grow by appending (a training run's events, a Caption page table's rows).
 
 The new file looks like the one it replaces (mode, owner/group where permitted, extended attributes), or like any
 new file (the umask's mode, not mkstemp's 0600); a symlink is written through, so the link stays a link."""
@@ -116,3 +117,26 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json_lines(path: Path | str) -> list[dict]:
+    """The JSON objects of a file that grows a whole line at a time, in order: none when it is missing or
+    unreadable; a line that is not a JSON object is skipped, and so is a last line without its newline (torn by a
+    crash, or still being written: not data yet).
+
+    Lines end at "\n" only. str.splitlines also ends them at U+2028, U+2029 and NEL, which json.dumps with
+    ensure_ascii=False writes as they are: one such character in a caption cut its line in two, and the reader
+    that stopped at the first unterminated piece lost every row after it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    objects = []
+    for line in text.split("\n")[:-1]:  # what follows the last "\n" is nothing, or a torn line
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            objects.append(obj)
+    return objects

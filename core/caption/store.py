@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.base.files import atomic_write_bytes, atomic_write_json
+from core.base.files import atomic_write_bytes, atomic_write_json, read_json_lines
 from core.base.paths import runs_dir
 from core.caption.result import CaptionResult
 
@@ -91,7 +91,7 @@ class Table:
         data = TableData(models=list(meta.get("models", [])), total=int(meta.get("total", 0)),
                          meta=dict(meta.get("meta", {})))
         stored = {}
-        for row in _read_jsonl(self.rows_path):
+        for row in read_json_lines(self.rows_path):
             try:
                 r = CaptionResult.from_json(row["result"])
             except (TypeError, ValueError, KeyError):
@@ -116,7 +116,7 @@ class Table:
         which the close-up view reads itself). Returns name -> (preview path, thumbnail path) as written."""
         thumbs, previews, photos, written = thumbs or {}, previews or {}, photos or {}, {}
         _cut_torn_line(self.rows_path)
-        start = sum(1 for _ in _read_jsonl(self.rows_path))
+        start = len(read_json_lines(self.rows_path))
         lines = []
         for k, r in enumerate(results, start):
             row = {"result": r.to_json()}
@@ -239,24 +239,6 @@ def _cut_torn_line(path: Path) -> None:
         return
     if data and not data.endswith(b"\n"):
         atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break  # torn by a crash mid-write: the next add starts a fresh line after it
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
 
 
 def _read_json(path: Path):

@@ -18,7 +18,7 @@ from typing import Callable
 from filelock import FileLock, Timeout
 
 from core.base import process
-from core.base.files import atomic_write_json
+from core.base.files import atomic_write_json, read_json_lines
 
 CONFIG = "config.json"
 PROGRESS = "progress.jsonl"
@@ -196,19 +196,7 @@ class Job:
 
 def read_progress(run_dir: Path | str) -> list[dict]:
     """All events of a run; a missing file is no events, a half-written last line (mid-write) is skipped."""
-    try:
-        text = (Path(run_dir) / PROGRESS).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    events = []
-    for line in text.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+    return read_json_lines(Path(run_dir) / PROGRESS)
 
 
 def attempt_errors(run_dir: Path | str) -> list[dict]:
