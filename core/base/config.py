@@ -137,7 +137,7 @@ class ModelConfig:
     dropout: float = 0.3
     fine_tune: bool = False  # True: the backbone's weights are trained too and saved in the bundle
     fine_tune_blocks: int = 0  # with fine_tune: train only the backbone's last N stages (their input cached); 0: all
-    max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) seen in training; the default for decoding
+    max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) in training and its validation (captions: DecodeOptions)
     num_layers: int = 3  # transformer decoder: layers (its width is hidden_dim, its feed-forward 4 x hidden_dim)
     num_heads: int = 8  # transformer decoder: attention heads (hidden_dim must be a multiple of it)
     ensemble: int = 1  # decoders over the one encoder, their word distributions averaged (core.nn.ensemble); 1: one
