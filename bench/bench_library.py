@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.nn.captioner import ENCODE_BATCH, Captioner  # noqa: E402
 from core.nn.batches import iter_image_batches  # noqa: E402
 from core.nn.precision import encoder_autocast  # noqa: E402
+from core.base.config import DecodeOptions  # noqa: E402
 from core.caption.library import LibraryConfig, caption_library  # noqa: E402
 from core.data.images import find_images  # noqa: E402
 
@@ -84,7 +85,7 @@ def main() -> None:
         n = len(find_images(folder))
         captioner = Captioner(args.model, device=args.device)
         warm = [(str(f), f) for f in find_images(folder)[: args.batch_size]]
-        captioner.caption(warm, beam=args.beam, batch_size=args.batch_size)  # first-call costs out of the timing
+        captioner.caption(warm, DecodeOptions(beam=args.beam), batch_size=args.batch_size)  # first-call costs out of the timing
         rss_before = peak_rss_mb()
         s = captioner.spec
         enc_bs = -(-args.batch_size // -(-args.batch_size // ENCODE_BATCH))  # the chunks iter_captions encodes
@@ -106,7 +107,8 @@ def main() -> None:
         e2e_s = e2e_cpu = bare_s = bare_cpu = 0.0
         done = bare_done = 0
         for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
-            cfg = LibraryConfig(str(sub), csv=str(tmp / f"{sub.name}.csv"), beam=args.beam, batch_size=args.batch_size)
+            cfg = LibraryConfig(str(sub), csv=str(tmp / f"{sub.name}.csv"), decode=DecodeOptions(beam=args.beam),
+                                batch_size=args.batch_size)
             t, cpu = time.perf_counter(), time.process_time()
             pr = caption_library(cfg, captioner)
             e2e_s, e2e_cpu = e2e_s + time.perf_counter() - t, e2e_cpu + time.process_time() - cpu

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.nn.backbones import get_spec  # noqa: E402
 from core.nn.weights import save_bundle  # noqa: E402
 from core.nn.captioner import Captioner  # noqa: E402
-from core.base.config import ModelConfig, TrainConfig  # noqa: E402
+from core.base.config import DecodeOptions, ModelConfig, TrainConfig  # noqa: E402
 from core.data.datasets import ImageCaptions, load_split  # noqa: E402
 from core.nn.batches import iter_image_batches
 from core.nn.precision import adamw, compile_decoder, train_precision  # noqa: E402
@@ -169,7 +169,7 @@ def main() -> None:
     n = len(files)
     captioner.caption(files[:16], batch_size=16)  # warm-up
     t = time.perf_counter()
-    captioner.caption(files, beam=3, batch_size=16)
+    captioner.caption(files, DecodeOptions(beam=3), batch_size=16)
     e2e = n / (time.perf_counter() - t)
     _, images, _ = next(iter_image_batches([f for _, f in files[:16]], spec.image_size, spec.mean, spec.std, 16))
     with torch.no_grad():

@@ -31,6 +31,7 @@ def _reset_peak(pid: int | str) -> None:
 def main() -> None:
     from PIL import Image
 
+    from core.base.config import DecodeOptions
     from core.caption.client import CHUNK_BYTES, WorkerClient, _chunks
 
     p = argparse.ArgumentParser()
@@ -45,12 +46,12 @@ def main() -> None:
     chunk_mb = max(sum(len(s) for _, s in c) for c in _chunks(uploads, 16)) / 2**20
     client = WorkerClient(warm=None, nice=0)
     captioner = client.captioner(args.bundle)
-    captioner.caption(uploads[:1], beam=1, max_len=5)  # the model's first pass is not what is measured
+    captioner.caption(uploads[:1], DecodeOptions(beam=1, max_len=5))  # the model's first pass is not what is measured
     server0, worker0 = _status("self", "VmRSS"), _status(client.pid, "VmRSS")
     _reset_peak("self")
     _reset_peak(client.pid)
     started = time.monotonic()
-    results = captioner.caption(uploads, beam=1, max_len=5, batch_size=16)
+    results = captioner.caption(uploads, DecodeOptions(beam=1, max_len=5), batch_size=16)
     took = time.monotonic() - started
     server, worker = _status("self", "VmHWM") - server0, _status(client.pid, "VmHWM") - worker0
     client.stop()

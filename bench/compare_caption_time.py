@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.nn.captioner import Captioner  # noqa: E402
-from core.base.config import DEFAULT_BEAM  # noqa: E402
+from core.base.config import DecodeOptions  # noqa: E402
 from core.data.datasets import load_split  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="val")
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--beam", type=int, default=DEFAULT_BEAM)
+    p.add_argument("--beam", type=int, default=DecodeOptions.beam)
     p.add_argument("--beams", default="", help="comma-separated beam widths, each timed for every model (e.g. 3,5)")
     args = p.parse_args(argv)
     beams = [int(b) for b in args.beams.split(",") if b.strip()] or [args.beam]
@@ -36,13 +36,13 @@ def main(argv=None) -> int:
     loaded = {m: Captioner(m, device="cpu") for m in args.models}
     runs = [(m, b) for m in args.models for b in beams]  # timed in turns: (model, beam width)
     for m, b in runs:
-        loaded[m].caption(photos[:16], beam=b)  # warm-up
+        loaded[m].caption(photos[:16], DecodeOptions(beam=b))  # warm-up
     wall = {r: [] for r in runs}
     cpu = {r: [] for r in runs}
     for _ in range(args.rounds):
         for m, b in runs:
             t, c = time.perf_counter(), time.process_time()
-            loaded[m].caption(photos, beam=b)
+            loaded[m].caption(photos, DecodeOptions(beam=b))
             wall[m, b].append((time.perf_counter() - t) * 1e3 / len(photos))
             cpu[m, b].append((time.process_time() - c) * 1e3 / len(photos))
     for m, b in runs:

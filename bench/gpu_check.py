@@ -126,7 +126,7 @@ def check_captioning(dev) -> None:
     from core.bundle.store import DEFAULT_MODEL
     from core.nn.weights import load_bundle, save_bundle
     from core.nn.captioner import Captioner
-    from core.base.config import ModelConfig
+    from core.base.config import DecodeOptions, ModelConfig
     from core.nn.model import CaptionModel
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,10 +143,10 @@ def check_captioning(dev) -> None:
                          default.vocab, half=True)
         for label, folder in (("models/default", DEFAULT_MODEL), ("transformer 384x3 (untrained)", tr)):
             cap = Captioner(folder, device=str(dev))
-            cap.caption(photos[:32], beam=3, batch_size=32)  # warm-up: cuDNN autotuning, allocator
+            cap.caption(photos[:32], DecodeOptions(beam=3), batch_size=32)  # warm-up: cuDNN autotuning, allocator
             torch.cuda.synchronize()
             t = time.perf_counter()
-            results = cap.caption(photos, beam=3, batch_size=64)
+            results = cap.caption(photos, DecodeOptions(beam=3), batch_size=64)
             torch.cuda.synchronize()
             seconds = time.perf_counter() - t
             if any(r.error for r in results):

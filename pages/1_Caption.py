@@ -1,7 +1,7 @@
 """Caption page: caption uploads (files, zips, a folder) or a folder on this computer; review, edit, download."""
 import streamlit as st
 
-from core.base.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from core.base.config import DecodeOptions
 from core.base.paths import models_dir
 from core.bundle.store import headline_metrics
 from core.data.images import FORMAT_NAMES
@@ -23,7 +23,8 @@ SAMPLES_NOTE = ("The samples are photos far from what this model learned (it was
 
 
 def options_ui():
-    """Model, beam width, maximum length and object words from the sidebar; the model is None when there is none."""
+    """The model and how to decode (beam width, maximum length, object words, tag threshold) from the sidebar;
+    the model is None when there is none."""
     bundles, active = bundle_choices(models_dir())
     with st.sidebar:
         name = st.selectbox("Model", [b.name for b in bundles], index=active, key="model")
@@ -34,12 +35,13 @@ def options_ui():
         elif bundle is not None:
             _, figures = headline_metrics(bundle.metrics)
             st.caption(" · ".join([decoder_label(bundle.config)] + [f"{k} {v:.1f}" for k, v in figures.items()]))
-        beam = st.slider("Beam width", 1, 10, DEFAULT_BEAM, help="1 = greedy; wider searches more sentences, slower")
-        max_len = st.slider("Maximum length (words)", 5, 50, DEFAULT_MAX_LEN)
-        object_words = st.toggle("Object words", True, help="Name the object the image classifier is sure of "
-                                 "(e.g. cat 0.96) in the caption. The tags column shows what it sees either way.")
-        tag_threshold_ui()  # read where captions are made (ui.tags.tag_threshold)
-    return bundle, beam, max_len, object_words
+        d = DecodeOptions()
+        beam = st.slider("Beam width", 1, 10, d.beam, help="1 = greedy; wider searches more sentences, slower")
+        max_len = st.slider("Maximum length (words)", 5, 50, d.max_len)
+        object_words = st.toggle("Object words", d.object_words, help="Name the object the image classifier is sure "
+                                 "of (e.g. cat 0.96) in the caption. The tags column shows what it sees either way.")
+        tag_threshold = tag_threshold_ui()
+    return bundle, DecodeOptions(beam=beam, max_len=max_len, object_words=object_words, tag_threshold=tag_threshold)
 
 
 def inputs_ui(can_caption: bool):
@@ -69,7 +71,7 @@ def main() -> None:
     st.markdown("Upload photos (or zips, or a folder) and caption them all at once, or caption a whole photo library "
                 "on this computer.  \nReview and edit the captions, then download them, or write them beside the photos. "
                 "Your tables and edits are kept on this computer: a reload brings them back.")
-    bundle, beam, max_len, object_words = options_ui()
+    bundle, options = options_ui()
     if bundle is None and not st.session_state.get("model"):
         st.warning("No model found in the models folder. Train one on the Train page first.")
     source = st.segmented_control("Images from", ["Uploads", "A folder on this computer"], default="Uploads",
@@ -78,12 +80,12 @@ def main() -> None:
     if source == "Uploads":
         items = inputs_ui(bundle is not None)
         if items:
-            caption_uploads(bundle, items, beam, max_len, object_words, sid=sid)
+            caption_uploads(bundle, items, options, sid=sid)
         batch = uploads_batch(sid)
         if batch is not None:
             review_ui(batch)
     else:
-        folder_flow(bundle, beam, max_len, object_words, sid=sid)
+        folder_flow(bundle, options, sid=sid)
     offer_last_session(sid)  # last: a new tab's first look is the inputs
 
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT, make_image
+from core.base.config import DecodeOptions
 from core.nn.captioner import Captioner
 from core.caption.result import CaptionResult
 from core.caption.library import csv_bytes
@@ -16,7 +17,7 @@ def test_overfit_model_captions_its_images(tiny_bundle, tmp_path):
     cap = Captioner(tiny_bundle, device="cpu")
     names = [("red", "square"), ("blue", "stripe"), ("yellow", "square"), ("green", "stripe")]
     items = [(f"{c}-{s}", make_image(tmp_path / f"{c}{s}.png", c, s, seed=99)) for c, s in names]
-    results = cap.caption(items, beam=3)
+    results = cap.caption(items, DecodeOptions(beam=3))
     assert [r.caption for r in results] == [f"a {c} {s}" for c, s in names]
     assert all(r.error is None and r.score is not None and len(r.alternatives) == 2 for r in results)
 
@@ -87,11 +88,11 @@ def test_accented_names_survive_the_csv():
 def test_k_captions_are_the_top_beams_and_min_len_is_kept(tiny_bundle, tmp_path):
     cap = Captioner(tiny_bundle, device="cpu")
     item = [("red", make_image(tmp_path / "r.png", "red", "square"))]
-    r = cap.caption(item, beam=1, num_captions=4)[0]
+    r = cap.caption(item, DecodeOptions(beam=1, num_captions=4))[0]
     assert r.caption == "a red square" and len(r.alternatives) == 3  # the beam is widened to K
     assert len({r.caption, *(c for c, _ in r.alternatives)}) == 4
     assert r.score >= max(s for _, s in r.alternatives)
-    longer = cap.caption(item, beam=3, min_len=5, max_len=8)[0]
+    longer = cap.caption(item, DecodeOptions(beam=3, min_len=5, max_len=8))[0]
     assert len(longer.caption.split()) >= 5
 
 
@@ -100,9 +101,10 @@ def test_sampled_captions_with_top_p(tiny_bundle, tmp_path):
 
     torch.manual_seed(0)
     cap = Captioner(tiny_bundle, device="cpu")
-    r = cap.caption([("red", make_image(tmp_path / "r.png", "red", "square"))], num_captions=5, top_p=0.9)[0]
+    sampled = DecodeOptions(num_captions=5, top_p=0.9)
+    r = cap.caption([("red", make_image(tmp_path / "r.png", "red", "square"))], sampled)[0]
     assert r.caption and 1 + len(r.alternatives) <= 5  # identical samples are kept once
-    narrow = cap.caption([("red", tmp_path / "r.png")], num_captions=5, top_p=1e-6)[0]
+    narrow = cap.caption([("red", tmp_path / "r.png")], DecodeOptions(num_captions=5, top_p=1e-6))[0]
     assert narrow.caption == "a red square" and not narrow.alternatives  # a nucleus of one word is greedy
 
 
@@ -227,7 +229,6 @@ def test_tag_threshold_and_the_tags_outputs(tiny_bundle, tmp_path, monkeypatch):
 
     import torch
 
-    from core.caption import cli as caption_module
     from core.caption.library import LibraryConfig, caption_library
 
     cap = Captioner(tiny_bundle, device="cpu")
@@ -240,13 +241,13 @@ def test_tag_threshold_and_the_tags_outputs(tiny_bundle, tmp_path, monkeypatch):
     make_image(folder / "a.png", "red", "square")
     make_image(folder / "sub" / "b.png", "blue", "square")
 
-    low = cap.caption([("a", folder / "a.png")], tag_threshold=0.05)[0].tags
-    high = cap.caption([("a", folder / "a.png")], tag_threshold=0.5)[0].tags
+    low = cap.caption([("a", folder / "a.png")], DecodeOptions(tag_threshold=0.05))[0].tags
+    high = cap.caption([("a", folder / "a.png")], DecodeOptions(tag_threshold=0.5))[0].tags
     assert [n for n, _ in low][0] == "cat" and len(low) == 2 and [n for n, _ in high] == ["cat"]
     couch = low[1][0]
 
     cfg = LibraryConfig(str(folder), csv=str(tmp_path / "c.csv"), jsonl=True, jsonl_tags=True, tags_ext=".tags.txt",
-                        sidecar_ext=".txt", tag_threshold=0.05)
+                        sidecar_ext=".txt", decode=DecodeOptions(tag_threshold=0.05))
     caption_library(cfg, cap)
     assert (folder / "a.tags.txt").read_text(encoding="utf-8") == f"cat, {couch}\n"
     assert (folder / "sub" / "b.tags.txt").read_text(encoding="utf-8") == f"cat, {couch}\n"
@@ -257,10 +258,10 @@ def test_tag_threshold_and_the_tags_outputs(tiny_bundle, tmp_path, monkeypatch):
     assert table[0]["tags"].startswith("cat 0.") and couch in table[0]["tags"]
 
     (folder / "a.tags.txt").unlink()  # a rerun ("skip") writes only what is missing: the tags file
-    cfg = LibraryConfig(str(folder), tags_ext="tags.txt", tag_threshold=0.5)
+    cfg = LibraryConfig(str(folder), tags_ext="tags.txt", decode=DecodeOptions(tag_threshold=0.5))
     assert caption_library(cfg, cap).done == 1
     assert (folder / "a.tags.txt").read_text(encoding="utf-8") == "cat\n"
-    assert caption_module.TAG_MIN_PROB == 0.10
+    assert DecodeOptions().tag_threshold == 0.10  # the default of the page's slider and of --tag-threshold
 
 
 def test_tags_options_are_checked():
@@ -271,7 +272,7 @@ def test_tags_options_are_checked():
     with pytest.raises(ValueError, match="both be .txt"):
         LibraryConfig("x", sidecar_ext=".txt", tags_ext=".txt")
     with pytest.raises(ValueError, match="between 0 and 1"):
-        LibraryConfig("x", csv="c.csv", tag_threshold=5)
+        LibraryConfig("x", csv="c.csv", decode=DecodeOptions(tag_threshold=5))
     assert LibraryConfig("x", tags_ext="tags.txt").tags_ext == ".tags.txt"  # a tags file alone is an output
 
 
@@ -282,7 +283,7 @@ def test_two_photos_sharing_a_name_get_a_tags_file_each(tiny_bundle, tmp_path):
     make_image(folder / "a.jpg", "red", "square")
     make_image(folder / "a.png", "blue", "square")
     make_image(folder / "b.png", "green", "square")
-    caption_library(LibraryConfig(str(folder), tags_ext=".tags.txt", tag_threshold=0.0),
+    caption_library(LibraryConfig(str(folder), tags_ext=".tags.txt", decode=DecodeOptions(tag_threshold=0.0)),
                     Captioner(tiny_bundle, device="cpu"))
     assert sorted(p.name for p in folder.glob("*.tags.txt")) == ["a.jpg.tags.txt", "a.png.tags.txt", "b.tags.txt"]
     assert len((folder / "b.tags.txt").read_text(encoding="utf-8").split(", ")) == 3  # threshold 0: the top 3
@@ -309,7 +310,7 @@ def test_a_transformer_trained_by_image_groups_saves_in_fp16_loads_and_captions(
     for folder in (bundle, half):
         cap = Captioner(folder, device="cpu")
         assert cap.has_attention
-        results = cap.caption(items, beam=3)
+        results = cap.caption(items, DecodeOptions(beam=3))
         assert [r.caption for r in results] == [f"a {c} {s}" for c, s in names]
         assert results[0].attention.shape == (3, 7, 7)
-        assert [r.caption for r in cap.caption(items, beam=1)] == [r.caption for r in results]
+        assert [r.caption for r in cap.caption(items, DecodeOptions(beam=1))] == [r.caption for r in results]

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from conftest import ROOT
+from core.base.config import DecodeOptions
 from core.bundle.store import DEFAULT_MODEL
 from core.nn.weights import load_bundle
 from core.nn.captioner import Captioner
@@ -28,7 +29,7 @@ def test_shipped_model_describes_real_photos_sensibly():
     b = load_bundle(DEFAULT_MODEL)
     assert len(b.vocab) == b.config.vocab_size
     photos = [(p.stem, p) for p in sorted(SAMPLES.glob("*.jpg"))]
-    results = {r.image: r for r in Captioner(DEFAULT_MODEL).caption(photos, beam=3)}
+    results = {r.image: r for r in Captioner(DEFAULT_MODEL).caption(photos, DecodeOptions(beam=3))}
     words = results["astronaut"].caption.split()
     assert any(w in words for w in ("woman", "man", "person", "girl", "lady", "boy")), words
     for r in results.values():
@@ -46,7 +47,7 @@ def test_the_sample_cat_is_called_a_cat_and_its_caption_is_flagged():
     assert cap.can_tag and cap.calibration is not None
     photo = [("cat", SAMPLES / "cat.jpg")]
     guided = cap.caption(photo)[0]
-    plain = cap.caption(photo, object_words=False)[0]
+    plain = cap.caption(photo, DecodeOptions(object_words=False))[0]
     assert guided.tags[0][0] == "cat" and guided.tags[0][1] > 0.9 and guided.guided == "cat"
     assert "cat" in guided.caption.split() and "cat" not in plain.caption.split()
     assert plain.guided is None and plain.tags == guided.tags

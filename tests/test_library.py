@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, make_coco, make_image
+from core.base.config import DecodeOptions
 from core.caption import imagemeta
 from core.nn.captioner import Captioner
 from core.caption.library import LibraryConfig, caption_library
@@ -112,8 +113,8 @@ def test_k_captions_in_every_output(captioner, tmp_path):
     root = tmp_path / "lib"
     make_image(root / "r.png", "red", "square")
     out = tmp_path / "out.csv"
-    caption_library(LibraryConfig(str(root), csv=str(out), sidecar_ext=".caption", jsonl=True, num_captions=3),
-                    captioner)
+    caption_library(LibraryConfig(str(root), csv=str(out), sidecar_ext=".caption", jsonl=True,
+                                  decode=DecodeOptions(num_captions=3)), captioner)
     rows = read_csv(out)
     assert [r["image"] for r in rows] == ["r.png"] * 3 and rows[0]["caption"] == "a red square"
     assert len({r["caption"] for r in rows}) == 3
@@ -202,3 +203,13 @@ def test_bad_configs_say_why():
         LibraryConfig("x", sidecar_ext="jpg")
     with pytest.raises(ValueError, match="skip, overwrite, append"):
         LibraryConfig("x", csv="a.csv", existing="sometimes")
+
+
+def test_an_append_runs_id_did_not_change_when_the_decoding_options_moved_into_decode_options():
+    """Regression (issue 22): an unfinished "append" run resumes only if the same command gives the same run id;
+    the id hashes the decoding options by their old flat names, so one started before LibraryConfig.decode still
+    resumes. The values were computed by the version before."""
+    base = dict(csv="/tmp/x.csv", existing="append", prefix="sks, ")
+    assert LibraryConfig("/tmp/photos", **base).append_run_id() == "0abfbeca78c8f9c0"
+    chosen = DecodeOptions(num_captions=2, top_p=0.9, min_len=3, beam=5, max_len=12, object_words=False)
+    assert LibraryConfig("/tmp/photos", decode=chosen, **base).append_run_id() == "a4cc98c46d9a6adf"

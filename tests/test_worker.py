@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from app_fixtures import jpeg_bytes, make_tiny_bundle
+from core.base.config import DecodeOptions
 from core.bundle.store import BundleError
 from core.caption.client import WorkerClient, WorkerStopped
 
@@ -56,9 +57,9 @@ def test_the_worker_captions_as_a_captioner_here_does(client, bundle, tmp_path):
     path = tmp_path / "on-disk.png"
     path.write_bytes(jpeg_bytes((10, 120, 200), fmt="PNG"))
     batch = items(6) + [("broken.jpg", b"not an image"), ("on-disk.png", path)]
-    options = dict(beam=3, max_len=6, batch_size=4, num_captions=2, object_words=True)
-    remote = client.captioner(bundle).caption(batch, **options)
-    here = Captioner(bundle, device="cpu").caption(batch, **options)
+    options = DecodeOptions(beam=3, max_len=6, num_captions=2, object_words=True, tag_threshold=0.0)
+    remote = client.captioner(bundle).caption(batch, options, batch_size=4)
+    here = Captioner(bundle, device="cpu").caption(batch, options, batch_size=4)
     assert [r.image for r in remote] == [name for name, _ in batch]
     for a, b in zip(remote, here):
         assert (a.caption, a.score, a.alternatives, a.words, a.tags, a.error) == \
@@ -79,12 +80,12 @@ def test_a_model_that_cannot_load_is_a_bundle_error(client, tmp_path):
 def test_cancel_stops_after_the_current_batch_and_the_worker_serves_on(client, bundle):
     captioner = client.captioner(bundle)
     many = items(40)
-    batches = captioner.iter_captions(many, beam=2, max_len=5, batch_size=4)
+    batches = captioner.iter_captions(many, DecodeOptions(beam=2, max_len=5), batch_size=4)
     first = next(batches)
     assert [r.image for r in first] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
     batches.close()  # what a Cancel on the page does: returns once the worker has stopped the request
     assert not client._waiting  # nothing left waiting for answers
-    again = captioner.caption(many[:3], beam=2, max_len=5)  # the next request gets its own answers, in order
+    again = captioner.caption(many[:3], DecodeOptions(beam=2, max_len=5))  # the next request gets its own answers, in order
     assert [r.image for r in again] == ["0.jpg", "1.jpg", "2.jpg"] and all(r.caption for r in again)
 
 
@@ -94,7 +95,7 @@ def test_requests_run_side_by_side(client, bundle):
     got = {}
 
     def run(name, batch):
-        got[name] = captioner.caption(batch, beam=2, max_len=5, batch_size=2)
+        got[name] = captioner.caption(batch, DecodeOptions(beam=2, max_len=5), batch_size=2)
 
     long_batch, short_batch = items(30), items(3)[::-1]
     threads = [threading.Thread(target=run, args=("long", long_batch)),
@@ -112,13 +113,13 @@ def test_a_killed_worker_fails_the_waiting_request_and_the_next_one_starts_anoth
     try:
         captioner = c.captioner(bundle)
         first_pid = c.pid
-        batches = captioner.iter_captions(items(200), beam=3, max_len=8, batch_size=2)
+        batches = captioner.iter_captions(items(200), DecodeOptions(beam=3, max_len=8), batch_size=2)
         next(batches)
         os.kill(first_pid, signal.SIGKILL)  # what the system's out-of-memory killer does
         with pytest.raises(WorkerStopped, match="The caption worker stopped"):
             for _ in batches:
                 pass
-        results = c.captioner(bundle).caption(items(2), beam=2, max_len=5)
+        results = c.captioner(bundle).caption(items(2), DecodeOptions(beam=2, max_len=5))
         assert c.pid != first_pid and [r.image for r in results] == ["0.jpg", "1.jpg"]
     finally:
         c.stop()
@@ -146,14 +147,19 @@ def test_the_worker_cli_answers_a_request_on_stdin(bundle):
 
     request = {"id": 7, "op": "caption", "bundle": str(bundle), "device": "cpu",
                "items": [["p.jpg", {"bytes": __import__("base64").b64encode(jpeg_bytes()).decode()}]],
-               "options": {"beam": 2, "max_len": 4}}
-    out = subprocess.run([sys.executable, "-m", "core.caption.worker"], cwd=ROOT, input=json.dumps(request) + "\n",
+               "options": {"beam": 2, "max_len": 4}}  # DecodeOptions.to_dict(), the keys left out at their defaults
+    typo = dict(request, id=8, options={"beams": 2})  # an option this worker does not know: refused, not ignored
+    out = subprocess.run([sys.executable, "-m", "core.caption.worker"], cwd=ROOT,
+                         input=json.dumps(typo) + "\n" + json.dumps(request) + "\n",
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line]  # it starts with a newline (see core.caption.worker)
     answers = [a for a in map(json.loads, lines) if a.get("id") is not None]  # besides the heartbeats
-    assert [a["id"] for a in answers] == [7, 7] and answers[-1] == {"id": 7, "end": True}
-    assert answers[0]["results"][0]["image"] == "p.jpg" and answers[0]["results"][0]["caption"]
+    captioned, refused = [a for a in answers if a["id"] == 7], [a for a in answers if a["id"] == 8]
+    assert len(captioned) == 2 and captioned[-1] == {"id": 7, "end": True}
+    assert captioned[0]["results"][0]["image"] == "p.jpg" and captioned[0]["results"][0]["caption"]
+    assert len(refused) == 1 and refused[0]["kind"] == "ConfigError" and "results" not in refused[0]
+    assert "unknown decoding options: beams" in refused[0]["error"]
 
 
 def _in_a_thread(fn, timeout: float):
@@ -184,17 +190,17 @@ def test_a_stopped_worker_ends_the_requests_in_plain_words_and_a_fresh_one_serve
         stopped = c.pid
         os.kill(stopped, signal.SIGSTOP)
         started = time.monotonic()
-        done, result = _in_a_thread(lambda: captioner.caption(items(4), beam=2, max_len=5), timeout=60)
+        done, result = _in_a_thread(lambda: captioner.caption(items(4), DecodeOptions(beam=2, max_len=5)), timeout=60)
         assert done, "the request waited on the stopped worker"
         assert isinstance(result, WorkerStopped) and "did not answer for 8 s" in str(result)
         assert time.monotonic() - started < 40
         assert wait_gone(stopped)  # killed, not left stopped
-        results = c.captioner(bundle).caption(items(2), beam=2, max_len=5)
+        results = c.captioner(bundle).caption(items(2), DecodeOptions(beam=2, max_len=5))
         assert c.pid != stopped and [r.image for r in results] == ["0.jpg", "1.jpg"]
 
         # a Cancel (the iterator closed early) and another tab's upload, both while the worker is stopped
         second = c.pid
-        batches = c.captioner(bundle).iter_captions(items(60), beam=3, max_len=8, batch_size=2)
+        batches = c.captioner(bundle).iter_captions(items(60), DecodeOptions(beam=3, max_len=8), batch_size=2)
         next(batches)
         os.kill(second, signal.SIGSTOP)
         big = [(f"{i}.jpg", os.urandom(1 << 20)) for i in range(4)]  # 4 MB: more than a pipe holds
@@ -240,7 +246,7 @@ def test_a_slow_first_load_and_a_partial_line_before_the_protocol_do_not_wedge_a
     c = WorkerClient(warm=None, nice=0, stall_s=6)
     try:
         started = time.monotonic()
-        done, result = _in_a_thread(lambda: c.captioner(bundle).caption(items(2), beam=2, max_len=5), timeout=120)
+        done, result = _in_a_thread(lambda: c.captioner(bundle).caption(items(2), DecodeOptions(beam=2, max_len=5)), timeout=120)
         assert done, "the request never got its answer"
         assert not isinstance(result, Exception), result
         assert [r.image for r in result] == ["0.jpg", "1.jpg"] and time.monotonic() - started > 12

@@ -16,21 +16,22 @@ sys.path.insert(0, str(ROOT))
 
 from core.bundle.store import DEFAULT_MODEL  # noqa: E402
 from core.nn.captioner import Captioner  # noqa: E402
-from core.base.config import DEFAULT_BEAM  # noqa: E402
+from core.base.config import DecodeOptions  # noqa: E402
 from core.caption.tags import format_tags  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL))
-    p.add_argument("--beam", type=int, default=DEFAULT_BEAM)
+    p.add_argument("--beam", type=int, default=DecodeOptions.beam)
     args = p.parse_args(argv)
     cap = Captioner(args.model)
+    options = DecodeOptions(beam=args.beam)
     photos = [(p.name, p) for p in sorted((ROOT / "assets" / "samples").glob("*.jpg"))]
-    plain = {r.image: r for r in cap.caption(photos, beam=args.beam, object_words=False)}
+    plain = {r.image: r for r in cap.caption(photos, DecodeOptions(beam=args.beam, object_words=False))}
     print("| photo | tags (the backbone's classifier) | without object words | with object words (default) | confidence |")
     print("|---|---|---|---|---|")
-    for r in cap.caption(photos, beam=args.beam):
+    for r in cap.caption(photos, options):
         same = r.caption == plain[r.image].caption
         guided = "(same: no confident tag)" if r.guided is None else ("(same)" if same else r.caption)
         conf = "" if r.confidence is None else f"{r.confidence:.2f}" + (", check this one" if r.check else "")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.base.config import DecodeOptions
 from core.base.paths import PAGE_BATCH_ENV
 from core.caption import store as caption_store
 from core.caption.client import WorkerError
@@ -140,7 +141,8 @@ def folder_form(can_caption: bool) -> tuple[LibraryConfig | None, bool]:
             cfg = LibraryConfig(str(folder), recursive=recursive, include=_patterns(include),
                                 exclude=_patterns(exclude), csv=str(folder / "captions.csv") if want_csv else None,
                                 sidecar_ext=".txt" if sidecar else None, jsonl=jsonl, metadata=metadata,
-                                existing=existing, prefix=prefix, suffix=suffix, num_captions=int(k), **extra, **tags)
+                                existing=existing, prefix=prefix, suffix=suffix,
+                                decode=DecodeOptions(num_captions=int(k)), **extra, **tags)
         except ValueError as e:  # settings core.caption.library refuses (a system folder): its reason, and no button
             st.error(plain(e))
     start = st.button("Caption the folder", type="primary", key="lib-start", disabled=not (can_caption and cfg is not None))
@@ -171,11 +173,12 @@ def review_config(cfg: LibraryConfig, sid: str) -> LibraryConfig:
                                coco_results=None, metadata=False, tags_ext=None, existing="skip", **off)
 
 
-def run_library(cfg: LibraryConfig, bundle, beam: int, max_len: int, object_words: bool = True,
-                sid: str | None = None, form: dict | None = None) -> None:
+def run_library(cfg: LibraryConfig, bundle, options: DecodeOptions = DecodeOptions(), sid: str | None = None,
+                form: dict | None = None) -> None:
     """Caption the folder with progress; Cancel (or leaving the page) stops after the current batch, all kept.
     When it writes into or beside the photos, the captions go to the review table instead (see the module)."""
-    cfg.beam, cfg.max_len, cfg.batch_size, cfg.object_words = beam, max_len, PAGE_BATCH, object_words
+    # the sidebar's decoding with the form's captions per photo; only the run decodes (writing reviewed text does not)
+    cfg.decode, cfg.batch_size = dataclasses.replace(options, num_captions=cfg.decode.num_captions), PAGE_BATCH
     captioner = load_captioner(bundle)
     if captioner is None:
         return
@@ -334,14 +337,14 @@ def write_ui(batch: dict, cfg: LibraryConfig) -> None:
         st.warning(f"{done['missing']:,} rows name photos that are no longer in the folder; they were not written.")
 
 
-def folder_flow(bundle, beam: int, max_len: int, object_words: bool = True, sid: str | None = None) -> None:
+def folder_flow(bundle, options: DecodeOptions = DecodeOptions(), sid: str | None = None) -> None:
     st.caption("Captions are written as they come, so an interrupted run continues where it stopped.")
     if sid:
         restore_form(sid)
     cfg, start = folder_form(bundle is not None)
     form = {k: st.session_state[k] for k in FORM_KEYS if k in st.session_state}
     if cfg is not None and start:
-        run_library(cfg, bundle, beam, max_len, object_words, sid=sid, form=form)
+        run_library(cfg, bundle, options, sid=sid, form=form)
     if "library" in st.session_state:
         library_summary(st.session_state.library)
     if sid and cfg is not None and writes_photos(cfg):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.base.config import DecodeOptions
 from core.bundle.store import BundleError
 from core.caption import store as caption_store
 from core.caption.client import WorkerError
@@ -35,7 +36,6 @@ from ui.results import (
     ticked,
     with_captions,
 )
-from ui.tags import tag_threshold
 
 MAX_PICTURES = 1000  # rows beyond this keep no thumbnail or preview: a batch of 10,000 stays light in memory
 
@@ -179,7 +179,7 @@ def store_safely(batch: dict, write) -> tuple[bool, object]:
 
 # ------------------------------------------------------------------------------------------- captioning
 
-def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: int, object_words: bool = True,
+def caption_uploads(bundle, items: list[tuple[str, bytes]], options: DecodeOptions = DecodeOptions(),
                     sid: str | None = None) -> None:
     """Caption the items batch by batch, adding them to the session's table (st.session_state.batch) and to disk
     as they come; Cancel keeps the rows done so far."""
@@ -203,8 +203,7 @@ def caption_uploads(bundle, items: list[tuple[str, bytes]], beam: int, max_len: 
     started, done = time.perf_counter(), 0
     with running(batch):
         try:
-            for results in captioner.iter_captions(items, beam=beam, max_len=max_len, object_words=object_words,
-                                                   tag_threshold=tag_threshold()):
+            for results in captioner.iter_captions(items, options=options):
                 previews, thumbs = {}, {}
                 for r in results:
                     if len(batch["thumbs"]) + len(thumbs) < MAX_PICTURES:

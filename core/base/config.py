@@ -1,5 +1,6 @@
-"""Configuration: the model's hyperparameters (`ModelConfig`, saved as config.json in every bundle) and a
-training run's (`TrainConfig`, saved as config.json in every run folder, with a ModelConfig inside).
+"""Configuration: the model's hyperparameters (`ModelConfig`, saved as config.json in every bundle), a
+training run's (`TrainConfig`, saved as config.json in every run folder, with a ModelConfig inside) and how
+captions are decoded (`DecodeOptions`, the options of every caption request).
 
 No torch here: the Train page and core.runs.jobs validate a run's settings before anything heavy loads.
 """
@@ -22,13 +23,6 @@ GRID_DECODERS = ("attention", "transformer")  # read the feature grid (and give 
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "resnet101")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
-DEFAULT_BEAM = 3  # beam width of the Caption page, `core.caption` and `core.evaluate.run`
-DEFAULT_MAX_LEN = 20  # longest caption in words, in training and in decoding
-# Beam search never repeats a word pair: "a man is riding a bike on a bike" cannot be written. Measured on the
-# Flickr8k dev split (beam 3, issue 19): against 3 (no repeated triple), 10.9% -> 0% of captions with a repeated
-# pair, CIDEr 53.98 -> 54.13 (Transformer) and 53.12 -> 54.02 (the same after self-critical training).
-DEFAULT_NO_REPEAT_NGRAM = 2
-
 # One rule for the names of models and runs: they become folder names on every OS.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,60}")
 NAME_RULE = "letters, digits, - and _ (at most 60)"
@@ -47,6 +41,93 @@ def name_problem(name: str) -> str | None:
     return None if NAME_PATTERN.fullmatch(name) else f"The model name may hold only {NAME_RULE}."
 
 
+_KINDS = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"), float: ((int, float), "a number")}
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How captions are made from a model: every option of a caption request, in one place with its default.
+
+    The Caption page, `python -m core.caption`, core.caption.library (LibraryConfig.decode), the caption worker's
+    requests (to_dict / from_dict) and core.evaluate all hand one of these to core.nn.captioner, so a new option is
+    a field here (and its flag or widget), not a keyword threaded through nine signatures. The tag settings are
+    here too: the captioner applies them while it decodes, and the confident tags steer the beam (object words).
+    Frozen, and checked when made: an impossible option fails where it is set, in words, not deep in a worker."""
+    beam: int = 3  # beam width; 1 is greedy
+    max_len: int = 20  # longest caption in words (also ModelConfig.max_len's default, the longest trained on)
+    min_len: int = 1  # shortest caption in words
+    num_captions: int = 1  # K > 1: the caption and K-1 alternatives, the top K beams (the beam widens to K)...
+    top_p: float | None = None  # ... or, when set, K nucleus samples instead of beam search (varied, not repeatable)
+    object_words: bool = True  # a noun the image classifier is sure of must appear in the caption (core.caption.tags)
+    # Beam search never repeats a word pair: "a man is riding a bike on a bike" cannot be written. Measured on the
+    # Flickr8k dev split (beam 3, issue 19): against 3 (no repeated triple), 10.9% -> 0% of captions with a repeated
+    # pair, CIDEr 53.98 -> 54.13 (Transformer) and 53.12 -> 54.02 (the same after self-critical training). 0: off.
+    no_repeat_ngram: int = 2
+    length_penalty: float = 0.7  # beams are ranked by log-probability / (words + 1) ** this; 0 favours short ones
+    tag_threshold: float = 0.10  # a result's tags are the objects at least this probable...
+    max_tags: int = 3  # ... at most this many (ImageNet's 1000 classes rarely give more than 3 nouns above 5%)
+
+    def __post_init__(self):
+        problems = self.problems()
+        if problems:
+            raise ConfigError(" ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every option that cannot work, in plain words (empty when all can)."""
+        out = []
+        for f in fields(self):  # the kind of each value first: JSON from the worker's requests can hold anything
+            value = getattr(self, f.name)
+            if value is None and f.name == "top_p":  # None: beam search
+                continue
+            kinds, words = _KINDS[float if f.default is None else type(f.default)]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                out.append(f"The decoding option {f.name} must be {words} (it is {value!r}).")
+        if out:
+            return out
+        if self.beam < 1:
+            out.append(f"The beam width must be at least 1 (it is {self.beam}; 1 is greedy).")
+        if self.max_len < 1:
+            out.append(f"The longest caption must be at least 1 word (it is {self.max_len}).")
+        if not 1 <= self.min_len <= max(self.max_len, 1):
+            out.append(f"The shortest caption must be at least 1 word and at most the longest, {self.max_len} "
+                       f"(it is {self.min_len}).")
+        if self.num_captions < 1:
+            out.append(f"Captions per photo must be at least 1 (it is {self.num_captions}).")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            out.append(f"The sampling nucleus (top-p) must be above 0 and at most 1 (it is {self.top_p}).")
+        if self.no_repeat_ngram < 0:
+            out.append(f"The no-repeat n-gram size cannot be negative (it is {self.no_repeat_ngram}; 0 is off).")
+        if self.length_penalty < 0:
+            out.append(f"The length penalty cannot be negative (it is {self.length_penalty}).")
+        if not 0 <= self.tag_threshold <= 1:
+            out.append(f"The tag threshold is a probability between 0 and 1 (it is {self.tag_threshold}).")
+        if self.max_tags < 0:
+            out.append(f"Tags per photo cannot be negative (it is {self.max_tags}).")
+        return out
+
+    def to_dict(self) -> dict:
+        """The options as JSON-able values (the caption worker's requests carry them)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DecodeOptions":
+        """The options of to_dict(); a key left out takes its default, an unknown one is refused (a typo, or a
+        client newer than this worker, would otherwise be ignored without a word)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"decoding options must be a JSON object, not {type(d).__name__}")
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown decoding options: {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(f.name for f in fields(cls))})")
+        return cls(**d)
+
+
+# DecodeOptions' defaults by name, for what has no DecodeOptions: core.nn.decode's own defaults, ModelConfig.max_len
+DEFAULT_BEAM = DecodeOptions.beam
+DEFAULT_MAX_LEN = DecodeOptions.max_len
+DEFAULT_NO_REPEAT_NGRAM = DecodeOptions.no_repeat_ngram
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 0
@@ -59,7 +140,7 @@ class ModelConfig:
     dropout: float = 0.3
     fine_tune: bool = False  # True: the backbone's weights are trained too and saved in the bundle
     fine_tune_blocks: int = 0  # with fine_tune: train only the backbone's last N stages (their input cached); 0: all
-    max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) seen in training; the default for decoding
+    max_len: int = DEFAULT_MAX_LEN  # longest caption (in words) in training and its validation (captions: DecodeOptions)
     num_layers: int = 3  # transformer decoder: layers (its width is hidden_dim, its feed-forward 4 x hidden_dim)
     num_heads: int = 8  # transformer decoder: attention heads (hidden_dim must be a multiple of it)
     ensemble: int = 1  # decoders over the one encoder, their word distributions averaged (core.nn.ensemble); 1: one

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.base.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from core.base.config import ConfigError, DecodeOptions
 from core.base.files import DiskFullError, atomic_write_bytes
 from core.base.paths import models_dir
 from core.bundle.store import BundleError, get_active
@@ -27,7 +27,6 @@ from core.caption.library import (
 )
 from core.caption.progress import PhotoProgress
 from core.caption.result import CaptionResult
-from core.caption.tags import MAX_TAGS, TAG_MIN_PROB
 from core.data.images import collect_images
 
 if TYPE_CHECKING:  # the model runs in core.nn, imported when a command needs it: --help and --from-csv stay light
@@ -64,23 +63,24 @@ def main(argv=None) -> int:
     p.add_argument("--exclude", action="append", default=[], help="leave out files matching this glob (repeatable)")
     p.add_argument("--prefix", default="", help='added before every caption, e.g. "sks, "')
     p.add_argument("--suffix", default="", help="added after every caption")
-    p.add_argument("--num-captions", type=int, default=1, help="captions per image: the top K beams (default 1)")
-    p.add_argument("--top-p", type=float, default=None, help="sample the captions (nucleus, e.g. 0.9) instead")
-    p.add_argument("--min-len", type=int, default=1, help="shortest caption in words (default 1)")
-    p.add_argument("--object-words", choices=("on", "off"), default="on",
+    d = DecodeOptions()  # the decoding flags' defaults; decode_options() makes the flags one DecodeOptions again
+    p.add_argument("--num-captions", type=int, default=d.num_captions,
+                   help=f"captions per image: the top K beams (default {d.num_captions})")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="sample the captions (nucleus, e.g. 0.9) instead")
+    p.add_argument("--min-len", type=int, default=d.min_len, help=f"shortest caption in words (default {d.min_len})")
+    p.add_argument("--object-words", choices=("on", "off"), default="on" if d.object_words else "off",
                    help="on (default): a confidently recognised object (e.g. cat 0.96) is named in the caption")
-    p.add_argument("--tag-threshold", type=float, default=TAG_MIN_PROB,
+    p.add_argument("--tag-threshold", type=float, default=d.tag_threshold,
                    help=f"keep the tags (objects the ImageNet classifier sees) at least this probable, 0-1 "
-                        f"(default {TAG_MIN_PROB}); they go into the CSV's tags column and the outputs below")
-    p.add_argument("--max-tags", type=int, default=MAX_TAGS, help=f"tags per image at most (default {MAX_TAGS})")
+                        f"(default {d.tag_threshold}); they go into the CSV's tags column and the outputs below")
+    p.add_argument("--max-tags", type=int, default=d.max_tags, help=f"tags per image at most (default {d.max_tags})")
     p.add_argument("--tags-ext", default=None, help="also write each image's tags beside it as one comma-separated "
                    "line, in a file with this extension (e.g. .tags.txt: photo.jpg -> photo.tags.txt)")
     p.add_argument("--jsonl-tags", action="store_true", help="give metadata.jsonl rows a tags field (with --jsonl)")
     p.add_argument("--model", default=None,
                    help="model bundle folder (default: the model made active in the app, else models/default)")
-    p.add_argument("--beam", type=int, default=DEFAULT_BEAM, help=f"beam width; 1 = greedy (default: {DEFAULT_BEAM})")
-    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
-                   help=f"longest caption in words (default: {DEFAULT_MAX_LEN})")
+    p.add_argument("--beam", type=int, default=d.beam, help=f"beam width; 1 = greedy (default: {d.beam})")
+    p.add_argument("--max-len", type=int, default=d.max_len, help=f"longest caption in words (default: {d.max_len})")
     p.add_argument("--batch-size", type=int, default=LibraryConfig.batch_size,
                    help=f"images per beam search (default {LibraryConfig.batch_size}); progress moves per photo")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -88,6 +88,11 @@ def main(argv=None) -> int:
                    help="write the captions of this CSV (e.g. a captions.csv you corrected) into the chosen outputs "
                         "(--sidecar-ext, --metadata, --jsonl...) of the folder, without captioning again")
     args = p.parse_args(argv)
+    try:
+        args.decode = decode_options(args)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
     if args.from_csv:
         return _write_from_csv(args)
     from core.nn.captioner import TorchrunTeam, launched_by_torchrun
@@ -107,6 +112,13 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def decode_options(args) -> DecodeOptions:
+    """The decoding flags as one DecodeOptions (ConfigError, in words, when they cannot work)."""
+    return DecodeOptions(beam=args.beam, max_len=args.max_len, min_len=args.min_len, num_captions=args.num_captions,
+                         top_p=args.top_p, object_words=args.object_words == "on", tag_threshold=args.tag_threshold,
+                         max_tags=args.max_tags)
 
 
 class _Reporting:
@@ -174,21 +186,15 @@ def _load(args, device: str, team: TorchrunTeam | None) -> Captioner | None:
 def _main(args, team: TorchrunTeam | None) -> int:
     folders = [Path(x) for x in args.paths if Path(x).is_dir()]
     device = str(team.device) if team else args.device
-    if not 0 <= args.tag_threshold <= 1:
-        print(f"--tag-threshold is a probability between 0 and 1, not {args.tag_threshold}", file=sys.stderr)
-        return 2
     if len(args.paths) > 1 or not folders:
         return _caption_files(args, device, team)
     try:
         cfg = LibraryConfig(str(folders[0]), recursive=args.recursive, include=args.include, exclude=args.exclude,
                             csv=args.out or None, sidecar_ext=args.sidecar_ext, jsonl=args.jsonl,
                             coco_results=args.coco_results, metadata=args.metadata, existing=args.existing,
-                            prefix=args.prefix, suffix=args.suffix, num_captions=args.num_captions, top_p=args.top_p,
-                            min_len=args.min_len, beam=args.beam, max_len=args.max_len, batch_size=args.batch_size,
-                            object_words=args.object_words == "on", xmp_sidecar=args.xmp_sidecar,
-                            affix_metadata=args.prefix_in_metadata, keep_mtime=args.keep_mtime,
-                            tag_threshold=args.tag_threshold, max_tags=args.max_tags, tags_ext=args.tags_ext,
-                            jsonl_tags=args.jsonl_tags)
+                            prefix=args.prefix, suffix=args.suffix, decode=args.decode, batch_size=args.batch_size,
+                            xmp_sidecar=args.xmp_sidecar, affix_metadata=args.prefix_in_metadata,
+                            keep_mtime=args.keep_mtime, tags_ext=args.tags_ext, jsonl_tags=args.jsonl_tags)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -230,8 +236,7 @@ def _write_from_csv(args) -> int:
         cfg = LibraryConfig(args.paths[0], recursive=args.recursive, include=args.include, exclude=args.exclude,
                             csv=None if same else (args.out or None), sidecar_ext=args.sidecar_ext, jsonl=args.jsonl,
                             coco_results=args.coco_results, metadata=args.metadata, existing=args.existing,
-                            prefix=args.prefix, suffix=args.suffix, num_captions=args.num_captions,
-                            batch_size=args.batch_size)
+                            prefix=args.prefix, suffix=args.suffix, decode=args.decode, batch_size=args.batch_size)
         pr, missing, rows = write_from_csv(cfg, args.from_csv)
     except (ValueError, FileNotFoundError) as e:
         print(e, file=sys.stderr)
@@ -256,10 +261,7 @@ def _caption_files(args, device: str, team: TorchrunTeam | None) -> int:
         return 2
     reporting = _Reporting(captioner, f"rank {team.rank}/{team.world}: " if team else "", team)
     try:
-        results = reporting.caption([(str(f), f) for f in mine], beam=args.beam, max_len=args.max_len,
-                                    batch_size=args.batch_size, num_captions=args.num_captions, min_len=args.min_len,
-                                    top_p=args.top_p, object_words=args.object_words == "on",
-                                    tag_threshold=args.tag_threshold, max_tags=args.max_tags)
+        results = reporting.caption([(str(f), f) for f in mine], options=args.decode, batch_size=args.batch_size)
     finally:
         reporting.close()
     for r in results:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from core.base.config import DecodeOptions
 from core.base.paths import REPO_ROOT, WORKER_NICE_ENV, WORKER_STALL_ENV
 from core.bundle.store import BundleError
 from core.caption.result import CaptionResult
@@ -249,17 +250,18 @@ class RemoteCaptioner:
     def __init__(self, client: WorkerClient, bundle: str, device: str = "auto"):
         self.client, self.bundle, self.device = client, bundle, device
 
-    def iter_captions(self, items: list[tuple[str, Path | bytes]], **options) -> Iterator[list[CaptionResult]]:
+    def iter_captions(self, items: list[tuple[str, Path | bytes]], options: DecodeOptions = DecodeOptions(),
+                      batch_size: int = 16) -> Iterator[list[CaptionResult]]:
         """As Captioner.iter_captions: results batch by batch, in order; closing it cancels the rest."""
-        batch = options.get("batch_size", 16)
-        for chunk in _chunks(items, batch):
+        for chunk in _chunks(items, batch_size):
             wire = [[name, _wire(src)] for name, src in chunk]
             for msg in self.client.request("caption", bundle=self.bundle, device=self.device, items=wire,
-                                           options=options):
+                                           options=options.to_dict(), batch_size=batch_size):
                 yield [CaptionResult.from_json(r) for r in msg["results"]]
 
-    def caption(self, items: list[tuple[str, Path | bytes]], **options) -> list[CaptionResult]:
-        return [r for batch in self.iter_captions(items, **options) for r in batch]
+    def caption(self, items: list[tuple[str, Path | bytes]], options: DecodeOptions = DecodeOptions(),
+                batch_size: int = 16) -> list[CaptionResult]:
+        return [r for batch in self.iter_captions(items, options=options, batch_size=batch_size) for r in batch]
 
 
 def _parse(line: str) -> dict | None:

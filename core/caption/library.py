@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from core.base.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from core.base.config import DecodeOptions
 from core.base.files import (
     DiskFullError,
     atomic_write_bytes,
@@ -38,7 +38,7 @@ from core.base.files import (
     plain_os_error,
 )
 from core.caption import imagemeta
-from core.caption.tags import MAX_TAGS, TAG_MIN_PROB, format_tags, tag_list
+from core.caption.tags import format_tags, tag_list
 from core.data.images import IMAGE_EXTENSIONS, find_images
 
 CSV_COLUMNS = ["image", "caption", "score", "alternatives", "error", "tags", "confidence", "check"]
@@ -93,19 +93,12 @@ class LibraryConfig:
     existing: str = "skip"  # skip | overwrite | append
     prefix: str = ""  # added before every caption (a "trigger word" such as "sks, ")
     suffix: str = ""
-    num_captions: int = 1
-    top_p: float | None = None  # sample the K captions (nucleus) instead of taking the K best beams
-    min_len: int = 1
-    beam: int = DEFAULT_BEAM
-    max_len: int = DEFAULT_MAX_LEN
-    object_words: bool = True  # name a confidently recognised object in the caption (core.caption.tags)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)  # how captions are made; K = decode.num_captions
     batch_size: int = 128  # images per beam search and per progress step (core.nn.captioner encodes them 32 at a time)
     xmp_sidecar: bool = False  # write the caption into photo.jpg.xmp (or merge into photo.xmp), not the photo
     affix_metadata: bool = False  # prefix/suffix also into metadata and XMP (else only CSV, sidecars, JSON Lines, COCO)
     keep_mtime: bool = True  # a photo whose metadata is written keeps its modification time
     run_id: str | None = None  # names an "append" run so that rerunning it resumes it (default: from the settings)
-    tag_threshold: float = TAG_MIN_PROB  # tags at least this probable are kept (core.caption.tags)
-    max_tags: int = MAX_TAGS
     tags_ext: str | None = None  # e.g. ".tags.txt": the tags beside each image as a WD14-style comma list
     jsonl_tags: bool = False  # metadata.jsonl rows get a "tags" field (the same comma list)
 
@@ -135,11 +128,10 @@ class LibraryConfig:
             return self.run_id
         keys = ("root", "csv", "sidecar_ext", "jsonl", "coco_results", "metadata", "xmp_sidecar", "prefix", "suffix",
                 "num_captions", "top_p", "min_len", "beam", "max_len", "object_words", "include", "exclude")
-        return hashlib.sha256(json.dumps({k: asdict(self)[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+        settings = asdict(self) | self.decode.to_dict()  # flat, as before DecodeOptions: an older run still resumes
+        return hashlib.sha256(json.dumps({k: settings[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
     def _check_tags(self) -> None:
-        if not 0 <= self.tag_threshold <= 1:
-            raise ValueError(f"the tag threshold is a probability between 0 and 1, not {self.tag_threshold}")
         if not self.tags_ext:
             return
         self.tags_ext = self.tags_ext if self.tags_ext.startswith(".") else "." + self.tags_ext
@@ -630,7 +622,7 @@ class Library:
         seen: the file's identity before it was captioned; a file changed since gets no caption anywhere (and no
         CSV row, so that the next run captions it)."""
         cfg, name = self.cfg, self.name(path)
-        captions = [result.caption] + [c for c, _ in result.alternatives][: cfg.num_captions - 1]
+        captions = [result.caption] + [c for c, _ in result.alternatives][: cfg.decode.num_captions - 1]
         plain = [c for c in captions if c] if not result.error else []
         captions = [f"{cfg.prefix}{c}{cfg.suffix}" for c in plain]
         error = result.error or ""
@@ -648,7 +640,8 @@ class Library:
         if "csv" in outputs:
             if captions:
                 scores = [result.score] + [s for _, s in result.alternatives]
-                alts = " | ".join(f"{cfg.prefix}{c}{cfg.suffix}" for c, _ in result.alternatives) if cfg.num_captions == 1 else ""
+                alts = (" | ".join(f"{cfg.prefix}{c}{cfg.suffix}" for c, _ in result.alternatives)
+                        if cfg.decode.num_captions == 1 else "")
                 quality = quality_cells(result)
                 self.csv.append([csv_line([name, c, f"{s:.4f}", alts, ""] + quality) for c, s in zip(captions, scores)])
             else:
@@ -840,10 +833,7 @@ def _caption_plan(lib: Library, plan: list[tuple[Path, set[str]]], skipped: int,
         taken[0] = max(taken[0], min(upto, len(plan)))
     identify(AHEAD * cfg.batch_size)
     t0 = time.perf_counter()
-    batches = captioner.iter_captions([(str(p), p) for p, _ in plan], beam=cfg.beam, max_len=cfg.max_len,
-                                      batch_size=cfg.batch_size, num_captions=cfg.num_captions,
-                                      min_len=cfg.min_len, top_p=cfg.top_p, object_words=cfg.object_words,
-                                      tag_threshold=cfg.tag_threshold, max_tags=cfg.max_tags)
+    batches = captioner.iter_captions([(str(p), p) for p, _ in plan], options=cfg.decode, batch_size=cfg.batch_size)
     for results in batches:
         start = progress.done
         progress.latest = [lib.write(plan[start + i][0], plan[start + i][1], r, seen.pop(start + i, None))

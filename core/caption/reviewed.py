@@ -25,7 +25,7 @@ def reviewed_results(results: list[CaptionResult]) -> dict[str, CaptionResult]:
 def write_reviewed(cfg: LibraryConfig, results: list[CaptionResult],
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> tuple[Progress, list[str]]:
-    """Write each result's caption (its alternatives too, with cfg.num_captions > 1) to cfg's outputs, for the
+    """Write each result's caption (its alternatives too, with cfg.decode.num_captions > 1) to cfg's outputs, for the
     library's photos the results name; cfg.existing decides about photos that already have a caption, as when
     captioning. Returns (progress, the names of the results that match no photo of the library)."""
     by_name = reviewed_results(results)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from core.base.config import DecodeOptions
+
 OBJECT_WORDS = Path(__file__).resolve().parent / "object_words.json"
-TAG_MIN_PROB = 0.10  # a tag worth showing (the default threshold; CLI --tag-threshold, the Caption page's slider)
-MAX_TAGS = 3  # tags per image at most: ImageNet's 1000 classes rarely give more than 3 nouns above 5%
+TAG_MIN_PROB = DecodeOptions.tag_threshold  # a tag worth showing (the threshold and how many are kept: DecodeOptions)
 GUIDE_MIN_PROB = 0.70  # a tag confident enough to force its noun into the caption (Flickr8k dev: precision 92%, CIDEr +1.3)
 
 

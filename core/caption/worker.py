@@ -11,7 +11,7 @@ Protocol: JSON Lines. Requests on stdin, one per line, each with an "id"; answer
     {"id": 1, "op": "load", "bundle": DIR, "device": "auto"}   -> {"id": 1, "end": true}
     {"id": 2, "op": "caption", "bundle": DIR, "device": "auto",
      "items": [[name, {"path": P} | {"bytes": BASE64}], ...],
-     "options": {iter_captions' keyword arguments}}           -> {"id": 2, "results": [...]} per batch, then "end"
+     "options": DecodeOptions.to_dict(), "batch_size": 16}     -> {"id": 2, "results": [...]} per batch, then "end"
     {"id": 3, "op": "cancel", "target": 2}                     -> the caption request stops after its current batch
     {"id": 4, "op": "device"}                                  -> {"id": 4, "device": {core.device.report.DeviceReport}}
     a failure                                                  -> {"id": N, "error": message, "kind": "BundleError"|...}
@@ -19,7 +19,8 @@ Protocol: JSON Lines. Requests on stdin, one per line, each with an "id"; answer
 The first thing written is a bare newline, so that anything printed to stdout before the protocol started (a
 library's partial line) ends there instead of being glued to the first answer. The heartbeats let the server tell
 a worker that is busy (a first model load on a slow laptop) from one that is stopped or frozen (core.caption.client).
-A line on stdin that is not a JSON request (not UTF-8, not an object) is answered with an error and skipped.
+A line on stdin that is not a JSON request (not UTF-8, not an object) is answered with an error and skipped, as
+are decoding options that cannot work or that this worker does not know (core.base.config.DecodeOptions.from_dict).
 Requests run side by side (one thread each), so a long folder does not hold up another page's upload. The worker
 exits when stdin closes: the server ended, however it ended.
 """
@@ -34,6 +35,8 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from core.base.config import DecodeOptions
 
 MAX_MODELS = 2  # loaded models kept in memory (the active one and one other)
 HEARTBEAT_S = 2.0  # how often the worker says it is alive; the server gives up after many missed (worker_client)
@@ -95,7 +98,7 @@ def warm_up(bundle_path: Path | str) -> bool:
     False when there is no model there."""
     if not (Path(bundle_path) / "model.safetensors").exists():
         return False
-    loaded_captioner(bundle_path, "auto").caption([("warm-up", tiny_jpeg())], beam=1, max_len=2)
+    loaded_captioner(bundle_path, "auto").caption([("warm-up", tiny_jpeg())], DecodeOptions(beam=1, max_len=2))
     return True
 
 
@@ -224,8 +227,10 @@ class Worker:
             self.cancelled.discard(rid)
 
     def _caption(self, rid, req: dict) -> None:
+        options = DecodeOptions.from_dict(req.get("options", {}))  # refused before a model loads for it
         captioner = loaded_captioner(req["bundle"], req.get("device", "auto"))
-        batches = captioner.iter_captions(decode_items(req["items"]), **req.get("options", {}))
+        batches = captioner.iter_captions(decode_items(req["items"]), options=options,
+                                          batch_size=req.get("batch_size", 16))
         try:
             for results in batches:
                 self.send({"id": rid, "results": [r.to_json() for r in results]})

@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from core.base.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from core.base.config import ConfigError, DecodeOptions
 from core.evaluate.metrics import java_available, score_captions, tokenize
 
 # Garments, grouped: a caption's "t-shirt" is supported by a reference's "shirt". Words of Flickr8k and COCO captions.
@@ -89,8 +89,8 @@ def diagnostics_markdown(d: dict) -> str:
             f"| images | most repeated captions |\n|---|---|\n{rows}\n")
 
 
-def evaluate_bundle(model_dir: Path, data: Path, split: str = "val", beam: int = DEFAULT_BEAM,
-                    max_len: int = DEFAULT_MAX_LEN, batch_size: int = 32, limit: int | None = None, device: str = "auto",
+def evaluate_bundle(model_dir: Path, data: Path, split: str = "val", options: DecodeOptions = DecodeOptions(),
+                    batch_size: int = 32, limit: int | None = None, device: str = "auto",
                     write: bool = True, on_progress=None, captions_out: Path | None = None) -> dict:
     """Caption every image of a split with a bundle, score against the references, store in metrics.json."""
     from core.bundle.store import update_metrics
@@ -100,18 +100,19 @@ def evaluate_bundle(model_dir: Path, data: Path, split: str = "val", beam: int =
     items, _ = load_split(data, split)
     items = items[:limit] if limit else items
     captioner = Captioner(model_dir, device=device)
-    results = captioner.caption([(str(it.path), it.path) for it in items], beam=beam, max_len=max_len,
-                                batch_size=batch_size, on_progress=on_progress)
+    results = captioner.caption([(str(it.path), it.path) for it in items], options=options, batch_size=batch_size,
+                                on_progress=on_progress)
     refs = {str(it.path): it.captions for it in items}
     hyps = {r.image: r.caption for r in results if not r.error}
     metrics = score_captions(refs, hyps)
-    metrics.update({"images": len(hyps), "distinct_captions": len(set(hyps.values())), "beam": beam,
+    metrics.update({"images": len(hyps), "distinct_captions": len(set(hyps.values())), "beam": options.beam,
                     "split": f"{Path(data).name}/{split}", "tokenizer": "PTB" if java_available() else "python",
                     "diagnostics": caption_diagnostics(hyps, refs)})
     if captions_out:  # for tools/contact_sheet.py and for reading the captions themselves
         from core.base.files import atomic_write_json
 
-        atomic_write_json(Path(captions_out), {"model": str(model_dir), "split": split, "beam": beam, "captions": hyps})
+        atomic_write_json(Path(captions_out), {"model": str(model_dir), "split": split, "beam": options.beam,
+                                                "captions": hyps})
     if write:
         update_metrics(model_dir, {f"{Path(data).name}/{split}": metrics})
     return metrics
@@ -122,17 +123,21 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model bundle folder (default: models/default)")
     p.add_argument("--data", required=True, help="dataset folder in COCO or Flickr layout")
     p.add_argument("--split", default="val")
-    p.add_argument("--beam", type=int, default=DEFAULT_BEAM)
-    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN)
+    p.add_argument("--beam", type=int, default=DecodeOptions.beam)
+    p.add_argument("--max-len", type=int, default=DecodeOptions.max_len)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-write", action="store_true", help="do not store the metrics in the bundle")
     p.add_argument("--captions-out", type=Path, default=None, help="also write every caption to this JSON file")
     args = p.parse_args(argv)
+    try:  # the decoding flags as one DecodeOptions; the other options keep their defaults (object words on)
+        options = DecodeOptions(beam=args.beam, max_len=args.max_len)
+    except ConfigError as e:
+        p.error(str(e))
     from core.bundle.store import DEFAULT_MODEL
 
-    metrics = evaluate_bundle(Path(args.model or DEFAULT_MODEL), Path(args.data), args.split, args.beam, args.max_len,
+    metrics = evaluate_bundle(Path(args.model or DEFAULT_MODEL), Path(args.data), args.split, options,
                               args.batch_size, args.limit, args.device, write=not args.no_write, captions_out=args.captions_out,
                               on_progress=lambda d, n: print(f"\rcaptioned {d}/{n}", end="", file=sys.stderr))
     print(file=sys.stderr)

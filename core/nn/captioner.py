@@ -14,17 +14,11 @@ from typing import Callable
 
 import torch
 
-from core.base.config import DEFAULT_BEAM, DEFAULT_MAX_LEN
+from core.base.config import DecodeOptions
 from core.bundle.store import DEFAULT_MODEL
 from core.caption.confidence import Calibration
 from core.caption.result import CaptionResult
-from core.caption.tags import (
-    GUIDE_MIN_PROB,
-    MAX_TAGS,
-    TAG_MIN_PROB,
-    guide_words,
-    image_tags,
-)
+from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags
 from core.data.vocabulary import END, PAD
 from core.nn import distributed as dist
 from core.nn.batches import iter_image_batches
@@ -50,13 +44,11 @@ class Captioner:
         self.overlap = True  # decode a batch while the next one is encoded (iter_captions)
         self.on_image_read: Callable[[int], None] | None = None  # called as each image is read (progress bars)
 
-    def caption(self, items: list[tuple[str, Path | bytes]], beam: int = DEFAULT_BEAM, max_len: int = DEFAULT_MAX_LEN,
-                batch_size: int = 16,
-                on_progress: Callable[[int, int], None] | None = None, **options) -> list[CaptionResult]:
-        """items: (name, path or bytes). One result per item, in order; a bad item gets `error`, not an exception.
-        `options`: num_captions, min_len, top_p, object_words, as in iter_captions."""
+    def caption(self, items: list[tuple[str, Path | bytes]], options: DecodeOptions = DecodeOptions(),
+                batch_size: int = 16, on_progress: Callable[[int, int], None] | None = None) -> list[CaptionResult]:
+        """items: (name, path or bytes). One result per item, in order; a bad item gets `error`, not an exception."""
         results, done = [], 0
-        for batch in self.iter_captions(items, beam=beam, max_len=max_len, batch_size=batch_size, **options):
+        for batch in self.iter_captions(items, options=options, batch_size=batch_size):
             results += batch
             done += len(batch)
             if on_progress:
@@ -64,11 +56,9 @@ class Captioner:
         return results
 
     @torch.no_grad()
-    def iter_captions(self, items: list[tuple[str, Path | bytes]], beam: int = DEFAULT_BEAM,
-                      max_len: int = DEFAULT_MAX_LEN,
-                      batch_size: int = 16, num_captions: int = 1, min_len: int = 1, top_p: float | None = None,
-                      object_words: bool = True, tag_threshold: float = TAG_MIN_PROB, max_tags: int = MAX_TAGS):
-        """Yield the results of consecutive batches of `items`, in order.
+    def iter_captions(self, items: list[tuple[str, Path | bytes]], options: DecodeOptions = DecodeOptions(),
+                      batch_size: int = 16):
+        """Yield the results of consecutive batches of `items`, decoded as `options` say, in order.
 
         Three stages overlap: the next batch's images are read and resized (core.nn.batches, threads) and this batch is
         encoded while the previous batch's beam search runs in a thread (torch releases the GIL in both), unless
@@ -78,10 +68,6 @@ class Captioner:
         of 128: 4 x 32): on a CPU beam search gets faster per image up to batches of 128 and more (each step's fixed
         costs are shared), the encoder does not (its activations fall out of cache), and only a chunk of decoded
         images is held ahead. Results come in batches of `chunks * chunk size`: batch_size rounded up to that.
-
-        num_captions K > 1: the caption plus K-1 `alternatives`, the top K beams (the beam is widened to K), or
-        K samples when top_p is set (nucleus sampling; varied, not deterministic). min_len: fewest words.
-        tag_threshold, max_tags: a result's tags are its `max_tags` likeliest objects at least this probable.
         """
         sources = [src for _, src in items]
         s, start = self.spec, 0
@@ -104,8 +90,7 @@ class Captioner:
                 feats = (torch.cat(feats) if len(feats) > 1 else feats[0]) if feats else None  # (n, P, C)
                 n, encoded = len(idx) + len(errors), []
                 job = decoding.submit(self._decode_batch, [name for name, _ in items[start:start + n]], idx, errors,
-                                      feats, beam, max_len, num_captions, min_len, top_p, object_words,
-                                      tag_threshold, max_tags)
+                                      feats, options)
                 start += n
                 if pending is not None:
                     yield pending.result()
@@ -118,9 +103,7 @@ class Captioner:
 
     @torch.no_grad()  # grad mode is per thread: this runs in iter_captions' decoding thread
     def _decode_batch(self, names: list[str], idx: list[int], errors: dict[int, str], feats: torch.Tensor | None,
-                      beam: int, max_len: int, num_captions: int, min_len: int, top_p: float | None,
-                      object_words: bool, tag_threshold: float = TAG_MIN_PROB,
-                      max_tags: int = MAX_TAGS) -> list[CaptionResult]:
+                      opt: DecodeOptions) -> list[CaptionResult]:
         """One batch: feats (len(idx), P, C) of the readable images idx (positions in names) -> a result per name."""
         results = [CaptionResult(name) for name in names]
         for i, msg in errors.items():
@@ -128,23 +111,25 @@ class Captioner:
         if feats is None:
             return results
         # guidance sees the confident tags whatever the threshold shown: a 0.9 threshold does not unguide a 0.8 cat
-        seen = (image_tags(self.model.encoder.classify(feats), top=max(max_tags, 3),
-                           min_prob=min(tag_threshold, GUIDE_MIN_PROB)) if self.can_tag else [[] for _ in idx])
-        guide = [guide_words(t, self.vocab.stoi) for t in seen] if object_words and not top_p else []
-        tags = [[(n, p) for n, p in t if p >= tag_threshold][: max_tags] for t in seen]
-        if top_p:
-            hyps = self._sample(feats, num_captions, max_len, top_p, min_len)
+        seen = (image_tags(self.model.encoder.classify(feats), top=max(opt.max_tags, 3),
+                           min_prob=min(opt.tag_threshold, GUIDE_MIN_PROB)) if self.can_tag else [[] for _ in idx])
+        guide = [guide_words(t, self.vocab.stoi) for t in seen] if opt.object_words and not opt.top_p else []
+        tags = [[(n, p) for n, p in t if p >= opt.tag_threshold][: opt.max_tags] for t in seen]
+        if opt.top_p:
+            hyps = self._sample(feats, opt.num_captions, opt.max_len, opt.top_p, opt.min_len)
         else:
             with self._decoder_autocast():
-                hyps = beam_search(self.model.decoder, feats, beam_size=max(beam, num_captions),
-                                   max_len=max_len, min_len=min_len, constraints=guide if any(guide) else None)
+                hyps = beam_search(self.model.decoder, feats, beam_size=max(opt.beam, opt.num_captions),
+                                   max_len=opt.max_len, length_penalty=opt.length_penalty,
+                                   no_repeat_ngram=opt.no_repeat_ngram, min_len=opt.min_len,
+                                   constraints=guide if any(guide) else None)
         for j, (i, image_hyps) in enumerate(zip(idx, hyps)):
             r = results[i]
             self._fill(r, image_hyps)
             r.tags = tags[j]
             if guide and guide[j]:
                 r.guided = next(n for n, _ in seen[j] if self.vocab.stoi.get(n) in guide[j][0])
-            if self.calibration and not top_p:  # the curve was fitted on beam-search scores
+            if self.calibration and not opt.top_p:  # the curve was fitted on beam-search scores
                 r.confidence = round(self.calibration.confidence(r.score), 3)
                 r.check = r.confidence < self.calibration.flag_below
         return results
