@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from core.base.config import GRID_DECODERS, ModelConfig
 from core.data.vocabulary import PAD
 from core.nn.backbones import build_backbone, get_spec
+from core.nn.ensemble import EnsembleDecoder
 
 
 class Encoder(nn.Module):
@@ -321,8 +322,6 @@ class CaptionModel(nn.Module):
         self.encoder = Encoder(cfg.backbone, pretrained) if with_encoder else None
         decoder_cls = DECODER_CLASSES[cfg.decoder]
         if cfg.ensemble > 1:  # several decoders over this one encoder (core.nn.ensemble)
-            from core.nn.ensemble import EnsembleDecoder
-
             self.decoder = EnsembleDecoder([decoder_cls(cfg, self.spec.feature_dim) for _ in range(cfg.ensemble)])
         else:
             self.decoder = decoder_cls(cfg, self.spec.feature_dim)
