@@ -213,3 +213,15 @@ def test_an_append_runs_id_did_not_change_when_the_decoding_options_moved_into_d
     assert LibraryConfig("/tmp/photos", **base).append_run_id() == "0abfbeca78c8f9c0"
     chosen = DecodeOptions(num_captions=2, top_p=0.9, min_len=3, beam=5, max_len=12, object_words=False)
     assert LibraryConfig("/tmp/photos", decode=chosen, **base).append_run_id() == "a4cc98c46d9a6adf"
+
+
+def test_a_caption_holding_a_line_separator_is_not_captioned_again(captioner, tmp_path):
+    """metadata.jsonl is written with ensure_ascii=False: a caption may hold U+2028 (here through the suffix) as it
+    is. Read back with str.splitlines, that line broke in two, the photo looked uncaptioned and was captioned again
+    on every run."""
+    root = library(tmp_path / "lib")
+    cfg = LibraryConfig(str(root), jsonl=True, suffix="\u2028(checked)")
+    first = caption_library(cfg, captioner)
+    assert (first.done, first.failed) == (5, 1) and "\u2028" in (root / "metadata.jsonl").read_text(encoding="utf-8")
+    again = caption_library(cfg, captioner)
+    assert again.skipped == 4  # the four photos; the broken file has no line to skip it by

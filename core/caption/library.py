@@ -327,9 +327,17 @@ def _read_csv(path: Path) -> list[list[str]]:
     return [r for r in rows[1:] if len(r) in (_OLD_COLUMNS, len(CSV_COLUMNS))]
 
 
+def _lines(text: str, keepends: bool = False) -> list[str]:
+    """Lines that end at "\n" only: str.splitlines also ends them at U+2028, U+2029 and NEL, which a caption
+    written with ensure_ascii=False may hold (its photo would be captioned again on every run)."""
+    parts = text.split("\n")
+    lines = [p + "\n" for p in parts[:-1]] if keepends else parts[:-1]
+    return lines + [parts[-1]] if parts[-1] else lines
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     out = []
-    for line in _complete_lines(path).splitlines():
+    for line in _lines(_complete_lines(path)):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
@@ -505,7 +513,7 @@ class Library:
         """The names an interrupted "append" run of the same settings already did; starts this run's journal."""
         run, done, paths = self.cfg.append_run_id(), set(), [self.append_path, *_parts(self.append_path)]
         for path in paths:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
+            lines = _lines(path.read_text(encoding="utf-8", errors="replace")) if path.exists() else []
             try:
                 head = json.loads(lines[0]) if lines else {}
             except json.JSONDecodeError:
@@ -544,7 +552,7 @@ class Library:
         if self._old_lines and self.jsonl:
             budget = Counter({t: n for t, n in self._old_lines.items() if json.loads(t)["file_name"] in self._written})
             keep = []
-            for line in _complete_lines(self.jsonl.path).splitlines(keepends=True):
+            for line in _lines(_complete_lines(self.jsonl.path), keepends=True):
                 try:
                     key = json.dumps(json.loads(line), sort_keys=True)
                 except json.JSONDecodeError:
@@ -579,7 +587,7 @@ class Library:
             merged += _remove(parts)
         if self.jsonl and (parts := _parts(self.jsonl.path)):
             lines = [ln if ln.endswith("\n") else ln + "\n"
-                     for ln in _complete_lines(self.jsonl.path).splitlines(keepends=True)]  # as they are
+                     for ln in _lines(_complete_lines(self.jsonl.path), keepends=True)]  # as they are
             objs = _read_jsonl(self.jsonl.path)
             have = {json.dumps(o, sort_keys=True) for o in objs} if recovering else set()
             new = [o for part in parts for o in _read_jsonl(part) if json.dumps(o, sort_keys=True) not in have]
