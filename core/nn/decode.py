@@ -67,6 +67,179 @@ def _ban_repeated_ngrams(logp: torch.Tensor, history: torch.Tensor, n: int) -> N
     logp[rows, windows[rows, at, n - 1]] = float("-inf")
 
 
+@dataclass
+class _Beams:
+    """The live beams of a batched beam search. Each image has R = S*K rows, K beams for each of the S states
+    of its constraint automaton: row j*R + s*K + k is beam k of state s of image live[j]."""
+
+    live: list[int]  # the images still searched, in row order
+    tokens: torch.Tensor  # (L*R, t+1): <start> and the words so far
+    scores: torch.Tensor  # (L, S, K) summed log-probabilities; -inf in a dead slot
+    state: dict  # the decoder's state, (L*R, ...) each
+    # state tensors the decoder never replaces (the attention's image features) are the same for all R rows of
+    # an image, so reordering beams inside an image leaves them as they are: they are not gathered every step
+    constant: dict
+    word_bits: torch.Tensor | None = None  # (L, 1, 1, V): bit j set for the words of the image's word set j
+    alphas: torch.Tensor | None = None  # (L*R, t, P) attention weights, attention models only
+
+
+def _start_beams(decoder, feats: torch.Tensor, S: int, K: int) -> _Beams:
+    """Every image's R = S*K rows at <start>, only the first beam of state 0 ("nothing met") alive: the beams
+    start identical, so keeping one of them makes the first step give K different words."""
+    B, R, dev = feats.size(0), S * K, feats.device
+    state = {k: v.repeat_interleave(R, 0) for k, v in decoder.init_state(feats).items()}  # (B*R, ...)
+    tokens = torch.full((B * R, 1), START, dtype=torch.long, device=dev)  # (B*R, 1)
+    scores = torch.full((B, S, K), float("-inf"), device=dev)  # (B, S, K)
+    scores[:, 0, 0] = 0.0
+    return _Beams(list(range(B)), tokens, scores, state, dict(state))
+
+
+def _word_bits(constraints: list[list[list[int]]], V: int, device) -> torch.Tensor:
+    """The automaton's moves: (B, 1, 1, V) where bit j of word w is set if w is in image b's word set j."""
+    bits = torch.zeros(len(constraints), V, dtype=torch.long, device=device)  # (B, V)
+    for b, sets in enumerate(constraints):
+        for j, words in enumerate(sets):
+            bits[b, [w for w in words if 0 <= w < V]] |= 1 << j
+    return bits.view(-1, 1, 1, V)  # (B, 1, 1, V)
+
+
+def _advance(decoder, beams: _Beams, no_end: bool) -> torch.Tensor:
+    """One decoder step on every live row's last word -> log-probs (L*R, V); the state and attention move on."""
+    logp, state, alpha = _next_logprobs(decoder, beams.tokens[:, -1], beams.state, first=no_end)  # (L*R, V)
+    beams.constant = {k: v for k, v in beams.constant.items() if state.get(k) is v}
+    beams.state = state
+    if alpha is not None:
+        alpha = alpha.float().unsqueeze(1)  # (L*R, 1, P); fp32 also under bf16 autocast
+        beams.alphas = alpha if beams.alphas is None else torch.cat([beams.alphas, alpha], 1)  # (L*R, t+1, P)
+    return logp
+
+
+def _hypothesis(beams: _Beams, row: int, logprob: float, length_penalty: float, finished: bool) -> Hypothesis:
+    """Row `row`'s words as they stand (without <start>), ranked by logprob / (words + 1) ** length_penalty."""
+    words = beams.tokens[row, 1:].tolist()
+    alphas = beams.alphas[row, : len(words)].cpu() if beams.alphas is not None else None  # (len(words), P)
+    return Hypothesis(words, logprob / (len(words) + 1) ** length_penalty, logprob, finished, alphas)
+
+
+def _best_extensions(beams: _Beams, logp: torch.Tensor) -> list[tuple[list, list]]:
+    """For each automaton state, each image's 2K best one-word extensions that land in it (of all its R rows):
+    (scores, indices into the image's R*V (row, word) pairs), as lists (L, 2K)."""
+    L, S, K = beams.scores.shape
+    R, V = S * K, logp.size(1)
+    cand = beams.scores.unsqueeze(-1) + logp.view(L, S, K, V)  # (L, S, K, V)
+    if S > 1:
+        target = torch.arange(S, device=logp.device).view(1, S, 1, 1) | beams.word_bits  # (L, S, 1, V): state reached
+    best = []
+    for s_to in range(S):
+        into = cand if S == 1 else cand.masked_fill(target != s_to, float("-inf"))
+        top_scores, top_idx = into.view(L, R * V).topk(min(2 * K, R * V), dim=1)  # (L, 2K)
+        best.append((top_scores.tolist(), top_idx.tolist()))
+    return best
+
+
+def _next_beams(beams: _Beams, j: int, s_to: int, top_scores: list, top_idx: list, V: int,
+                ended: list[Hypothesis], length_penalty: float, last: bool) -> list[tuple[int, int, float]]:
+    """Image live[j]'s extensions into state s_to, best first: those ending in <end> join `ended` (K at most), the
+    next K others go on -> K (row, word, score), dead slots (-inf) where there are fewer. `last`: the step at
+    max_len, where only a caption that ends can be taken."""
+    _, S, K = beams.scores.shape
+    kept = []
+    for sc, i in zip(top_scores, top_idx):
+        if len(kept) == K:
+            break
+        row, w = j * S * K + i // V, i % V
+        if sc == float("-inf"):
+            kept.append((row, PAD, sc))  # a dead slot (tiny vocabularies, unreached states)
+        elif w == END:
+            if len(ended) < K:
+                ended.append(_hypothesis(beams, row, sc, length_penalty, finished=True))
+        elif not last:
+            kept.append((row, w, sc))
+    return kept + [((j * S + s_to) * K, PAD, float("-inf"))] * (K - len(kept))
+
+
+def _pick(beams: _Beams, logp: torch.Tensor, finished: list[list[Hypothesis]], length_penalty: float,
+          last: bool) -> list[tuple[int, int, float]]:
+    """One step's choice: each (image, state)'s K next beams, image by image and state by state, as (the row
+    extended, its new word, its score); captions that end go to finished[b * S + state]."""
+    S, V = beams.scores.size(1), logp.size(1)
+    best = _best_extensions(beams, logp)
+    picked = []
+    for j, b in enumerate(beams.live):
+        for s_to, (top_scores, top_idx) in enumerate(best):
+            picked += _next_beams(beams, j, s_to, top_scores[j], top_idx[j], V, finished[b * S + s_to],
+                                  length_penalty, last)
+    return picked
+
+
+def _follow(beams: _Beams, picked: list[tuple[int, int, float]], keep: list[int]) -> None:
+    """The beams become the picked extensions (R of them per image); the images not in `keep` (done) leave the
+    batch, so that later steps compute only the images still going."""
+    L, S, K = beams.scores.shape
+    R, dev = S * K, beams.tokens.device
+    if len(keep) < L:
+        keep_rows = torch.tensor([j * R + r for j in keep for r in range(R)], device=dev)  # (len(keep)*R,)
+        picked = [p for j in keep for p in picked[j * R:(j + 1) * R]]
+        beams.constant = {k: v[keep_rows] for k, v in beams.constant.items()}
+        if beams.word_bits is not None:
+            beams.word_bits = beams.word_bits[keep]
+        beams.live = [beams.live[j] for j in keep]
+    rows = torch.tensor([row for row, _, _ in picked], device=dev)  # (L'*R,)
+    words = torch.tensor([w for _, w, _ in picked], device=dev).view(-1, 1)  # (L'*R, 1)
+    beams.tokens = torch.cat([beams.tokens[rows], words], 1)  # (L'*R, t+2)
+    beams.state = {k: beams.constant[k] if k in beams.constant else v[rows] for k, v in beams.state.items()}
+    if beams.alphas is not None:
+        beams.alphas = beams.alphas[rows]  # (L'*R, t+1, P)
+    beams.scores = torch.tensor([sc for _, _, sc in picked], device=dev).view(len(beams.live), S, K)  # (L', S, K)
+
+
+def _results(beams: _Beams, finished: list[list[Hypothesis]], goal: list[int],
+             length_penalty: float) -> list[list[Hypothesis]]:
+    """Each image's hypotheses, best first: its goal state's (every word set met) or, if the model never got
+    there, those of the state that met the most; where max_len came before K captions ended, the live beams too,
+    unfinished."""
+    _, S, K = beams.scores.shape
+    position = {b: j for j, b in enumerate(beams.live)}
+    results = []
+    for b, full in enumerate(goal):
+        hyps: list[Hypothesis] = []
+        for s in sorted(range(full + 1), key=lambda s: (s & full != s, -bin(s).count("1"))):
+            hyps = list(finished[b * S + s])
+            if len(hyps) < K and b in position:
+                hyps += _unfinished(beams, position[b], s, K - len(hyps), length_penalty)
+            if hyps:
+                break
+        results.append(sorted(hyps, key=lambda h: h.score, reverse=True))
+    return results
+
+
+def _unfinished(beams: _Beams, j: int, s: int, n: int, length_penalty: float) -> list[Hypothesis]:
+    """Up to n live beams of image live[j] in state s, as they stand (dead slots skipped)."""
+    _, S, K = beams.scores.shape
+    hyps = []
+    for k in range(K):
+        sc = float(beams.scores[j, s, k])
+        if sc != float("-inf") and len(hyps) < n:
+            hyps.append(_hypothesis(beams, j * S * K + s * K + k, sc, length_penalty, finished=False))
+    return hyps
+
+
+def _by_constraint_count(decoder, feats: torch.Tensor, constraints: list[list[list[int]]],
+                         **options) -> list[list[Hypothesis]]:
+    """beam_search for each group of images with as many word sets, in the images' order. An image with fewer
+    word sets needs fewer automaton states (2**sets): searched at its own size, images without constraints cost
+    K beams, not K * 2**sets (same captions, less work)."""
+    out: list = [None] * feats.size(0)
+    groups: dict[int, list[int]] = {}
+    for b, sets in enumerate(constraints):
+        groups.setdefault(len(sets), []).append(b)
+    for n, idx in groups.items():
+        sub = beam_search(decoder, feats[idx], constraints=[constraints[b] for b in idx] if n else None, **options)
+        for b, hyps in zip(idx, sub):
+            out[b] = hyps
+    return out
+
+
 @torch.no_grad()
 def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max_len: int = DEFAULT_MAX_LEN,
                 length_penalty: float = 0.7, no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM, min_len: int = 1,
@@ -86,126 +259,28 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max
     there is one state and this is plain beam search.
     """
     if constraints and len({len(c) for c in constraints}) > 1:
-        # an image with fewer word sets needs fewer automaton states (2**sets): search each group at its own
-        # size, so that images without constraints cost K beams, not K * 2**sets (same captions, less work)
-        out: list = [None] * feats.size(0)
-        groups: dict[int, list[int]] = {}
-        for b, sets in enumerate(constraints):
-            groups.setdefault(len(sets), []).append(b)
-        for n, idx in groups.items():
-            sub = beam_search(decoder, feats[idx], beam_size, max_len, length_penalty, no_repeat_ngram, min_len,
-                              [constraints[b] for b in idx] if n else None)
-            for b, hyps in zip(idx, sub):
-                out[b] = hyps
-        return out
+        return _by_constraint_count(decoder, feats, constraints, beam_size=beam_size, max_len=max_len,
+                                    length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram, min_len=min_len)
     B, K = feats.size(0), beam_size
-    dev = feats.device
-    n_sets = max((len(c) for c in constraints), default=0) if constraints else 0
-    S = 1 << n_sets  # automaton states per image: which constraint sets are met (a bit each)
-    R = S * K  # rows (beams) per image
-    word_bits = torch.zeros(B, 1, 1, 1, dtype=torch.long, device=dev)  # (B, 1, 1, V) once V is known
-    state = {k: v.repeat_interleave(R, 0) for k, v in decoder.init_state(feats).items()}  # (B*R, ...)
-    # state tensors the decoder never replaces (the attention's image features) are the same for all R rows of
-    # an image, so reordering beams inside an image leaves them as they are: they are not gathered every step
-    constant = dict(state)
-    tokens = torch.full((B * R, 1), START, dtype=torch.long, device=dev)  # (live*R, t+1)
-    scores = torch.full((B, S, K), float("-inf"), device=dev)
-    scores[:, 0, 0] = 0.0  # all beams start identical in state "nothing met": keep one so step 1 gives K words
-    alpha_hist = None  # (live*R, t, P)
+    n_sets = len(constraints[0]) if constraints else 0  # the same for every image here
+    S = 1 << n_sets  # automaton states per image: which word sets are met (a bit each)
+    beams = _start_beams(decoder, feats, S, K)
     finished: list[list[Hypothesis]] = [[] for _ in range(B * S)]  # by b * S + state
-    full = [(1 << len(constraints[b])) - 1 if constraints else 0 for b in range(B)]  # each image's goal state
+    goal = [(1 << len(constraints[b])) - 1 if constraints else 0 for b in range(B)]  # each image's every-set state
     done = [False] * B
-    live = list(range(B))  # the images still searched, in row order: row j*R + s*K + k is image live[j]
-    state_ids = torch.arange(S, device=dev).view(1, S, 1, 1)  # (1, S, 1, 1)
-
     for t in range(max_len + 1):
-        no_end = t < min(max(min_len, 1), max_len)  # at least min_len words (and always one)
-        logp, new_state, alpha = _next_logprobs(decoder, tokens[:, -1], state, first=no_end)  # (L*R, V)
-        constant = {k: v for k, v in constant.items() if new_state.get(k) is v}
-        state = new_state
-        if alpha is not None:
-            alpha = alpha.float().unsqueeze(1)  # (L*R, 1, P); fp32 also under bf16 autocast
-            alpha_hist = alpha if alpha_hist is None else torch.cat([alpha_hist, alpha], 1)
+        logp = _advance(decoder, beams, no_end=t < min(max(min_len, 1), max_len))  # (L*R, V); min_len words, >= 1
         if no_repeat_ngram and t + 1 >= no_repeat_ngram:  # before that no n-gram can repeat
-            _ban_repeated_ngrams(logp, tokens[:, 1:], no_repeat_ngram)
-        L, V = len(live), logp.size(1)
+            _ban_repeated_ngrams(logp, beams.tokens[:, 1:], no_repeat_ngram)
         if t == 0 and n_sets:
-            word_bits = torch.zeros(B, V, dtype=torch.long, device=dev)
-            for b, sets in enumerate(constraints):
-                for j, words in enumerate(sets):
-                    word_bits[b, [w for w in words if 0 <= w < V]] |= 1 << j
-            word_bits = word_bits.view(B, 1, 1, V)
-        cand = scores.unsqueeze(-1) + logp.view(L, S, K, V)  # (L, S, K, V)
-        target = state_ids | word_bits  # (L, S, 1|K, V): the state each extension lands in
-        rows, words, new_scores = [], [], []
-        for s_to in range(S):
-            into = cand if S == 1 else cand.masked_fill(target != s_to, float("-inf"))
-            top_scores, top_idx = into.view(L, R * V).topk(min(2 * K, R * V), dim=1)  # (L, 2K)
-            top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
-            for j, b in enumerate(live):
-                g = b * S + s_to
-                kept = []
-                for sc, i in zip(top_scores[j], top_idx[j]):
-                    if len(kept) == K:
-                        break
-                    row, w = j * R + i // V, i % V
-                    if sc == float("-inf"):
-                        kept.append((row, PAD, sc))  # a dead slot (tiny vocabularies, unreached states)
-                    elif w == END or t == max_len:
-                        if w != END:
-                            continue
-                        if len(finished[g]) < K:
-                            words_ = tokens[row, 1:].tolist()
-                            a = alpha_hist[row, : len(words_)].cpu() if alpha_hist is not None else None
-                            finished[g].append(Hypothesis(words_, sc / (len(words_) + 1) ** length_penalty, sc, True, a))
-                    else:
-                        kept.append((row, w, sc))
-                kept += [((j * S + s_to) * K, PAD, float("-inf"))] * (K - len(kept))
-                for row, w, sc in kept:
-                    rows.append(row), words.append(w), new_scores.append(sc)
-        # rows were gathered state by state: put them back in (image, state) order
-        order = torch.arange(L * R).view(S, L, K).transpose(0, 1).reshape(-1).tolist()
-        rows, words, new_scores = [rows[i] for i in order], [words[i] for i in order], [new_scores[i] for i in order]
-        for b in live:
-            done[b] = done[b] or len(finished[b * S + full[b]]) >= K
+            beams.word_bits = _word_bits(constraints, logp.size(1), feats.device)  # (B, 1, 1, V)
+        picked = _pick(beams, logp, finished, length_penalty, last=t == max_len)
+        for b in beams.live:
+            done[b] = done[b] or len(finished[b * S + goal[b]]) >= K
         if all(done) or t == max_len:  # at t == max_len only captions that ended could be taken
             break
-        keep = [j for j, b in enumerate(live) if not done[b]]
-        if len(keep) < L:  # finished images leave the batch: later steps compute only the images still going
-            keep_rows = torch.tensor([j * R + r for j in keep for r in range(R)], device=dev)
-            rows, words, new_scores = ([x[j * R:(j + 1) * R] for j in keep] for x in (rows, words, new_scores))
-            rows, words, new_scores = sum(rows, []), sum(words, []), sum(new_scores, [])
-            constant = {k: v[keep_rows] for k, v in constant.items()}
-            if n_sets:
-                word_bits = word_bits[keep]
-            live = [live[j] for j in keep]
-        rows_t = torch.tensor(rows, device=dev)
-        tokens = torch.cat([tokens[rows_t], torch.tensor(words, device=dev).view(-1, 1)], 1)  # (live*R, t+2)
-        state = {k: constant[k] if k in constant else v[rows_t] for k, v in state.items()}
-        if alpha_hist is not None:
-            alpha_hist = alpha_hist[rows_t]
-        scores = torch.tensor(new_scores, device=dev).view(len(live), S, K)
-
-    results = []
-    position = {b: j for j, b in enumerate(live)}
-    for b in range(B):
-        hyps: list[Hypothesis] = []
-        # the goal state first; if the model never met every constraint, the state that met the most
-        for s in sorted(range(full[b] + 1), key=lambda s: (s & full[b] != s, -bin(s).count("1"))):
-            hyps = list(finished[b * S + s])
-            if len(hyps) < K and b in position:  # max_len reached before <end>: return the live beams as they stand
-                row0 = position[b] * R + s * K
-                for k in range(K):
-                    sc = float(scores[position[b], s, k])
-                    if sc == float("-inf") or len(hyps) >= K:
-                        continue
-                    words_ = tokens[row0 + k, 1:].tolist()
-                    a = alpha_hist[row0 + k, : len(words_)].cpu() if alpha_hist is not None else None
-                    hyps.append(Hypothesis(words_, sc / (len(words_) + 1) ** length_penalty, sc, False, a))
-            if hyps:
-                break
-        results.append(sorted(hyps, key=lambda h: h.score, reverse=True))
-    return results
+        _follow(beams, picked, keep=[j for j, b in enumerate(beams.live) if not done[b]])
+    return _results(beams, finished, goal, length_penalty)
 
 
 def sample_captions(decoder, feats: torch.Tensor, max_len: int = DEFAULT_MAX_LEN, repeats: int = 1,

@@ -183,36 +183,57 @@ class FeatureSource:
         return out
 
 
+def _new_state() -> dict:
+    """Where training is, at the start: the counters a checkpoint saves beside the weights (its format's keys)."""
+    return {"epoch": 0, "batch": 0, "global_step": 0, "best_cider": -1.0, "history": []}
+
+
+@dataclass
+class TrainData:
+    """What the epochs learn from: fixed for the run once the features are there."""
+
+    vocab: Vocabulary
+    items: list  # training images, then validation images
+    train_ids: list[int]  # the indices in `items` of the images that have features
+    val_ids: list[int]
+    samples: Samples  # (image index, caption tokens) for cross-entropy
+    source: FeatureSource
+    cider: CiderReward | None  # SCST's reward, with scst_epochs
+    swap: torch.Tensor | None  # (V,) token -> its mirror-image token (core.train.augment), with --views > 1
+
+
+@dataclass
+class Pace:
+    """This session's clock, not saved: images per second, the ETA, and when a timed checkpoint is due."""
+
+    started: float = field(default_factory=time.time)
+    steps: int = 0  # the steps taken in this session
+    last_checkpoint: float = field(default_factory=time.monotonic)
+
+
 @dataclass
 class Session:
     """Everything the epochs share, built once by `prepare`."""
 
+    # the run, fixed
     cfg: TrainConfig
     run_dir: Path
     emit: Callable
     should_stop: runs.Stopper
     device: torch.device
-    vocab: Vocabulary
+    data: TrainData
+    # what a step computes with and updates
     model: CaptionModel
-    source: FeatureSource
-    items: list  # training images, then validation images
-    train_ids: list[int]
-    val_ids: list[int]
-    samples: Samples  # (image index, caption tokens) for cross-entropy
-    optimizer: torch.optim.Optimizer
-    params: list
-    total_steps: int
-    xe_steps: int  # the cross-entropy steps, over which the learning rate decays
+    net: torch.nn.Module  # what cross-entropy steps call: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer  # a fresh one (new moments) when SCST starts
+    params: list  # what the optimizer trains, for clipping and for averaging gradients by hand
     autocast: Callable
     scaler: torch.amp.GradScaler
-    cider: CiderReward | None
-    net: torch.nn.Module | None = None  # what cross-entropy steps call: the model, or its DDP wrapper
-    swap: torch.Tensor | None = None  # (V,) token -> its mirror-image token (core.train.augment), with --views > 1
-    state: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0, "global_step": 0, "best_cider": -1.0,
-                                                 "history": []})
-    t_session: float = field(default_factory=time.time)
-    steps_session: int = 0
-    last_checkpoint: float = field(default_factory=time.monotonic)
+    xe_steps: int  # the cross-entropy steps, over which the learning rate decays
+    total_steps: int
+    # where training is: `state` is saved in every checkpoint and restored on resume, `pace` is not
+    state: dict = field(default_factory=_new_state)
+    pace: Pace = field(default_factory=Pace)
 
     def checkpoint(self) -> None:
         """Every rank calls this at the same step (their random states are gathered); rank 0 writes."""
@@ -221,7 +242,7 @@ class Session:
         if dist.is_main():
             save_checkpoint(path, self.model, self.optimizer,
                             {**self.state, "config": self.cfg.to_dict(), "world_size": dist.world()}, rng)
-        self.last_checkpoint = time.monotonic()
+        self.pace.last_checkpoint = time.monotonic()
         self.emit(runs.SAVED, path=str(path), epoch=self.state["epoch"] + 1, step=self.state["global_step"])
 
     def stop(self, checkpoint: bool = True) -> None:
@@ -406,78 +427,119 @@ def _load_initial_weights(model: CaptionModel, folder: Path) -> None:
 
 def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: runs.Stopper) -> Session | None:
     """Data, vocabulary, model, features, optimizer and (on resume) the checkpoint's state; None when stopped."""
-    ckpt_path = run_dir / runs.CHECKPOINT
     device = dist.setup(pick_device(cfg.device))  # under torchrun: joins the other ranks (cuda:LOCAL_RANK)
     torch.manual_seed(cfg.seed)
     emit(runs.PHASE, phase="loading")
     train_items, val_items = _load_data(cfg, emit)
     tokenized = TokenizedCaptions.of(c for it in train_items for c in it.captions)  # once, for vocabulary and samples
-    first_caption = np.cumsum([0] + [len(it.captions) for it in train_items])  # (n train + 1,)
-    if resume:
-        vocab = Vocabulary.load(run_dir / runs.VOCAB)
-    elif cfg.init_from:  # the starting model's words, in its order: its output layer is indexed by them
-        vocab = read_vocab(Path(cfg.init_from), read_config(Path(cfg.init_from)))
-        if dist.is_main():
-            vocab.save(run_dir / runs.VOCAB)
-    else:
-        vocab = Vocabulary.build(tokenized, cfg.min_word_count)
-        if dist.is_main():
-            vocab.save(run_dir / runs.VOCAB)
-    mcfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": len(vocab)})
-    model = CaptionModel(mcfg, with_encoder=mcfg.fine_tune, pretrained=True).to(device)
-    if cfg.init_from and not resume:
-        _load_initial_weights(model, Path(cfg.init_from))
-        emit(runs.LOG_EVENT, message=f"started from the weights of {cfg.init_from}")
+    vocab = _vocabulary(cfg, run_dir, resume, tokenized)
+    model = _build_model(cfg, len(vocab), device, resume, emit)
     if dist.rank():  # the same initial weights on every rank; different dropout and SCST samples
         torch.manual_seed(cfg.seed + dist.rank())
     if _agreed_stop(should_stop)[0]:
         return None
-    items = train_items + val_items
-    found = _features(cfg, model, items, device, emit, should_stop, n_train=len(train_items))
+    found = _features(cfg, model, train_items + val_items, device, emit, should_stop, n_train=len(train_items))
     if found is None:
         return None
-    source, usable = found
-    usable_set = set(usable)
-    train_ids = [i for i in range(len(train_items)) if i in usable_set]
-    val_ids = [i for i in range(len(train_items), len(items)) if i in usable_set]
-    _require_readable_images(cfg, len(train_items), len(train_ids), len(val_items), len(val_ids))
-    caption_image = np.repeat(np.arange(len(train_items), dtype=np.int32), np.diff(first_caption))  # (all captions,)
-    usable_train = np.zeros(len(train_items), dtype=bool)
-    usable_train[train_ids] = True
-    keep = np.flatnonzero(usable_train[caption_image])  # (N,) the captions of images that have features
-    samples = Samples(caption_image[keep], vocab.encode_all(tokenized, keep, mcfg.max_len))
-    del tokenized
+    data = _train_data(cfg, vocab, train_items, val_items, tokenized, *found)
+    del tokenized  # every training caption once more: not kept for the hours of training
+    xe_steps, total_steps = _step_counts(cfg, data)
+    optimizer, params, autocast, scaler = _optimization(cfg, model, device, emit)
+    state = _resumed_state(cfg, run_dir, model, optimizer, emit) if resume else _new_state()
+    return Session(cfg, run_dir, emit, should_stop, device, data, model, _network(model, device), optimizer, params,
+                   autocast, scaler, xe_steps, total_steps, state)
 
-    xe_steps = cfg.epochs * _xe_batches(cfg, *_xe_units(cfg, samples)[1:])
-    total_steps = xe_steps + cfg.scst_epochs * math.ceil(len(train_ids) / cfg.scst_batch_size)
+
+def _vocabulary(cfg: TrainConfig, run_dir: Path, resume: bool, tokenized: TokenizedCaptions) -> Vocabulary:
+    """The run's words: on resume the run's own; with init_from the starting model's, in its order (its output
+    layer is indexed by them); else built from the training captions. A new one is saved in the run folder."""
+    if resume:
+        return Vocabulary.load(run_dir / runs.VOCAB)
+    if cfg.init_from:
+        vocab = read_vocab(Path(cfg.init_from), read_config(Path(cfg.init_from)))
+    else:
+        vocab = Vocabulary.build(tokenized, cfg.min_word_count)
+    if dist.is_main():
+        vocab.save(run_dir / runs.VOCAB)
+    return vocab
+
+
+def _build_model(cfg: TrainConfig, vocab_size: int, device, resume: bool, emit) -> CaptionModel:
+    """The model on `device`: new weights, or init_from's (a resume takes the checkpoint's instead, later)."""
+    mcfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": vocab_size})
+    model = CaptionModel(mcfg, with_encoder=mcfg.fine_tune, pretrained=True).to(device)
+    if cfg.init_from and not resume:
+        _load_initial_weights(model, Path(cfg.init_from))
+        emit(runs.LOG_EVENT, message=f"started from the weights of {cfg.init_from}")
+    return model
+
+
+def _train_data(cfg: TrainConfig, vocab: Vocabulary, train_items: list, val_items: list, tokenized: TokenizedCaptions,
+                source: FeatureSource, usable: list[int]) -> TrainData:
+    """The images that have features (a split with none stops the run) and the captions of the training ones."""
+    items, n_train, usable_set = train_items + val_items, len(train_items), set(usable)
+    train_ids = [i for i in range(n_train) if i in usable_set]
+    val_ids = [i for i in range(n_train, len(items)) if i in usable_set]
+    _require_readable_images(cfg, n_train, len(train_ids), len(val_items), len(val_ids))
+    samples = _samples(train_items, train_ids, vocab, tokenized, cfg.model.max_len)
+    cider = CiderReward([it.captions for it in train_items]) if cfg.scst_epochs else None
+    swap = swap_table(vocab.stoi, len(vocab)) if cfg.views > 1 else None
+    return TrainData(vocab, items, train_ids, val_ids, samples, source, cider, swap)
+
+
+def _samples(train_items: list, train_ids: list[int], vocab: Vocabulary, tokenized: TokenizedCaptions,
+             max_len: int) -> Samples:
+    """Every caption of the training images that have features, encoded (`tokenized` holds every training image's
+    captions, image by image)."""
+    caption_image = np.repeat(np.arange(len(train_items), dtype=np.int32),
+                              [len(it.captions) for it in train_items])  # (all captions,)
+    usable = np.zeros(len(train_items), dtype=bool)
+    usable[train_ids] = True
+    keep = np.flatnonzero(usable[caption_image])  # (N,) the captions of images that have features
+    return Samples(caption_image[keep], vocab.encode_all(tokenized, keep, max_len))
+
+
+def _step_counts(cfg: TrainConfig, data: TrainData) -> tuple[int, int]:
+    """-> (cross-entropy steps, all steps): the lengths of the two learning-rate schedules, and the ETA's."""
+    xe_steps = cfg.epochs * _xe_batches(cfg, *_xe_units(cfg, data.samples)[1:])
+    return xe_steps, xe_steps + cfg.scst_epochs * math.ceil(len(data.train_ids) / cfg.scst_batch_size)
+
+
+def _optimization(cfg: TrainConfig, model: CaptionModel, device, emit) -> tuple[torch.optim.Optimizer, list, Callable,
+                                                                                 torch.amp.GradScaler]:
+    """-> the optimizer, the parameters it trains, and the precision's autocast and gradient scaler."""
     groups = param_groups(model, cfg)
     params = [p for g in groups for p in g["params"]]
     optimizer = adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fused where PyTorch has it
     if cfg.compile:  # minutes of compilation before the first step; see README "Speed"
         compile_decoder(model.decoder)
     amp = train_precision(device, cfg.precision)  # bf16/fp16 autocast where the hardware runs it, fp32 weights
-    autocast, scaler = amp.autocast, amp.scaler
     emit(runs.LOG_EVENT, message=f"training in {amp.label} on {device.type} ({amp.reason})")
-    cider = CiderReward([it.captions for it in train_items]) if cfg.scst_epochs else None
-    s = Session(cfg, run_dir, emit, should_stop, device, vocab, model, source, items, train_ids, val_ids, samples,
-                optimizer, params, total_steps, xe_steps, autocast, scaler, cider)
-    if cfg.views > 1:
-        s.swap = swap_table(vocab.stoi, len(vocab))
-    if resume:  # the optimizer's hyperparameters (SCST's included) come back with its state
-        meta = load_checkpoint(ckpt_path, model, s.optimizer, rank=dist.rank() if dist.active() else None)
-        before = meta.get("config", {}).get("batch_size", cfg.batch_size)
-        if before != cfg.batch_size:  # the saved position counts batches of the earlier size
-            raise ValueError(f"this run trained with batch size {before}; resume it with that batch size, "
-                             f"not {cfg.batch_size}")
-        s.state.update({k: meta[k] for k in s.state})
-        emit(runs.RESUMED, epoch=s.state["epoch"] + 1, batch=s.state["batch"], step=s.state["global_step"],
-             processes=dist.world(), processes_before=meta.get("world_size", 1))
-    s.net = model
-    # DDP averages the gradients of every cross-entropy step over the ranks, in buckets during backward. Not
-    # when fine-tuning: the encoder runs in FeatureSource, outside DDP's forward; _step averages by hand then.
-    if dist.active() and not mcfg.fine_tune:
-        s.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return s
+    return optimizer, params, amp.autocast, amp.scaler
+
+
+def _resumed_state(cfg: TrainConfig, run_dir: Path, model: CaptionModel, optimizer: torch.optim.Optimizer,
+                   emit) -> dict:
+    """The checkpoint's weights, optimizer state and random states into place -> where training was. The
+    optimizer's hyperparameters (SCST's included) come back with its state."""
+    meta = load_checkpoint(run_dir / runs.CHECKPOINT, model, optimizer, rank=dist.rank() if dist.active() else None)
+    before = meta.get("config", {}).get("batch_size", cfg.batch_size)
+    if before != cfg.batch_size:  # the saved position counts batches of the earlier size
+        raise ValueError(f"this run trained with batch size {before}; resume it with that batch size, "
+                         f"not {cfg.batch_size}")
+    state = {k: meta[k] for k in _new_state()}
+    emit(runs.RESUMED, epoch=state["epoch"] + 1, batch=state["batch"], step=state["global_step"],
+         processes=dist.world(), processes_before=meta.get("world_size", 1))
+    return state
+
+
+def _network(model: CaptionModel, device) -> torch.nn.Module:
+    """What cross-entropy steps call. DDP averages the gradients of every step over the ranks, in buckets during
+    backward. Not when fine-tuning: the encoder runs in FeatureSource, outside DDP's forward; _step averages by
+    hand then."""
+    if dist.active() and not model.cfg.fine_tune:
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
 
 
 def _xe_batches(cfg: TrainConfig, n_units: int, per: int | None = None) -> int:
@@ -519,19 +581,19 @@ def _after_step(s: Session, epoch: int, b: int, n_batches: int, per: int, losses
     cfg, state = s.cfg, s.state
     if os.environ.get(TEST_FAIL_AT_ENV) == f"{dist.rank()}:{state['global_step'] + 1}":
         raise RuntimeError(f"failure injected by {TEST_FAIL_AT_ENV} at step {state['global_step'] + 1}")
-    timed = dist.is_main() and time.monotonic() - s.last_checkpoint >= cfg.checkpoint_minutes * 60
+    timed = dist.is_main() and time.monotonic() - s.pace.last_checkpoint >= cfg.checkpoint_minutes * 60
     stop, (loss_sum, timed) = _agreed_stop(s.should_stop, [loss, timed])
     losses.append(loss_sum / dist.world())
     state["global_step"] += 1
     state["batch"] = b + 1
-    s.steps_session += 1
+    s.pace.steps += 1
     if state["global_step"] % cfg.log_every == 0 or b + 1 == n_batches:
-        elapsed = time.time() - s.t_session
+        elapsed = time.time() - s.pace.started
         s.emit(runs.STEP, epoch=epoch + 1, epochs=cfg.epochs + cfg.scst_epochs, step=state["global_step"],
                total_steps=s.total_steps, batch=b + 1, batches=n_batches,
                loss=round(float(np.mean(losses[-cfg.log_every:])), 4), lr=lr, scst=scst,
-               images_per_s=round(s.steps_session * per / max(elapsed, 1e-6), 1),
-               eta_s=round((s.total_steps - state["global_step"]) * elapsed / s.steps_session, 1))
+               images_per_s=round(s.pace.steps * per / max(elapsed, 1e-6), 1),
+               eta_s=round((s.total_steps - state["global_step"]) * elapsed / s.pace.steps, 1))
     if stop:
         s.stop()
         return True
@@ -547,32 +609,32 @@ def _order(s: Session, n_items: int, epoch: int) -> list[int]:
 
 def train_epoch(s: Session, epoch: int) -> list[float] | None:
     """One cross-entropy epoch from the saved batch on; -> its losses, or None when stopped."""
-    cfg = s.cfg
-    images, n_units, per = _xe_units(cfg, s.samples)
+    cfg, data = s.cfg, s.data
+    images, n_units, per = _xe_units(cfg, data.samples)
     perm, n_batches, losses = _order(s, n_units, epoch), _xe_batches(cfg, n_units, per), []
     alpha_c = cfg.alpha_c if cfg.model.decoder == "attention" else 0.0
     views = None  # the view each image is seen at this epoch (core.train.augment), when there are several
     if cfg.views > 1 and not cfg.model.fine_tune:
-        views = s.source.effective_views(epoch_views(len(s.items), cfg.views, cfg.seed, epoch))
+        views = data.source.effective_views(epoch_views(len(data.items), cfg.views, cfg.seed, epoch))
     for b in range(s.state["batch"], n_batches):  # batch b: the same samples whatever the number of ranks
         chosen = dist.shard(perm[b * per:(b + 1) * per], fill=True)
         index = None
         if images is None:
-            image_ids, caps = s.samples.batch(chosen)  # caps: (B/N, L)
+            image_ids, caps = data.samples.batch(chosen)  # caps: (B/N, L)
         else:
             mine = images[chosen]  # (U,) this rank's images, each once
-            positions, index = s.samples.of_images(mine)
-            _, caps = s.samples.batch(positions)  # (B/N, L)
+            positions, index = data.samples.of_images(mine)
+            _, caps = data.samples.batch(positions)  # (B/N, L)
             image_ids, index = mine.tolist(), torch.from_numpy(index).to(s.device)  # index: (B/N,)
         image_views = None
         if views is not None:
             image_views = views[image_ids]  # (U,) or (B,)
             cap_views = image_views if index is None else image_views[index.cpu().numpy()]  # (B/N,)
             flipped = torch.from_numpy(cap_views % 2 == 1)
-            caps[flipped] = s.swap[caps[flipped]]  # a mirrored photo's "left" is the caption's "right"
+            caps[flipped] = data.swap[caps[flipped]]  # a mirrored photo's "left" is the caption's "right"
         lr = lr_at(s.state["global_step"], s.xe_steps, cfg.lr, cfg.warmup_steps)
         with s.autocast():
-            loss = caption_loss(s.net, s.source(image_ids, s.device, image_views), caps.to(s.device),
+            loss = caption_loss(s.net, data.source(image_ids, s.device, image_views), caps.to(s.device),
                                 cfg.label_smoothing, alpha_c, image_index=index)
         _step(s, loss, lr, sync=not isinstance(s.net, DistributedDataParallel))
         if _after_step(s, epoch, b, n_batches, per, losses, loss.item(), lr, scst=False):
@@ -598,18 +660,18 @@ def scst_epoch(s: Session, epoch: int) -> list[float] | None:
     The learning rate warms up over `scst_warmup_steps`, then follows a cosine to a tenth of `scst_lr` over all
     the SCST steps (the same schedule as cross-entropy, `lr_at`).
     """
-    cfg, per = s.cfg, s.cfg.scst_batch_size
+    cfg, data, per = s.cfg, s.data, s.cfg.scst_batch_size
     if epoch == cfg.epochs and s.state["batch"] == 0:
         s.optimizer = adamw(param_groups(s.model, cfg), s.device, lr=cfg.scst_lr, weight_decay=0.0)  # fresh moments
         s.emit(runs.PHASE, phase="scst")
-    perm, n_batches, losses, stats = _order(s, len(s.train_ids), epoch), math.ceil(len(s.train_ids) / per), [], []
+    perm, n_batches, losses, stats = _order(s, len(data.train_ids), epoch), math.ceil(len(data.train_ids) / per), [], []
     for b in range(s.state["batch"], n_batches):
-        ids = [s.train_ids[k] for k in dist.shard(perm[b * per:(b + 1) * per], fill=True)]
+        ids = [data.train_ids[k] for k in dist.shard(perm[b * per:(b + 1) * per], fill=True)]
         lr = lr_at(s.state["global_step"] - s.xe_steps, s.total_steps - s.xe_steps, cfg.scst_lr,
                    cfg.scst_warmup_steps)
         with s.autocast():
-            loss, batch_stats = _scst_loss(s.model, s.source(ids, s.device), [s.items[i].captions for i in ids],
-                                           s.cider, s.vocab, cfg)
+            loss, batch_stats = _scst_loss(s.model, data.source(ids, s.device), [data.items[i].captions for i in ids],
+                                           data.cider, data.vocab, cfg)
         _step(s, loss, lr, sync=True)  # decoding calls the decoder, not DDP's forward: sync by hand
         stats.append(batch_stats)
         if (s.state["global_step"] + 1) % cfg.log_every == 0:  # what the reward does, for the run's log
@@ -647,28 +709,28 @@ def _gather_captions(captions: dict[int, list[int]], width: int) -> dict[int, li
 
 def end_epoch(s: Session, epoch: int, losses: list[float]) -> None:
     """Validate (each rank its share of the images), keep the best epoch's bundle, checkpoint at the epoch's end."""
-    cfg, state = s.cfg, s.state
+    cfg, state, data = s.cfg, s.state, s.data
     s.emit(runs.PHASE, phase="validating")
-    mine = validate(s.model, s.source, dist.shard(s.val_ids), s.device, cfg.model.max_len)
+    mine = validate(s.model, data.source, dist.shard(data.val_ids), s.device, cfg.model.max_len)
     captions = _gather_captions(mine, cfg.model.max_len + 1)  # greedy_decode: at most max_len words + <end>
     if not dist.is_main():  # rank 0 scores, reports and saves; the others wait for the checkpoint
         state["epoch"], state["batch"] = epoch + 1, 0
         s.checkpoint()
         return
-    texts = {i: s.vocab.decode(captions[i]) for i in s.val_ids}
-    refs = {i: s.items[i].captions for i in texts}
+    texts = {i: data.vocab.decode(captions[i]) for i in data.val_ids}
+    refs = {i: data.items[i].captions for i in texts}
     metrics = score_captions({str(i): refs[i] for i in texts}, {str(i): t for i, t in texts.items()}, fast=True)
     metrics = {k: metrics[k] for k in ("BLEU-4", "CIDEr")}
     metrics["distinct_captions"] = len(set(texts.values()))
     s.emit(runs.SAMPLE, epoch=epoch + 1, samples=[
-        {"image": str(s.items[i].path), "caption": texts[i], "references": refs[i][:3]} for i in s.val_ids[:4]])
+        {"image": str(data.items[i].path), "caption": texts[i], "references": refs[i][:3]} for i in data.val_ids[:4]])
     best = metrics["CIDEr"] > state["best_cider"]
     scst = epoch >= cfg.epochs
     state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                              "scst": scst, **metrics})
     if best:
         state["best_cider"] = metrics["CIDEr"]
-        save_bundle(s.run_dir / runs.BEST, s.model, s.vocab, metrics={"val_greedy": {**metrics, "epoch": epoch + 1}})
+        save_bundle(s.run_dir / runs.BEST, s.model, data.vocab, metrics={"val_greedy": {**metrics, "epoch": epoch + 1}})
     s.emit(runs.EPOCH, epoch=epoch + 1, train_loss=state["history"][-1]["train_loss"], metrics=metrics, best=best,
            val_images=len(captions))
     state["epoch"], state["batch"] = epoch + 1, 0
@@ -753,7 +815,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: runs.
     target = publish_bundle(
         run_dir / runs.BEST, cfg.model_name or run_dir.name, Path(cfg.models_dir),
         metrics={"training": {"history": s.state["history"], "seconds_this_session": round(seconds, 1)}},
-        card=model_card(cfg, s.state, len(s.train_ids), len(s.val_ids), seconds, dist.world()))
+        card=model_card(cfg, s.state, len(s.data.train_ids), len(s.data.val_ids), seconds, dist.world()))
     best_metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8")).get("val_greedy", {})
     emit(runs.DONE, bundle=str(target), metrics=best_metrics)
     return target
