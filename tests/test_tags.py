@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.caption.tags import OBJECT_WORDS, format_tags, guide_words, image_tags, object_words
+from core.caption.tags import format_tags, guide_words, image_tags
+from core.data.object_words import OBJECT_WORDS, object_words
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
-"""Build core/caption/object_words.json: each ImageNet-1k class -> the plain noun a caption would use.
+"""Build core/data/object_words.json: each ImageNet-1k class -> the plain noun a caption would use.
 
-    python tools/build_object_words.py            # rewrites core/caption/object_words.json
+    python tools/build_object_words.py            # rewrites core/data/object_words.json
 
 ImageNet's 1000 classes are fine-grained (118 dog breeds, 5 domestic cats, 9 sports balls); a caption says
 "dog", "cat", "ball". The class names and WordNet definitions come from timm (offline). The rules below are
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "core" / "caption" / "object_words.json"
+OUT = Path(__file__).resolve().parent.parent / "core" / "data" / "object_words.json"
 
 RANGES = [  # (first, last, noun): inclusive index ranges of ImageNet-1k
     (0, 1, "fish"), (2, 4, "shark"), (5, 6, "ray"), (7, 8, "chicken"), (9, 24, "bird"), (25, 29, "salamander"),

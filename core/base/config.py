@@ -144,10 +144,16 @@ class ModelConfig:
     num_layers: int = 3  # transformer decoder: layers (its width is hidden_dim, its feed-forward 4 x hidden_dim)
     num_heads: int = 8  # transformer decoder: attention heads (hidden_dim must be a multiple of it)
     ensemble: int = 1  # decoders over the one encoder, their word distributions averaged (core.nn.ensemble); 1: one
+    # the backbone classifier's likeliest nouns the decoder reads beside the grid, with their probabilities
+    # (core.nn.model.TagSlots); 0: none, as every bundle made before them
+    tag_slots: int = 0
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
+        if self.tag_slots and self.decoder not in GRID_DECODERS:
+            raise ValueError(f"tag slots need a decoder that reads the grid ({', '.join(GRID_DECODERS)}), "
+                             f"not {self.decoder!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

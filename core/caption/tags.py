@@ -2,41 +2,16 @@
 
 The caption data may rarely show a cat (15 of Flickr8k's 6,000 training photos), but the backbone was trained on
 1.28 million ImageNet photos and knows five kinds of domestic cat. Its 1000 class probabilities are summed into
-plain nouns (core/object_words.json, made by tools/build_object_words.py): the tags. A confident tag whose noun
+plain nouns (core.data.object_words): the tags. A confident tag whose noun
 the caption model knows becomes a constraint for beam search (core.nn.decode), so the caption names it.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-
 from core.base.config import DecodeOptions
+from core.data.object_words import object_words
 
-OBJECT_WORDS = Path(__file__).resolve().parent / "object_words.json"
 TAG_MIN_PROB = DecodeOptions.tag_threshold  # a tag worth showing (the threshold and how many are kept: DecodeOptions)
 GUIDE_MIN_PROB = 0.70  # a tag confident enough to force its noun into the caption (Flickr8k dev: precision 92%, CIDEr +1.3)
-
-
-@dataclass(frozen=True)
-class ObjectWords:
-    nouns: tuple[str, ...]  # the distinct plain nouns
-    class_noun: tuple[int, ...]  # ImageNet class index -> index into nouns
-    guide: frozenset[str]  # nouns that may be forced into a caption
-    words: dict  # noun -> the words a caption may use for it ("cat" -> cat, cats, kitten, ...)
-
-
-@lru_cache(maxsize=1)
-def object_words(path: Path = OBJECT_WORDS) -> ObjectWords:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    classes = sorted(data["classes"], key=lambda c: c["index"])
-    nouns = tuple(sorted({c["noun"] for c in classes}))
-    pos = {n: i for i, n in enumerate(nouns)}
-    # a noun guides only if every class behind it may ("crane" the bird and the machine share nothing)
-    blocked = {c["noun"] for c in classes if not c["guide"]}
-    return ObjectWords(nouns, tuple(pos[c["noun"]] for c in classes),
-                       frozenset(n for n in nouns if n not in blocked and n in data["words"]), data["words"])
 
 
 def image_tags(logits, top: int = 3, min_prob: float = TAG_MIN_PROB) -> list[list[tuple[str, float]]]:

@@ -5,7 +5,8 @@ one they drive:
     forward(feats, captions) -> logits, alphas        teacher-forced, for training
     init_state(feats)        -> state                 dict of batch-first tensors (beam search reorders them)
     step(tokens, state)      -> logits, state, alpha   one word at a time, for decoding
-`feats` is always (B, P, C): P grid cells of C channels (P = 1 for pooled features).
+`feats` is always (B, P, C): P grid cells of C channels (P = 1 for pooled features); a decoder that reads the
+classifier's tags (cfg.tag_slots > 0) takes one more row, the tag row (see `with_tag_row`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.base.config import GRID_DECODERS, ModelConfig
-from core.data.vocabulary import PAD
+from core.data.object_words import object_words
+from core.data.vocabulary import PAD, UNK
 from core.nn.backbones import build_backbone, get_spec
 from core.nn.ensemble import EnsembleDecoder
 
@@ -44,6 +46,63 @@ class Encoder(nn.Module):
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (B, P, C) from forward() -> the backbone's own ImageNet logits (B, 1000), nearly free."""
         return self.cnn.classify_features(feats)
+
+
+# ----------------------------------------------------------------------------- the classifier's nouns as input
+# A tag-reading decoder takes feats (B, P + 1, C): the P grid cells, then one tag row whose first N channels hold the
+# backbone classifier's probabilities of the N plain nouns (core.caption.tags: ImageNet's classes summed into the
+# nouns a caption uses) and whose last channel is 1.0 where there is no photo (a caption from text-only data: its grid
+# rows are zeros and a learned "no photo" vector stands for them). Carried as a row of feats, the tags go wherever
+# the grid goes: greedy and beam search (which repeat and split feats), ensembles, cached-feature training.
+NO_PHOTO = -1  # the tag row's channel that flags a caption without a photo
+
+
+def with_tag_row(grid: torch.Tensor, noun_probs: torch.Tensor, photo: torch.Tensor | None = None) -> torch.Tensor:
+    """grid (B, P, C), noun_probs (B, N) -> feats (B, P + 1, C); photo (B,) bool, None: every row has its photo."""
+    B, P, C = grid.shape
+    if noun_probs.size(1) >= C:
+        raise ValueError(f"{noun_probs.size(1)} nouns do not fit a tag row of {C} channels")
+    row = grid.new_zeros(B, 1, C)  # (B, 1, C)
+    row[:, 0, : noun_probs.size(1)] = noun_probs.to(grid.dtype)
+    if photo is not None:
+        row[:, 0, NO_PHOTO] = (~photo).to(grid.dtype)
+    return torch.cat([grid, row], 1)  # (B, P + 1, C)
+
+
+def tag_vocabulary(stoi: dict) -> list[int]:
+    """The caption vocabulary's id of each plain noun (object_words().nouns order): the noun itself, else its last
+    word ("hot dog" -> "dog"), else <unk>. A tag slot starts from that word's embedding, so a noun the captions use
+    is read and written through the same vector."""
+    return [stoi.get(n, stoi.get(n.split()[-1], UNK)) for n in object_words().nouns]
+
+
+class TagSlots(nn.Module):
+    """The tag row -> K memory slots: the K likeliest nouns' word embeddings, moved by their probability, plus a
+    learned vector per slot rank; and the learned "no photo" vector that replaces the grid of a text-only caption."""
+
+    def __init__(self, k: int, embed_dim: int, out_dim: int):
+        super().__init__()
+        self.k, self.n = k, len(object_words().nouns)
+        # noun -> vocabulary id: set from the vocabulary when the model is made (set_tag_vocabulary); saved with it
+        self.register_buffer("noun_vocab", torch.full((self.n,), UNK, dtype=torch.long))
+        self.word = nn.Linear(embed_dim, out_dim)
+        self.prob = nn.Linear(1, out_dim)
+        self.rank = nn.Parameter(torch.zeros(k, out_dim))
+        self.no_photo = nn.Parameter(torch.zeros(out_dim))
+
+    def split(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """feats (B, P + 1, C) -> grid (B, P, C), tag row (B, C), photo (B,) bool."""
+        return feats[:, :-1], feats[:, -1], feats[:, -1, NO_PHOTO] < 0.5
+
+    def forward(self, row: torch.Tensor, embed: nn.Embedding) -> torch.Tensor:
+        """tag row (B, C) -> slots (B, K, out_dim)."""
+        p, noun = row[:, : self.n].float().topk(self.k, dim=1)  # (B, K) each
+        words = self.word(embed(self.noun_vocab[noun]))  # (B, K, out_dim)
+        return words + self.prob(p.unsqueeze(-1).to(words.dtype)) + self.rank  # (B, K, out_dim)
+
+    def cells(self, cells: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+        """Projected grid cells (B, P, D) with the rows that have no photo replaced by the "no photo" vector."""
+        return torch.where(photo[:, None, None], cells, self.no_photo.to(cells.dtype))  # (B, P, D)
 
 
 class ShowTellDecoder(nn.Module):
@@ -103,10 +162,17 @@ class AttentionDecoder(nn.Module):
         self.cell = nn.LSTMCell(cfg.embed_dim + feature_dim, H)
         self.drop = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(H, cfg.vocab_size)
+        self.tags = TagSlots(cfg.tag_slots, cfg.embed_dim, feature_dim) if cfg.tag_slots else None
 
     def init_state(self, feats):
-        feats = self.proj(feats)  # (B, P, D)
-        mean = feats.mean(1)  # (B, D)
+        if self.tags is None:
+            feats = self.proj(feats)  # (B, P, D)
+            mean = feats.mean(1)  # (B, D)
+        else:  # the grid's cells, then the tags' slots, all attended alike
+            grid, row, photo = self.tags.split(feats)
+            cells = self.tags.cells(self.proj(grid), photo)  # (B, P, D)
+            mean = cells.mean(1)  # (B, D)
+            feats = torch.cat([cells, self.tags(row, self.embed)], 1)  # (B, P + K, D)
         return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean)),  # (B, H)
                 "feats": feats, "feats_att": self.feat_att(feats)}  # (B, P, D), (B, P, A): computed once
 
@@ -155,6 +221,8 @@ class AttentionDecoder(nn.Module):
 
     def step(self, tokens, state):
         state, alpha = self._advance(self.embed(tokens), state)
+        if self.tags is not None:
+            alpha = alpha[:, : -self.tags.k]  # (B, P): the map shows the grid
         h = self.drop(state["h"])  # (B, H)
         if h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # bf16 decoding (core.nn.captioner) keeps the output layer in fp32: bf16 logits (3 significant digits)
@@ -252,11 +320,17 @@ class TransformerDecoder(nn.Module):
         self.ln_f = nn.LayerNorm(D)
         self.drop = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(D, cfg.vocab_size)
+        self.tags = TagSlots(cfg.tag_slots, D, D) if cfg.tag_slots else None
         for emb in (self.cell_pos, self.embed, self.word_pos):
             nn.init.normal_(emb.weight, std=0.02)
 
     def _memory(self, feats):
-        mem = self.proj(feats) + self.cell_pos.weight[: feats.size(1)]  # (B, P, D)
+        if self.tags is None:
+            mem = self.proj(feats) + self.cell_pos.weight[: feats.size(1)]  # (B, P, D)
+        else:  # the grid's cells, then the tags' slots
+            grid, row, photo = self.tags.split(feats)
+            cells = self.tags.cells(self.proj(grid), photo) + self.cell_pos.weight[: grid.size(1)]  # (B, P, D)
+            mem = torch.cat([cells, self.tags(row, self.embed)], 1)  # (B, P + K, D)
         return self.mem_ln(self.drop(mem))
 
     def _words(self, tokens, start: int):
@@ -305,7 +379,7 @@ class TransformerDecoder(nn.Module):
                                causal=False, weights=i == last)
             new[f"k{i}"], new[f"v{i}"] = k, v  # (B, h, t + 1, D/h)
             if w is not None:
-                alpha = w[:, 0]  # (B, P)
+                alpha = w[:, 0, : w.size(-1) - (self.tags.k if self.tags is not None else 0)]  # (B, P): the grid's
         return self._logits(x[:, 0]), new, alpha  # logits (B, V)
 
 
@@ -325,6 +399,13 @@ class CaptionModel(nn.Module):
             self.decoder = EnsembleDecoder([decoder_cls(cfg, self.spec.feature_dim) for _ in range(cfg.ensemble)])
         else:
             self.decoder = decoder_cls(cfg, self.spec.feature_dim)
+
+    def set_tag_vocabulary(self, stoi: dict) -> None:
+        """Point the tag slots of every decoder (ensemble members too) at this vocabulary's words."""
+        ids = torch.tensor(tag_vocabulary(stoi), dtype=torch.long)
+        for module in self.decoder.modules():
+            if isinstance(module, TagSlots):
+                module.noun_vocab.copy_(ids)
 
     @property
     def has_attention(self) -> bool:
