@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app_fixtures import COLORS, jpeg_bytes, make_tiny_bundle
+from app_fixtures import jpeg_bytes, make_tiny_bundle
+from conftest import COLOURS
 from core.caption import imagemeta
 from core.caption.library import PART, LibraryConfig, Library, csv_line
 
@@ -33,7 +34,7 @@ def make_library(root: Path, n: int) -> list[str]:
     for i in range(n):
         path = root / ("sub" if i % 3 == 0 else "") / f"{i + 1:012d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(jpeg_bytes(list(COLORS.values())[i % len(COLORS)], size=(40 + i, 36)))
+        path.write_bytes(jpeg_bytes(list(COLOURS.values())[i % len(COLOURS)], size=(40 + i, 36)))
     (root / "broken.jpg").write_bytes(b"not a jpeg")
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
 
