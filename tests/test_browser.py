@@ -33,6 +33,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (./run_tests.sh installs it)")
+pytestmark = [pytest.mark.browser, pytestmark]  # the other tests/test_browser_*.py import it, marks and all
 
 
 def free_port() -> int:

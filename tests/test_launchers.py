@@ -44,6 +44,7 @@ SAFE_ARGS = ["--server.address", "127.0.0.1", "--server.enableXsrfProtection", "
              "--client.showSidebarNavigation", "false"]
 
 needs_bash = pytest.mark.skipif(BASH is None or os.name == "nt", reason="needs bash on a POSIX system")
+pytestmark = pytest.mark.launcher  # -m "not launcher" leaves this file out (pytest.ini)
 
 
 def load_env_check():
