@@ -58,6 +58,7 @@ def outputs(root: Path, out: Path) -> dict:
             "parts": sorted(p.name for p in [*root.rglob(f"*{PART}*"), *out.parent.glob(f"*{PART}*")])}
 
 
+@pytest.mark.slow
 def test_two_processes_write_what_one_writes(bundle, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     names = make_library(one, 11)
@@ -77,6 +78,7 @@ def test_two_processes_write_what_one_writes(bundle, tmp_path):
     assert len(got["sidecars"]) == 11 and all(got["embedded"].values()) and got["parts"] == []
 
 
+@pytest.mark.slow
 def test_several_files_under_torchrun_come_back_in_input_order(bundle, tmp_path):
     names = make_library(tmp_path / "lib", 5)
     files = [str(tmp_path / "lib" / n) for n in names]
@@ -95,6 +97,7 @@ def kill_family(proc: subprocess.Popen) -> None:
     psutil.wait_procs(family, timeout=10)
 
 
+@pytest.mark.slow
 def test_killed_torchrun_run_resumes_and_captions_each_file_once(bundle, tmp_path):
     root, out, n = tmp_path / "lib", tmp_path / "out.csv", 40
     names = make_library(root, n)
