@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian/Ubuntu machine, then run them.
-#   ./run_tests.sh            the whole suite (unit, AppTest and real-browser tests)
-#   ./run_tests.sh -k vocab   any pytest arguments pass through
+#   ./run_tests.sh                                the whole suite (unit, AppTest and real-browser tests)
+#   ./run_tests.sh -k vocab                       any pytest arguments pass through
+#   ./run_tests.sh -m "not browser"               all but the real-browser tests (the markers: pytest.ini)
+#   ./run_tests.sh -m "not browser and not slow"  the quick loop: without the few long tests either
 set -euo pipefail
 cd "$(dirname "$0")"
 

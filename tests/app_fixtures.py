@@ -1,4 +1,5 @@
-"""Fixtures for the app tests, built on the spot: tiny images, a tiny Flickr-style dataset, a tiny model bundle."""
+"""Fixtures for the app tests, built on the spot: image bytes, a tiny model bundle, stand-ins for the trainer and
+torchrun. Datasets, images and the one colour table (COLOURS) are in conftest.py."""
 from __future__ import annotations
 
 import io
@@ -8,31 +9,13 @@ from pathlib import Path
 
 from PIL import Image
 
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
-          "black": (10, 10, 10), "white": (245, 245, 245)}
+from conftest import COLOURS
 
 
 def jpeg_bytes(color=(200, 30, 30), size=(48, 40), fmt="JPEG") -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format=fmt)
     return buf.getvalue()
-
-
-def make_flickr_dataset(root: Path, n: int = 12) -> Path:
-    """`n` solid-colour squares with captions like "a red square", in Flickr layout with train/dev lists."""
-    images = Path(root) / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    names, lines = [], ["image,caption"]
-    for i in range(n):
-        word, rgb = list(COLORS.items())[i % len(COLORS)]
-        name = f"{word}_{i}.jpg"
-        Image.new("RGB", (32, 32), rgb).save(images / name)
-        names.append(name)
-        lines += [f"{name},a {word} square", f"{name},a square that is {word}"]
-    (Path(root) / "captions.txt").write_text("\n".join(lines) + "\n")
-    (Path(root) / "Flickr_trainImages.txt").write_text("\n".join(names[: n - 2]) + "\n")
-    (Path(root) / "Flickr_devImages.txt").write_text("\n".join(names[n - 2 :]) + "\n")
-    return Path(root)
 
 
 def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "efficientnet_lite0") -> Path:
@@ -45,7 +28,7 @@ def make_tiny_bundle(folder: Path, decoder: str = "attention", backbone: str = "
     from core.data.vocabulary import Vocabulary
 
     torch.manual_seed(0)
-    vocab = Vocabulary.build([f"a {w} square" for w in COLORS], min_count=1)
+    vocab = Vocabulary.build([f"a {w} square" for w in COLOURS], min_count=1)
     cfg = ModelConfig(vocab_size=len(vocab), backbone=backbone, decoder=decoder, embed_dim=16, hidden_dim=16,
                       attention_dim=16, max_len=8)
     model = CaptionModel(cfg, with_encoder=False, pretrained=False)

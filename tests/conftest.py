@@ -45,21 +45,31 @@ def make_phone_photo(path: Path, orientation: int = 1) -> Path:
     return path
 
 
-def make_flickr(root: Path, per_class: int = 2, split_files: bool = True) -> Path:
-    """Flickr layout: captions.txt + images/ (+ split lists); caption = "a <colour> <shape>" in 2 phrasings."""
+def make_flickr(root: Path, per_class: int = 2, split_files: bool = True, held_out: int = 0) -> Path:
+    """Flickr layout: captions.txt + images/ (+ split lists); `per_class` images of each colour x shape (4 x 2),
+    captioned "a <colour> <shape>" in 2 phrasings.
+
+    The split lists: by default every image is a training image and every other one a dev image too (a tiny model
+    is scored on what it learned); `held_out=k` makes k images dev images only (the last image of each class, class
+    by class) and the rest training images, disjoint as Flickr8k's lists are (the Train page counts those)."""
+    classes = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    assert 0 <= held_out <= len(classes) and (held_out == 0 or per_class >= 2), "every class keeps a training image"
     rows, names = [], []
-    for colour in COLOURS:
-        for shape in SHAPES:
-            for k in range(per_class):
-                name = f"{colour}_{shape}_{k}.png"
-                make_image(root / "images" / name, colour, shape, seed=len(names))
-                names.append(name)
-                rows += [(name, f"a {colour} {shape}"), (name, f"A {colour} {shape} .")]
+    for colour, shape in classes:
+        for k in range(per_class):
+            name = f"{colour}_{shape}_{k}.png"
+            make_image(root / "images" / name, colour, shape, seed=len(names))
+            names.append(name)
+            rows += [(name, f"a {colour} {shape}"), (name, f"A {colour} {shape} .")]
     with open(root / "captions.txt", "w", newline="") as f:
         csv.writer(f).writerows([("image", "caption"), *rows])
     if split_files:
-        (root / "Flickr_8k.trainImages.txt").write_text("\n".join(names) + "\n")
-        (root / "Flickr_8k.devImages.txt").write_text("\n".join(names[::2]) + "\n")
+        train, dev = names, names[::2]
+        if held_out:
+            dev = [n for i, n in enumerate(names) if i % per_class == per_class - 1][:held_out]
+            train = [n for n in names if n not in dev]
+        (root / "Flickr_8k.trainImages.txt").write_text("\n".join(train) + "\n")
+        (root / "Flickr_8k.devImages.txt").write_text("\n".join(dev) + "\n")
     return root
 
 

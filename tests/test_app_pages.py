@@ -14,8 +14,8 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from app_fixtures import (fake_torchrun_command, fake_trainer_command, jpeg_bytes, make_flickr_dataset,
-                          make_tiny_bundle)
+from app_fixtures import fake_torchrun_command, fake_trainer_command, jpeg_bytes, make_tiny_bundle
+from conftest import make_flickr
 from core.bundle.store import get_active
 from core.runs import jobs
 from core.runs.folder import read_progress, run_info, summarize
@@ -186,7 +186,7 @@ def test_train_page_rejects_a_bad_dataset(models, runs, tmp_path):
 
 def test_train_page_start_monitor_stop_resume(models, runs, tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "TRAIN_COMMAND", tuple(fake_trainer_command(tmp_path)))
-    data = make_flickr_dataset(tmp_path / "data")
+    data = make_flickr(tmp_path / "data", held_out=6)
     at = open_page(TRAIN).run()
     at.text_input[0].set_value(str(data))
     at.selectbox[1].select("show_tell")
@@ -247,7 +247,7 @@ def test_train_page_runs_on_all_gpus_through_torchrun(models, runs, tmp_path, mo
     at.run()
     gpus = next(s for s in at.selectbox if s.label == "GPUs")
     assert gpus.options == ["one GPU", "all 2 GPUs"] and gpus.value == 1  # today's one process unless asked
-    at.text_input[0].set_value(str(make_flickr_dataset(tmp_path / "data")))
+    at.text_input[0].set_value(str(make_flickr(tmp_path / "data", held_out=6)))
     at.text_input[1].set_value("two-gpus")
     gpus.select(2)
     next(s for s in at.selectbox if s.label == "Device").select("cpu")
@@ -668,7 +668,7 @@ def test_an_ensemble_is_named_on_home_and_captions_the_samples(tmp_path, monkeyp
 
 def test_train_page_warns_before_a_run_too_small_to_learn(models, runs, tmp_path):
     """Regression (issue 21): 300 photos x 3 epochs started at once and wrote "a man in a man and a red"."""
-    data = make_flickr_dataset(tmp_path / "data")
+    data = make_flickr(tmp_path / "data", held_out=6)
     at = open_page(TRAIN).run()
     at.text_input[0].set_value(str(data))
     at.button[0].click().run()

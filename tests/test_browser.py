@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from app_fixtures import jpeg_bytes, make_flickr_dataset, make_tiny_bundle
+from app_fixtures import jpeg_bytes, make_tiny_bundle
+from conftest import make_flickr
 from core.runs.folder import read_progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (./run_tests.sh installs it)")
+pytestmark = [pytest.mark.browser, pytestmark]  # the other tests/test_browser_*.py import it, marks and all
 
 
 def free_port() -> int:
@@ -286,7 +288,7 @@ def epochs_lasting(run_dir: Path, seconds: float, steps_per_epoch: int) -> int:
 def test_train_flow_stop_resume_done_then_caption(server, page):
     # 42 training images, 2 captions each: 42 steps an epoch at batch 2, so that even 200 epochs (the form's most)
     # last long enough to watch on a fast machine (bf16 training of this tiny decoder runs ~100+ steps/s)
-    data = make_flickr_dataset(server["tmp"] / "tiny-flickr", n=44)
+    data = make_flickr(server["tmp"] / "tiny-flickr", per_class=6, held_out=6)
     page.goto(server["url"] + "/Train")
     page.get_by_text("Start training").wait_for()
     # A quick first run: it must finish, and it shows how fast this machine trains right now.

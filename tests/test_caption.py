@@ -146,6 +146,7 @@ def _cli(args, env_models=None, **kw):
                           text=True, timeout=300, env=env, **kw)
 
 
+@pytest.mark.slow
 def test_command_line_uses_the_model_made_active_in_the_app(tiny_bundle, tmp_path):
     import shutil
 

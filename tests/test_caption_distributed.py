@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app_fixtures import COLORS, jpeg_bytes, make_tiny_bundle
+from app_fixtures import jpeg_bytes, make_tiny_bundle
+from conftest import COLOURS
 from core.caption import imagemeta
 from core.caption.library import PART, LibraryConfig, Library, csv_line
 
@@ -33,7 +34,7 @@ def make_library(root: Path, n: int) -> list[str]:
     for i in range(n):
         path = root / ("sub" if i % 3 == 0 else "") / f"{i + 1:012d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(jpeg_bytes(list(COLORS.values())[i % len(COLORS)], size=(40 + i, 36)))
+        path.write_bytes(jpeg_bytes(list(COLOURS.values())[i % len(COLOURS)], size=(40 + i, 36)))
     (root / "broken.jpg").write_bytes(b"not a jpeg")
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
 
@@ -57,6 +58,7 @@ def outputs(root: Path, out: Path) -> dict:
             "parts": sorted(p.name for p in [*root.rglob(f"*{PART}*"), *out.parent.glob(f"*{PART}*")])}
 
 
+@pytest.mark.slow
 def test_two_processes_write_what_one_writes(bundle, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     names = make_library(one, 11)
@@ -76,6 +78,7 @@ def test_two_processes_write_what_one_writes(bundle, tmp_path):
     assert len(got["sidecars"]) == 11 and all(got["embedded"].values()) and got["parts"] == []
 
 
+@pytest.mark.slow
 def test_several_files_under_torchrun_come_back_in_input_order(bundle, tmp_path):
     names = make_library(tmp_path / "lib", 5)
     files = [str(tmp_path / "lib" / n) for n in names]
@@ -94,6 +97,7 @@ def kill_family(proc: subprocess.Popen) -> None:
     psutil.wait_procs(family, timeout=10)
 
 
+@pytest.mark.slow
 def test_killed_torchrun_run_resumes_and_captions_each_file_once(bundle, tmp_path):
     root, out, n = tmp_path / "lib", tmp_path / "out.csv", 40
     names = make_library(root, n)

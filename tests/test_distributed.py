@@ -96,6 +96,7 @@ def two_processes(setup):
     return tmp / "two"
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_one_process_loss_curve(setup, two_processes):
     tmp, cfg = setup
     run(cfg, tmp / "one")
@@ -114,6 +115,7 @@ def test_two_processes_follow_the_one_process_loss_curve(setup, two_processes):
     assert "under torchrun, 2 processes" in card
 
 
+@pytest.mark.slow
 def test_killed_torchrun_resumes_with_every_step_done_once(setup, two_processes):
     tmp, _ = setup
     run_dir = tmp / "killed"
@@ -134,6 +136,7 @@ def test_killed_torchrun_resumes_with_every_step_done_once(setup, two_processes)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # as if never killed
 
 
+@pytest.mark.slow
 def test_ranks_left_by_a_killed_torchrun_checkpoint_and_exit_then_resume(setup, two_processes):
     """SIGKILL torchrun alone (not its ranks): the orphaned ranks stop together as if asked, with one checkpoint, and
     release the run; --resume then finishes with the uninterrupted run's weights."""
@@ -163,6 +166,7 @@ def test_ranks_left_by_a_killed_torchrun_checkpoint_and_exit_then_resume(setup, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_stop_file_stops_both_ranks_and_one_process_resumes(setup, two_processes):
     tmp, cfg = setup
     run_dir = tmp / "stopped"
@@ -187,6 +191,7 @@ def test_stop_file_stops_both_ranks_and_one_process_resumes(setup, two_processes
     assert all(losses[k] == pytest.approx(reference[k], rel=LOSS_RTOL) for k in losses)
 
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_run_with_its_error(setup):
     tmp, _ = setup
     run_dir = tmp / "failing"
@@ -213,6 +218,7 @@ def test_shards_cover_every_item_once_and_fill_gives_every_rank_work():
             assert all(f == p for f, p in zip(filled, parts) if p)  # only empty shares change
 
 
+@pytest.mark.slow
 def test_a_transformer_trains_under_torchrun_by_whole_images_and_follows_one_process(setup, tmp_path):
     """--decoder transformer --group-by-image true under torchrun (2 ranks, Gloo): each rank takes its share of the
     batch's photos; the loss curve is the one-process one (each photo has 2 captions of the same length)."""

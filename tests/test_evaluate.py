@@ -3,9 +3,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, make_flickr
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_metrics_into_the_bundle(tiny_bundle, tmp_path):
     data = make_flickr(tmp_path / "d")
     proc = subprocess.run([sys.executable, "-m", "core.evaluate", "--model", str(tiny_bundle), "--data", str(data),

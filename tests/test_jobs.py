@@ -333,6 +333,7 @@ def test_enforce_stop_reaches_the_workers_of_the_launcher(runs_root, tmp_path, l
         kill_family(job, family)
 
 
+@pytest.mark.slow
 def test_real_torchrun_runs_the_job(runs_root, fake):
     """torch.distributed.run itself: rank 0 alone takes the job lock, a Stop ends both ranks and torchrun."""
     job = jobs.start_job({}, runs_root, command=fake, processes=2)

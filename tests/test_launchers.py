@@ -44,6 +44,7 @@ SAFE_ARGS = ["--server.address", "127.0.0.1", "--server.enableXsrfProtection", "
              "--client.showSidebarNavigation", "false"]
 
 needs_bash = pytest.mark.skipif(BASH is None or os.name == "nt", reason="needs bash on a POSIX system")
+pytestmark = pytest.mark.launcher  # -m "not launcher" leaves this file out (pytest.ini)
 
 
 def load_env_check():
@@ -418,6 +419,7 @@ def local_index(root: Path, wheels: list[Path]) -> str:
 
 
 @needs_bash
+@pytest.mark.slow
 def test_bash_launcher_installs_the_cuda_build_for_an_nvidia_gpu(project, fake_streamlit, tmp_path):
     """The whole GPU path, for real: a fake nvidia-smi, stand-in torch/torchvision wheels, PyTorch's index as a folder.
 
@@ -506,6 +508,7 @@ def test_linux_without_an_nvidia_driver_wants_the_cpu_build(monkeypatch):
 @needs_bash
 @pytest.mark.skipif(sys.platform != "linux" or os.path.isdir("/proc/driver/nvidia") or shutil.which("nvidia-smi"),
                     reason="the CPU-build path is Linux without an NVIDIA driver")
+@pytest.mark.slow
 def test_bash_launcher_installs_the_cpu_build_without_an_nvidia_gpu(project, fake_streamlit, tmp_path):
     """The whole path, for real: stand-in torch/torchvision wheels, PyTorch's CPU index as a local folder."""
     wheels = project / "wheels"  # the standard builds, as on PyPI (there: with CUDA)

@@ -168,6 +168,7 @@ def test_stop_after_a_batch_keeps_what_is_written(captioner, tmp_path):
     assert (pr.done, pr.skipped) == (6, 4) and len(read_csv(out)) == 10
 
 
+@pytest.mark.slow
 def test_killed_command_line_run_resumes_and_captions_each_file_once(tiny_bundle, tmp_path):
     root = tmp_path / "lib"
     n = 60

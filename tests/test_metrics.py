@@ -30,6 +30,7 @@ def test_worse_captions_score_lower():
 
 
 @pytest.mark.skipif(not java_available(), reason="METEOR and the PTB tokenizer need Java")
+@pytest.mark.slow
 def test_with_java_meteor_is_included():
     scores = score_captions(REFS, {"1": "a dog runs on grass", "2": "kids on a beach", "3": "a man on a bike"})
     assert 0 < scores["METEOR"] < 100

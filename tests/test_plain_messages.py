@@ -68,7 +68,6 @@ def test_the_train_form_refuses_out_of_range_values_instead_of_using_defaults(tm
 
     from streamlit.testing.v1 import AppTest
 
-    from app_fixtures import make_flickr_dataset
     from core.base.form_ranges import out_of_range
 
     root = Path(__file__).resolve().parent.parent
@@ -80,7 +79,7 @@ def test_the_train_form_refuses_out_of_range_values_instead_of_using_defaults(tm
     # the device report the server's warm-up makes, fixed: the form draws the same whatever tests ran before
     report = {"device": "cpu", "name": "CPU", "torch": "2.14.1", "gpus": 0}
     monkeypatch.setattr(warm, "device_info", lambda: dict(report))
-    data = make_flickr_dataset(tmp_path / "data")
+    data = make_flickr(tmp_path / "data")
     at = AppTest.from_file(str(root / "app.py"), default_timeout=120).switch_page("pages/2_Train.py").run()
     at.text_input[0].set_value(str(data))
     assert not at.exception, at.exception

@@ -86,6 +86,7 @@ def test_form_values_round_trip_and_damage(tmp_path):
     assert load_form_values(tmp_path) == {}
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_the_same_run_folder_exits_at_once_naming_the_first(tmp_path):
     """Two `python -m core.train --run-dir X`: the second says which process holds X and exits; the first trains on
     alone (before: both ran, their events interleaved and both published a model)."""
@@ -143,6 +144,7 @@ def test_only_rank_0_takes_the_run_lock_under_torchrun(tmp_path, monkeypatch):
 
 
 
+@pytest.mark.slow
 def test_a_torchrun_job_on_a_run_folder_in_use_stops_at_once(tmp_path):
     """Under torchrun (through core.runs.launch, as the app starts it): rank 0 finds the folder held and exits saying
     so; torchrun then ends the other rank, and nothing is written into the run."""

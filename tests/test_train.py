@@ -47,6 +47,7 @@ def _final_weights(run_dir):
     return {k: v for k, v in load_file(run_dir / "checkpoint.safetensors").items() if k.startswith("model/")}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     """checkpoint -> SIGKILL -> --resume must end exactly where an uninterrupted run ends."""
     data = make_flickr(tmp_path / "data")

@@ -179,6 +179,7 @@ def _in_a_thread(fn, timeout: float):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="SIGSTOP is POSIX")
+@pytest.mark.slow
 def test_a_stopped_worker_ends_the_requests_in_plain_words_and_a_fresh_one_serves(bundle):
     """SIGSTOP the worker (what a wedged one looks like from outside): the request under way, a Cancel and another
     tab's request all end after the stall limit with a plain message, instead of waiting forever; the next
