@@ -99,6 +99,38 @@ EDIT_HINT = ("Double-click a caption (or select it and type) to edit it; the CSV
              "*check*: a calibrated confidence among the lowest quarter of the model's captions of unseen photos.")
 
 
+# st.data_editor's cell editor (glide-data-grid, as bundled in Streamlit 1.67) schedules a zero-delay timer on every key
+# pressed in it; the timer commits the edit once Enter (or Tab) has set where the selection moves next, and commits it
+# with the typed text only if it was Enter's own timer. A browser that is busy (a loaded machine, fast typing) handles
+# the Enter before the timers of the last letters typed: the first of those then commits "no value" with Enter's move,
+# the editor closes and the typed caption is gone, without a word (upstream: glideapps/glide-data-grid#1201). This
+# script, installed once per page, holds back an Enter or Tab pressed in that editor until the timers queued before it
+# have run, then hands the same key to the editor: its commit is then the one with the text.
+KEEP_TYPED_EDITS = """<style>[data-testid="stElementContainer"]:has(script[data-keep-typed-edits]){display:none}</style>
+<script data-keep-typed-edits>
+(() => {
+  if (window.__keepTypedEdits) return;
+  window.__keepTypedEdits = true;
+  window.addEventListener("keydown", (ev) => {
+    const commits = (ev.key === "Enter" && !ev.shiftKey) || ev.key === "Tab";
+    const editor = ev.target instanceof Element ? ev.target.closest(".gdg-clip-region") : null;
+    if (!ev.isTrusted || !commits || !editor || ev.isComposing || ev.keyCode === 229) return;
+    ev.preventDefault();
+    ev.stopImmediatePropagation();
+    const key = {key: ev.key, code: ev.code, shiftKey: ev.shiftKey, ctrlKey: ev.ctrlKey, altKey: ev.altKey,
+                 metaKey: ev.metaKey, bubbles: true, cancelable: true};
+    const target = ev.target;
+    setTimeout(() => { if (target.isConnected) target.dispatchEvent(new KeyboardEvent("keydown", key)); }, 0);
+  }, true);
+})();
+</script>"""
+
+
+def keep_typed_edits() -> None:
+    """Put KEEP_TYPED_EDITS in the page (it draws nothing): an edit typed into the review table is never dropped."""
+    st.html(KEEP_TYPED_EDITS, unsafe_allow_javascript=True)
+
+
 # ------------------------------------------------------------------------------------------- the session
 
 def session_id() -> str:
@@ -249,6 +281,7 @@ def review_ui(batch: dict, title: str | None = None, downloads: bool = True) -> 
         batch["version"] = batch.get("version", 0) + 1  # a fresh table, built from the new captions
         st.toast(f"Replaced in {n} caption{'s' if n != 1 else ''}.")
     st.caption(EDIT_HINT)
+    keep_typed_edits()
     key = f"editor-{bid}-{show}-{batch.get('version', 0)}"
     selected = batch.get("selected")
     frame = results_frame(batch["results"], batch["thumbs"], batch["captions"], show, selected)
