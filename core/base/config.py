@@ -211,6 +211,11 @@ class TrainConfig:
     # projected once for its 5 captions (10% less CPU a Transformer step, measured here); off: captions one by one
     fine_tune_lr_scale: float = 0.1  # the fine-tuned backbone stages learn at this fraction of the decoder's rate
     compile: bool = False  # torch.compile the decoder (core.nn.precision.compile_decoder): minutes to start, no gain on CPU
+    # caption text without photos (a COCO caption JSON whose photos are absent, or one caption a line): sentences
+    # and nouns the photos lack, learned as captions of "no photo" with tags made from their nouns (core.data.text_only)
+    text_data: str = ""
+    text_share: float = 0.25  # with text_data: the share of each step's captions taken from it
+    text_exclude: str = ""  # with text_data: a folder of photos, or file names (comma-separated), whose captions are left out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -240,6 +245,9 @@ class TrainConfig:
         d["models_dir"] = str(resolve(self.models_dir) if self.models_dir else models_dir())
         d["cache_dir"] = str(resolve(self.cache_dir) if self.cache_dir else cache_dir())
         d["init_from"] = str(resolve(self.init_from)) if self.init_from else ""
+        d["text_data"] = str(resolve(self.text_data)) if self.text_data else ""
+        if self.text_exclude and "," not in self.text_exclude and resolve(self.text_exclude).is_dir():
+            d["text_exclude"] = str(resolve(self.text_exclude))
         return TrainConfig.from_dict(d)
 
     def problems(self) -> list[str]:
@@ -281,6 +289,13 @@ class TrainConfig:
             out.append("SCST warm-up steps cannot be negative.")
         if self.epochs < 0 or self.scst_epochs < 0:
             out.append("Epochs cannot be negative.")
+        if self.text_data and not m.tag_slots:
+            out.append("Extra caption text needs tag slots (1 or more): the decoder reads the nouns of a sentence "
+                       "without a photo as tags.")
+        if not 0 <= self.text_share < 1:
+            out.append(f"The share of caption text must be at least 0 and below 1 (it is {self.text_share}).")
+        if m.tag_slots < 0 or m.tag_slots > 20:
+            out.append(f"Tag slots must be between 0 and 20 (it is {m.tag_slots}).")
         if self.model_name and name_problem(self.model_name):
             out.append(name_problem(self.model_name))
         return out
@@ -307,6 +322,15 @@ ADVANCED_OPTIONS = (
      (0.001, 1.0)),
     ("init_from", "Start from a model folder", "its weights start the run (e.g. fine-tuning after a frozen run)",
      None),
+    ("tag_slots", "Tags the decoder reads", "the image network's likeliest objects (cat 0.96, sofa 0.4) given to the "
+     "decoder with their probabilities, so it can name things its caption photos never showed; 0: none", (0, 20)),
+    ("text_data", "Extra caption text, no photos needed", "a caption file whose photos you do not have (COCO's "
+     "captions_train2017.json) or a text file with one caption a line: more sentences and more kinds of things "
+     "to name; needs tags (above)", None),
+    ("text_share", "Share of each step from the extra text", "e.g. 0.25: a quarter of the captions of each step "
+     "come from the text, three quarters from the photos", (0.0, 0.9)),
+    ("text_exclude", "Leave out the captions of these photos", "a folder of photos (or file names, comma-separated) "
+     "that you will check the model on: the text must not describe them to it", None),
 )
 
 

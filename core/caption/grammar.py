@@ -55,10 +55,15 @@ class Grammar:
 
     def fix(self, tokens: list[str]) -> list[str]:
         """A decoded caption's words -> the same words with the four rules applied."""
+        return self.fix_aligned(tokens)[0]
+
+    def fix_aligned(self, tokens: list[str]) -> tuple[list[str], list[int]]:
+        """-> (the fixed words, for each the position of the decoded word it stands for): a dropped article has
+        none, so a word's attention map stays its own."""
         out = self._numbers(list(tokens))
-        out = self._article_before_plural(out)
+        out, kept = self._article_before_plural(out)
         out = self._verb_agreement(out)
-        return self._a_or_an(out)
+        return self._a_or_an(out), kept
 
     def _numbers(self, t: list[str]) -> list[str]:
         """"two zebra" -> "two zebras" (a number, perhaps one modifier, then a singular noun with a known plural)."""
@@ -71,16 +76,17 @@ class Grammar:
                 t[j] = plural
         return t
 
-    def _article_before_plural(self, t: list[str]) -> list[str]:
-        """"on a apples" -> "on apples": an article before a plural noun (perhaps after one modifier) is dropped."""
-        out = []
+    def _article_before_plural(self, t: list[str]) -> tuple[list[str], list[int]]:
+        """"on a apples" -> "on apples": an article before a plural noun (perhaps after one modifier) is dropped.
+        -> (words, the position each kept word had)."""
+        kept = []
         for i, w in enumerate(t):
             if w in ("a", "an") and i + 1 < len(t):
                 j = i + 2 if t[i + 1] in MODIFIERS and i + 2 < len(t) else i + 1
                 if self.singular(t[j]) and t[j] not in MODIFIERS:
                     continue
-            out.append(w)
-        return out
+            kept.append(i)
+        return [t[i] for i in kept], kept
 
     def _verb_agreement(self, t: list[str]) -> list[str]:
         """"two zebras is" -> "are"; "a zebra are" -> "is" (the noun right before the verb, its article before it)."""

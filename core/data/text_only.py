@@ -55,6 +55,16 @@ def captions_text(path: Path | str, exclude: set[str] | frozenset[str] = frozens
     return out
 
 
+def excluded_names(spec: str) -> set[str]:
+    """TrainConfig.text_exclude -> the image file names to leave out: the photos of a folder, or a comma list."""
+    if not spec:
+        return set()
+    folder = Path(spec)
+    if "," not in spec and folder.is_dir():
+        return {p.name for p in folder.iterdir() if p.is_file()}
+    return {name.strip() for name in spec.split(",") if name.strip()}
+
+
 def _coco_name(image_id) -> str:
     """COCO 2017's file name of an image id: 285 -> "000000000285.jpg"."""
     return f"{image_id:012d}.jpg" if isinstance(image_id, int) else ""

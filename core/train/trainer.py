@@ -46,6 +46,8 @@ from core.data.datasets import (
     shared_images,
     split_label,
 )
+from core.caption.tags import noun_probs
+from core.data.text_only import TagNoise, caption_nouns, captions_text, excluded_names
 from core.data.vocabulary import PAD, TokenizedCaptions, Vocabulary
 from core.evaluate.metrics import score_captions
 from core.nn import distributed as dist
@@ -53,7 +55,7 @@ from core.nn.backbones import get_spec
 from core.nn.batches import iter_image_batches
 from core.nn.decode import greedy_decode
 from core.nn.features import FeatureCache, encode_to_cache
-from core.nn.model import CaptionModel, Encoder
+from core.nn.model import CaptionModel, Encoder, with_tag_row
 from core.nn.precision import adamw, compile_decoder, pick_device, train_precision
 from core.nn.weights import save_bundle
 from core.runs import folder as runs
@@ -133,14 +135,67 @@ def _stable_subset(items, fraction):
     return sorted(chosen, key=lambda it: it.path.name)
 
 
-class FeatureSource:
-    """Image features for a batch of image indices: from the cache, or by running the (fine-tuned) encoder."""
+@dataclass
+class TextSamples:
+    """Captions without photos (TrainConfig.text_data), added to every cross-entropy step beside the photos'."""
 
-    def __init__(self, cache_array=None, rows=None, encoder=None, paths=None, spec=None, views=(), upper=None):
+    tokens: np.ndarray  # (M, max_len + 2) int32, as Samples.tokens
+    nouns: list[list[int]]  # each caption's plain nouns, its subject first: what its made-up tags are drawn from
+    share: float  # of a step's captions
+
+    def add_to(self, feats: torch.Tensor, caps: torch.Tensor, index: torch.Tensor | None,
+               seed: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A step's photo rows feats (U, P + 1, C), caps (B, L), index (B,) or None -> the same with text captions
+        added: their feats rows hold no photo (the grid zeros, flagged) and tags made from their nouns."""
+        n = round(caps.size(0) * self.share / (1 - self.share))
+        if n == 0:
+            return feats, caps, index
+        rng = np.random.default_rng(seed)  # the step's own draw: a resumed run adds the same captions
+        pick = rng.choice(len(self.tokens), size=min(n, len(self.tokens)), replace=False)
+        noise = TagNoise.load()
+        probs = torch.from_numpy(np.stack([noise.noun_probs(self.nouns[j], rng) for j in pick]))  # (T, N)
+        grid = feats.new_zeros(len(pick), feats.size(1) - 1, feats.size(2))  # (T, P, C)
+        no_photo = torch.zeros(len(pick), dtype=torch.bool, device=feats.device)
+        text_feats = with_tag_row(grid, probs.to(feats.device), no_photo)  # (T, P + 1, C)
+        tokens = self.tokens[pick]  # (T, max_len + 2)
+        length = max(caps.size(1), int((tokens != PAD).sum(1).max()))
+        text_caps = torch.from_numpy(tokens[:, :length].astype(np.int64)).to(caps.device)  # (T, L')
+        caps = F.pad(caps, (0, length - caps.size(1)), value=PAD)  # (B, L')
+        if index is not None:  # each text caption is its own "image"
+            index = torch.cat([index, torch.arange(feats.size(0), feats.size(0) + len(pick), device=index.device)])
+        return torch.cat([feats, text_feats]), torch.cat([caps, text_caps]), index
+
+
+def _tags_of(cfg: TrainConfig, encoder: Encoder) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The tagger of a tag-reading model (cfg.model.tag_slots), else None."""
+    if not cfg.model.tag_slots:
+        return None
+    if not encoder.can_classify:
+        raise ValueError(f"tags need the backbone's ImageNet classifier, which {cfg.model.backbone} has not here; "
+                         "use an EfficientNet-Lite backbone or tag slots 0")
+    return _tagger(encoder)
+
+
+def _tagger(encoder: Encoder) -> Callable[[torch.Tensor], torch.Tensor]:
+    """feats (B, P, C) -> the backbone classifier's noun probabilities (B, N), what a tag-reading decoder reads
+    (core.nn.model.with_tag_row); from the grid itself, so cached features need nothing more."""
+    def tag(feats: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return noun_probs(encoder.classify(feats.detach()))
+    return tag
+
+
+class FeatureSource:
+    """Image features for a batch of image indices: from the cache, or by running the (fine-tuned) encoder; with
+    a tagger, the classifier's tag row after the grid (a tag-reading decoder's input)."""
+
+    def __init__(self, cache_array=None, rows=None, encoder=None, paths=None, spec=None, views=(), upper=None,
+                 tagger=None):
         self.array, self.rows, self.encoder, self.paths, self.spec = cache_array, rows, encoder, paths, spec
         # fine-tuning the top stages: the cache holds the lower stages' output (B, h*w, C'), upper runs per step
         self.upper = upper
         self.views = list(views)  # (array, rows) of the augmented views 1, 2, ... (core.train.augment); rows: image -> row
+        self.tagger = tagger
 
     def effective_views(self, wanted: np.ndarray) -> np.ndarray:
         """wanted (n_images,) views -> the views to use: view 0 where the wanted one has no row for the image."""
@@ -153,6 +208,10 @@ class FeatureSource:
 
     def __call__(self, image_ids: list[int], device, views: np.ndarray | None = None) -> torch.Tensor:
         """views (len(image_ids),) (optional): the view of each image (effective_views), 0 the plain photo."""
+        feats = self._grid(image_ids, device, views)  # (B, P, C)
+        return feats if self.tagger is None else with_tag_row(feats, self.tagger(feats))  # (B, P + 1, C)
+
+    def _grid(self, image_ids: list[int], device, views: np.ndarray | None) -> torch.Tensor:
         if self.encoder is None:
             if views is not None and np.any(views):
                 return torch.from_numpy(self._rows(image_ids, np.asarray(views))).to(device).float()  # (B, P, C)
@@ -200,6 +259,7 @@ class TrainData:
     source: FeatureSource
     cider: CiderReward | None  # SCST's reward, with scst_epochs
     swap: torch.Tensor | None  # (V,) token -> its mirror-image token (core.train.augment), with --views > 1
+    text: TextSamples | None = None  # captions without photos, with text_data
 
 
 @dataclass
@@ -301,7 +361,8 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop,
     if cfg.model.fine_tune and cfg.model.fine_tune_blocks:
         return _lower_features(cfg, model, paths, device, emit, should_stop)
     if cfg.model.fine_tune:
-        return FeatureSource(encoder=model.encoder, paths=paths, spec=spec), list(range(len(items)))
+        return (FeatureSource(encoder=model.encoder, paths=paths, spec=spec, tagger=_tags_of(cfg, model.encoder)),
+                list(range(len(items))))
     emit(runs.PHASE, phase="encoding")
     grid = (spec.image_size // 32, spec.image_size // 32)
     layout = "grid" if cfg.model.decoder in GRID_DECODERS else "pooled"
@@ -332,7 +393,7 @@ def _features(cfg: TrainConfig, model, items, device, emit, should_stop,
             vcache.refresh()
             vrows = vcache.rows(train_paths)
         views.append((vcache.array(), vrows))
-    return (FeatureSource(cache_array=cache.array(), rows=rows, views=views),
+    return (FeatureSource(cache_array=cache.array(), rows=rows, views=views, tagger=_tags_of(cfg, encoder)),
             [i for i, r in enumerate(rows) if r is not None])
 
 
@@ -366,7 +427,7 @@ def _lower_features(cfg: TrainConfig, model, paths, device, emit, should_stop):
     if dist.active():
         cache.refresh()
         rows = cache.rows(paths)
-    return (FeatureSource(cache_array=cache.array(), rows=rows, upper=upper),
+    return (FeatureSource(cache_array=cache.array(), rows=rows, upper=upper, tagger=_tags_of(cfg, model.encoder)),
             [i for i, r in enumerate(rows) if r is not None])
 
 
@@ -431,9 +492,11 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     torch.manual_seed(cfg.seed)
     emit(runs.PHASE, phase="loading")
     train_items, val_items = _load_data(cfg, emit)
-    tokenized = TokenizedCaptions.of(c for it in train_items for c in it.captions)  # once, for vocabulary and samples
+    text = _text_data(cfg, emit)
+    # once, for vocabulary and samples: the photos' captions, then the text's
+    tokenized = TokenizedCaptions.of([c for it in train_items for c in it.captions] + text)
     vocab = _vocabulary(cfg, run_dir, resume, tokenized)
-    model = _build_model(cfg, len(vocab), device, resume, emit)
+    model = _build_model(cfg, vocab, device, resume, emit)
     if dist.rank():  # the same initial weights on every rank; different dropout and SCST samples
         torch.manual_seed(cfg.seed + dist.rank())
     if _agreed_stop(should_stop)[0]:
@@ -441,7 +504,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, resume: bool, emit, should_stop: ru
     found = _features(cfg, model, train_items + val_items, device, emit, should_stop, n_train=len(train_items))
     if found is None:
         return None
-    data = _train_data(cfg, vocab, train_items, val_items, tokenized, *found)
+    data = _train_data(cfg, vocab, train_items, val_items, tokenized, *found, n_text=len(text))
     del tokenized  # every training caption once more: not kept for the hours of training
     xe_steps, total_steps = _step_counts(cfg, data)
     optimizer, params, autocast, scaler = _optimization(cfg, model, device, emit)
@@ -464,10 +527,23 @@ def _vocabulary(cfg: TrainConfig, run_dir: Path, resume: bool, tokenized: Tokeni
     return vocab
 
 
-def _build_model(cfg: TrainConfig, vocab_size: int, device, resume: bool, emit) -> CaptionModel:
+def _text_data(cfg: TrainConfig, emit) -> list[str]:
+    """The captions of cfg.text_data (none without it), less those of the photos cfg.text_exclude names."""
+    if not cfg.text_data:
+        return []
+    exclude = excluded_names(cfg.text_exclude)
+    text = captions_text(cfg.text_data, exclude)
+    emit(runs.LOG_EVENT, message=f"{len(text)} captions of text without photos from {cfg.text_data}"
+                                 + (f" (the captions of {len(exclude)} photos left out)" if exclude else ""))
+    return text
+
+
+def _build_model(cfg: TrainConfig, vocab: Vocabulary, device, resume: bool, emit) -> CaptionModel:
     """The model on `device`: new weights, or init_from's (a resume takes the checkpoint's instead, later)."""
-    mcfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": vocab_size})
+    mcfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": len(vocab)})
     model = CaptionModel(mcfg, with_encoder=mcfg.fine_tune, pretrained=True).to(device)
+    if mcfg.tag_slots:
+        model.set_tag_vocabulary(vocab.stoi)
     if cfg.init_from and not resume:
         _load_initial_weights(model, Path(cfg.init_from))
         emit(runs.LOG_EVENT, message=f"started from the weights of {cfg.init_from}")
@@ -475,7 +551,7 @@ def _build_model(cfg: TrainConfig, vocab_size: int, device, resume: bool, emit) 
 
 
 def _train_data(cfg: TrainConfig, vocab: Vocabulary, train_items: list, val_items: list, tokenized: TokenizedCaptions,
-                source: FeatureSource, usable: list[int]) -> TrainData:
+                source: FeatureSource, usable: list[int], n_text: int = 0) -> TrainData:
     """The images that have features (a split with none stops the run) and the captions of the training ones."""
     items, n_train, usable_set = train_items + val_items, len(train_items), set(usable)
     train_ids = [i for i in range(n_train) if i in usable_set]
@@ -484,7 +560,17 @@ def _train_data(cfg: TrainConfig, vocab: Vocabulary, train_items: list, val_item
     samples = _samples(train_items, train_ids, vocab, tokenized, cfg.model.max_len)
     cider = CiderReward([it.captions for it in train_items]) if cfg.scst_epochs else None
     swap = swap_table(vocab.stoi, len(vocab)) if cfg.views > 1 else None
-    return TrainData(vocab, items, train_ids, val_ids, samples, source, cider, swap)
+    text = _text_samples(cfg, vocab, tokenized, n_text) if n_text else None
+    return TrainData(vocab, items, train_ids, val_ids, samples, source, cider, swap, text)
+
+
+def _text_samples(cfg: TrainConfig, vocab: Vocabulary, tokenized: TokenizedCaptions, n_text: int) -> TextSamples:
+    """The last n_text captions of `tokenized` (the text's), encoded, with their nouns."""
+    first = len(tokenized) - n_text
+    keep = np.arange(first, len(tokenized))
+    nouns = [caption_nouns([tokenized.words[w] for w in tokenized.flat[tokenized.offsets[k]:tokenized.offsets[k + 1]]])
+             for k in keep]
+    return TextSamples(vocab.encode_all(tokenized, keep, cfg.model.max_len), nouns, cfg.text_share)
 
 
 def _samples(train_items: list, train_ids: list[int], vocab: Vocabulary, tokenized: TokenizedCaptions,
@@ -633,9 +719,12 @@ def train_epoch(s: Session, epoch: int) -> list[float] | None:
             flipped = torch.from_numpy(cap_views % 2 == 1)
             caps[flipped] = data.swap[caps[flipped]]  # a mirrored photo's "left" is the caption's "right"
         lr = lr_at(s.state["global_step"], s.xe_steps, cfg.lr, cfg.warmup_steps)
-        with s.autocast():
-            loss = caption_loss(s.net, data.source(image_ids, s.device, image_views), caps.to(s.device),
-                                cfg.label_smoothing, alpha_c, image_index=index)
+        with s.autocast():  # the features too: a fine-tuned encoder runs here
+            feats, caps = data.source(image_ids, s.device, image_views), caps.to(s.device)
+            if data.text is not None:  # captions without photos ride along (text_data)
+                feats, caps, index = data.text.add_to(feats, caps, index,
+                                                      [cfg.seed, dist.rank(), s.state["global_step"]])
+            loss = caption_loss(s.net, feats, caps, cfg.label_smoothing, alpha_c, image_index=index)
         _step(s, loss, lr, sync=not isinstance(s.net, DistributedDataParallel))
         if _after_step(s, epoch, b, n_batches, per, losses, loss.item(), lr, scst=False):
             return None
