@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.base.files import atomic_write_json  # noqa: E402
 from core.base.paths import cache_dir  # noqa: E402
+from core.caption.tags import noun_probs  # noqa: E402
 from core.data.datasets import load_split  # noqa: E402
 from core.data.object_words import object_words  # noqa: E402
 from core.data.text_only import caption_nouns  # noqa: E402
@@ -33,14 +34,6 @@ from core.nn.model import Encoder  # noqa: E402
 
 TOP = 3  # the tags a decoder reads (ModelConfig.tag_slots of the default model)
 QUANTILES = 21
-
-
-def noun_probs(encoder: Encoder, feats: torch.Tensor) -> torch.Tensor:
-    """feats (B, P, C) -> (B, N) probabilities of the plain nouns."""
-    ow = object_words()
-    probs = encoder.classify(feats).float().softmax(-1)  # (B, 1000)
-    index = torch.tensor(ow.class_noun).expand_as(probs)  # (B, 1000)
-    return torch.zeros(probs.size(0), len(ow.nouns)).scatter_add_(1, index, probs)  # (B, N)
 
 
 def main(argv=None) -> int:
@@ -65,7 +58,8 @@ def main(argv=None) -> int:
     for start in range(0, len(items), 256):
         chunk = [(it, r) for it, r in zip(items[start:start + 256], rows[start:start + 256]) if r is not None]
         with torch.no_grad():
-            probs = noun_probs(encoder, torch.from_numpy(np.stack([arr[r] for _, r in chunk]).astype(np.float32)))
+            grids = torch.from_numpy(np.stack([arr[r] for _, r in chunk]).astype(np.float32))  # (B, P, C)
+            probs = noun_probs(encoder.classify(grids))  # (B, N)
         top_p, top_n = probs.topk(TOP, dim=1)  # (B, TOP)
         for (it, _), ps, ns in zip(chunk, top_p.tolist(), top_n.tolist()):
             per_caption = [caption_nouns(fast_tokenize(c)) for c in it.captions]
