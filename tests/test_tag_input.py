@@ -121,3 +121,70 @@ def test_a_bundle_with_tags_round_trips_and_an_old_bundle_is_unchanged(tmp_path)
     loaded = load_bundle(tmp_path / "old", pretrained=False)
     assert loaded.model.cfg.tag_slots == 0 and loaded.model.decoder.tags is None
     assert not any("tags" in k for k in loaded.model.state_dict())
+
+
+def _copy_on(model: CaptionModel, size: float) -> None:
+    """Give the copy path a fixed size (every tag raises its words by size x gate) and a gate of 1."""
+    tags = model.decoder.tags
+    with torch.no_grad():
+        tags.copy_size[2].bias.fill_(size)
+        tags.copy_gate.weight.zero_()
+        tags.copy_gate.bias.fill_(30.0)  # sigmoid(30) = 1
+
+
+@pytest.mark.parametrize("decoder", ["attention", "transformer"])
+def test_the_copy_path_raises_the_tags_singular_and_plural_and_nothing_else(decoder):
+    vocab = Vocabulary.build(["a cat on a bed", "two cats", "a dog in a park"], min_count=1)
+    model = tagged_model(decoder, vocab)
+    nouns = object_words().nouns
+    assert model.decoder.tags.copy_vocab[nouns.index("cat")].tolist() == [vocab.stoi["cat"], vocab.stoi["cats"]]
+    assert model.decoder.tags.copy_vocab[nouns.index("zebra")].tolist() == [UNK, UNK]  # never raised
+    feats = with_tag_row(torch.randn(1, 64, 1280), probs_of(cat=0.9, zebra=0.5))
+    caps = torch.tensor([[1, 4, 5, 2]])
+    with torch.no_grad():
+        before, _ = model(feats, caps)  # a new model: the copy path starts with no effect
+        _copy_on(model, 4.0)
+        after, _ = model(feats, caps)
+    raised = (after - before).abs() > 1e-4  # (1, T, V)
+    assert raised[0, :, vocab.stoi["cat"]].all() and raised[0, :, vocab.stoi["cats"]].all()
+    assert raised.sum() == 2 * caps.size(1) - 2  # those two words at every position, nothing else (not <unk>)
+    assert torch.allclose((after - before)[0, :, vocab.stoi["cat"]], torch.full((3,), 4.0), atol=1e-3)
+
+
+@pytest.mark.parametrize("decoder", ["attention", "transformer"])
+def test_step_by_step_decoding_matches_teacher_forcing_through_the_copy_path(decoder):
+    model = tagged_model(decoder, VOCAB)
+    _copy_on(model, 2.5)
+    feats = with_tag_row(torch.randn(2, 64, 1280), torch.cat([probs_of(cat=0.9), probs_of(dog=0.4)]))
+    caps = torch.tensor([[1, 4, 5, 6, 2], [1, 7, 8, 2, 0]])
+    with torch.no_grad():
+        logits, _ = model(feats, caps)
+        state = model.decoder.init_state(feats)
+        for t in range(4):
+            step, state, _ = model.decoder.step(caps[:, t], state)
+            real = caps[:, t + 1] != 0
+            assert torch.allclose(step[real], logits[real, t], atol=1e-4), t
+
+
+@pytest.mark.parametrize("decoder", ["attention", "transformer"])
+def test_a_decoder_learns_to_say_the_tagged_noun_without_a_photo(decoder):
+    """Text-only captions "a cat" / "a dog" whose only clue is the tag: a few dozen steps teach the copy path,
+    and greedy decoding then names what the tag says."""
+    vocab = Vocabulary.build(["a cat", "a dog"], min_count=1)
+    model = tagged_model(decoder, vocab).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    photo = torch.zeros(8, dtype=torch.bool)
+    probs = torch.cat([probs_of(cat=0.8)] * 4 + [probs_of(dog=0.8)] * 4)  # (8, N)
+    caps = torch.tensor([vocab.encode("a cat", 4)] * 4 + [vocab.encode("a dog", 4)] * 4)
+    feats = with_tag_row(torch.zeros(8, 64, 1280), probs, photo)
+    for _ in range(60):
+        logits, _ = model(feats, caps)
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), caps[:, 1:], ignore_index=0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    test = with_tag_row(torch.zeros(2, 64, 1280), torch.cat([probs_of(dog=0.7), probs_of(cat=0.7)]),
+                        torch.zeros(2, dtype=torch.bool))
+    hyps = beam_search(model.decoder, test, beam_size=2, max_len=4)
+    assert [vocab.decode(h[0].tokens) for h in hyps] == ["a dog", "a cat"]

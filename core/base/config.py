@@ -58,7 +58,9 @@ class DecodeOptions:
     min_len: int = 1  # shortest caption in words
     num_captions: int = 1  # K > 1: the caption and K-1 alternatives, the top K beams (the beam widens to K)...
     top_p: float | None = None  # ... or, when set, K nucleus samples instead of beam search (varied, not repeatable)
-    object_words: bool = True  # a noun the image classifier is sure of must appear in the caption (core.caption.tags)
+    # a noun the image classifier is sure of must appear in the caption, and no person is named where it is sure of
+    # an animal or object and sees no sign of people (core.caption.tags)
+    object_words: bool = True
     # Beam search never repeats a word pair: "a man is riding a bike on a bike" cannot be written. Measured on the
     # Flickr8k dev split (beam 3, issue 19): against 3 (no repeated triple), 10.9% -> 0% of captions with a repeated
     # pair, CIDEr 53.98 -> 54.13 (Transformer) and 53.12 -> 54.02 (the same after self-critical training). 0: off.

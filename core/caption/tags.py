@@ -61,3 +61,43 @@ def guide_words(tags: list[tuple[str, float]], stoi: dict, min_prob: float = GUI
         if len(sets) == max_nouns:
             break
     return sets
+
+
+# ----------------------------------------------------------------------------- no person where the classifier sees none
+# A caption model trained on Flickr8k (people in 70% of its captions) puts a man into any photo it does not know
+# ("a man in a blue shirt is sitting on a cat"). Where the classifier is sure of one animal or object and sees
+# nothing that comes with people (clothes, gear one wears or rides, instruments one plays), the caption may not
+# name a person. The ban is a decode-time mask (core.nn.decode.beam_search's `banned`), so the caption is the
+# model's best sentence without those words, not a sentence with a word cut out.
+NO_PERSON_MIN_PROB = 0.90  # the classifier's top noun at least this sure
+PERSON_CUE_MIN_PROB = 0.05  # a person cue counts from this probability (all cue nouns summed)
+PERSON_WORDS = frozenset("""
+    man men woman women person people persons boy boys girl girls child children kid kids baby babies toddler
+    toddlers lady ladies guy guys gentleman adult adults teenager teenagers teen teens someone somebody he she
+    player players skier skiers surfer surfers biker bikers cyclist cyclists rider riders snowboarder skateboarder
+    skateboarders climber climbers swimmer swimmers runner runners crowd couple family friends mother father mom
+    dad worker workers policeman officer officers soldier soldiers athlete athletes team audience spectators
+    """.split())
+PERSON_CUES = frozenset("""
+    abaya apron bikini bra breastplate cardigan cloak coat cuirass diaper gasmask gown hoopskirt jacket jeans jersey
+    kimono lipstick mask miniskirt mitten mortarboard necklace overskirt pajama pickelhaube poncho sarong sock
+    sombrero stole suit sunglasses sweatshirt swimsuit tie uniform vest vestment wig bearskin bonnet cap hat helmet
+    sandal shoe boot clog loafer slipper stethoscope snorkel diver groom pirate player paddle parachute racket puck
+    barbell dumbbell unicycle bicycle bike tricycle scooter snowmobile go-kart sled rickshaw crutch stretcher
+    microphone stage accordion banjo bassoon cello drum flute guitar harmonica harp maraca marimba oboe ocarina
+    panpipe saxophone trombone trumpet violin ski
+    """.split()) | {"baseball player", "swimming trunks"}
+
+
+def person_banned(noun_probs_row, stoi: dict) -> list[int]:
+    """One image's noun probabilities (N,) -> the caption vocabulary's person words, when the classifier's top
+    noun is an animal or object at NO_PERSON_MIN_PROB or more and no person cue reaches PERSON_CUE_MIN_PROB;
+    else []."""
+    ow = object_words()
+    probs = [float(p) for p in noun_probs_row]
+    top = max(range(len(probs)), key=probs.__getitem__)
+    if probs[top] < NO_PERSON_MIN_PROB or ow.nouns[top] in PERSON_CUES:
+        return []
+    if sum(p for n, p in zip(ow.nouns, probs) if n in PERSON_CUES) >= PERSON_CUE_MIN_PROB:
+        return []
+    return sorted(stoi[w] for w in PERSON_WORDS if w in stoi)

@@ -19,7 +19,7 @@ from core.bundle.store import DEFAULT_MODEL
 from core.caption.confidence import Calibration
 from core.caption.result import CaptionResult
 from core.caption.grammar import Grammar
-from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags, noun_probs
+from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags, noun_probs, person_banned
 from core.data.vocabulary import END, PAD
 from core.nn import distributed as dist
 from core.nn.batches import iter_image_batches
@@ -118,8 +118,12 @@ class Captioner:
         # guidance sees the confident tags whatever the threshold shown: a 0.9 threshold does not unguide a 0.8 cat
         seen = (image_tags(logits, top=max(opt.max_tags, 3), min_prob=min(opt.tag_threshold, GUIDE_MIN_PROB))
                 if self.can_tag else [[] for _ in idx])
+        nouns = noun_probs(logits) if self.can_tag else None  # (B, N)
         if self.reads_tags:
-            feats = with_tag_row(feats, noun_probs(logits))  # (B, P + 1, C): the decoder reads the tags too
+            feats = with_tag_row(feats, nouns)  # (B, P + 1, C): the decoder reads the tags too
+        # no person named where the classifier is sure of an animal or object and sees no sign of people
+        banned = ([person_banned(row, self.vocab.stoi) for row in nouns.tolist()]
+                  if self.can_tag and opt.object_words else None)
         guide = [guide_words(t, self.vocab.stoi) for t in seen] if opt.object_words and not opt.top_p else []
         tags = [[(n, p) for n, p in t if p >= opt.tag_threshold][: opt.max_tags] for t in seen]
         if opt.top_p:
@@ -129,7 +133,8 @@ class Captioner:
                 hyps = beam_search(self.model.decoder, feats, beam_size=max(opt.beam, opt.num_captions),
                                    max_len=opt.max_len, length_penalty=opt.length_penalty,
                                    no_repeat_ngram=opt.no_repeat_ngram, min_len=opt.min_len,
-                                   constraints=guide if any(guide) else None)
+                                   constraints=guide if any(guide) else None,
+                                   banned=banned if banned and any(banned) else None)
         for j, (i, image_hyps) in enumerate(zip(idx, hyps)):
             r = results[i]
             self._fill(r, image_hyps)

@@ -103,6 +103,14 @@ def _word_bits(constraints: list[list[list[int]]], V: int, device) -> torch.Tens
     return bits.view(-1, 1, 1, V)  # (B, 1, 1, V)
 
 
+def _word_mask(words: list[list[int]], V: int, device) -> torch.Tensor:
+    """Per image, a list of word ids -> (B, V) bool, True at those words."""
+    mask = torch.zeros(len(words), V, dtype=torch.bool, device=device)  # (B, V)
+    for b, ids in enumerate(words):
+        mask[b, [w for w in ids if 0 <= w < V]] = True
+    return mask
+
+
 def _advance(decoder, beams: _Beams, no_end: bool) -> torch.Tensor:
     """One decoder step on every live row's last word -> log-probs (L*R, V); the state and attention move on."""
     logp, state, alpha = _next_logprobs(decoder, beams.tokens[:, -1], beams.state, first=no_end)  # (L*R, V)
@@ -225,7 +233,7 @@ def _unfinished(beams: _Beams, j: int, s: int, n: int, length_penalty: float) ->
 
 
 def _by_constraint_count(decoder, feats: torch.Tensor, constraints: list[list[list[int]]],
-                         **options) -> list[list[Hypothesis]]:
+                         banned: list[list[int]] | None = None, **options) -> list[list[Hypothesis]]:
     """beam_search for each group of images with as many word sets, in the images' order. An image with fewer
     word sets needs fewer automaton states (2**sets): searched at its own size, images without constraints cost
     K beams, not K * 2**sets (same captions, less work)."""
@@ -234,7 +242,8 @@ def _by_constraint_count(decoder, feats: torch.Tensor, constraints: list[list[li
     for b, sets in enumerate(constraints):
         groups.setdefault(len(sets), []).append(b)
     for n, idx in groups.items():
-        sub = beam_search(decoder, feats[idx], constraints=[constraints[b] for b in idx] if n else None, **options)
+        sub = beam_search(decoder, feats[idx], constraints=[constraints[b] for b in idx] if n else None,
+                          banned=[banned[b] for b in idx] if banned else None, **options)
         for b, hyps in zip(idx, sub):
             out[b] = hyps
     return out
@@ -243,7 +252,8 @@ def _by_constraint_count(decoder, feats: torch.Tensor, constraints: list[list[li
 @torch.no_grad()
 def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max_len: int = DEFAULT_MAX_LEN,
                 length_penalty: float = 0.7, no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM, min_len: int = 1,
-                constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
+                constraints: list[list[list[int]]] | None = None,
+                banned: list[list[int]] | None = None) -> list[list[Hypothesis]]:
     """feats (B, P, C) -> for each image, `beam_size` hypotheses, best first.
 
     K live beams per image; each step looks at the 2K best extensions, moves those ending in <end> to
@@ -257,9 +267,12 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max
     unmet set moves a beam to the state that includes it, and the answer comes from the state with
     every set met (or, if the model never got there, the one with the most). Without constraints
     there is one state and this is plain beam search.
+
+    `banned[b]` (optional): words image b's caption may not use (e.g. person words where the classifier sees
+    only a cat); they get log-probability -inf at every step.
     """
     if constraints and len({len(c) for c in constraints}) > 1:
-        return _by_constraint_count(decoder, feats, constraints, beam_size=beam_size, max_len=max_len,
+        return _by_constraint_count(decoder, feats, constraints, banned, beam_size=beam_size, max_len=max_len,
                                     length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram, min_len=min_len)
     B, K = feats.size(0), beam_size
     n_sets = len(constraints[0]) if constraints else 0  # the same for every image here
@@ -268,8 +281,13 @@ def beam_search(decoder, feats: torch.Tensor, beam_size: int = DEFAULT_BEAM, max
     finished: list[list[Hypothesis]] = [[] for _ in range(B * S)]  # by b * S + state
     goal = [(1 << len(constraints[b])) - 1 if constraints else 0 for b in range(B)]  # each image's every-set state
     done = [False] * B
+    ban = None  # (B, V) bool: each image's banned words
     for t in range(max_len + 1):
         logp = _advance(decoder, beams, no_end=t < min(max(min_len, 1), max_len))  # (L*R, V); min_len words, >= 1
+        if banned and any(banned):
+            if ban is None:
+                ban = _word_mask(banned, logp.size(1), feats.device)  # (B, V)
+            logp.masked_fill_(ban[beams.live].repeat_interleave(S * K, 0), float("-inf"))  # (L*R, V)
         if no_repeat_ngram and t + 1 >= no_repeat_ngram:  # before that no n-gram can repeat
             _ban_repeated_ngrams(logp, beams.tokens[:, 1:], no_repeat_ngram)
         if t == 0 and n_sets:

@@ -76,19 +76,70 @@ def tag_vocabulary(stoi: dict) -> list[int]:
     return [stoi.get(n, stoi.get(n.split()[-1], UNK)) for n in object_words().nouns]
 
 
+COPY_FORMS = 2  # the words a tag can raise directly: its noun's singular and plural ("zebra", "zebras")
+
+
+def copy_vocabulary(stoi: dict) -> list[list[int]]:
+    """Each plain noun's singular and plural as caption-vocabulary ids (object_words: the noun's first two word
+    forms; <unk> where the vocabulary lacks one, and such a word is never raised)."""
+    ow = object_words()
+    out = []
+    for noun in ow.nouns:
+        forms = (list(ow.words.get(noun, [])) + [noun])[:COPY_FORMS]
+        forms += [forms[-1]] * (COPY_FORMS - len(forms))
+        out.append([stoi.get(w, UNK) for w in forms])
+    return out
+
+
 class TagSlots(nn.Module):
     """The tag row -> K memory slots: the K likeliest nouns' word embeddings, moved by their probability, plus a
-    learned vector per slot rank; and the learned "no photo" vector that replaces the grid of a text-only caption."""
+    learned vector per slot rank; the learned "no photo" vector that replaces the grid of a text-only caption; and
+    the copy path.
 
-    def __init__(self, k: int, embed_dim: int, out_dim: int):
+    The copy path (as in pointer-generator and NOC's copying: See et al. 2017, Venugopalan et al. 2017) adds to
+    the output logit of each tag's singular and plural a learned amount: size(tag's probability) x gate(decoder's
+    state, per form). Why: reading a tag through attention is a route the model must discover, and in the
+    Flickr8k + caption-text mix it never did (a confident "bear" tag moved log p(bear) by 0.01). The copy path
+    is found at once: its gradient reaches the size and the gate from the first step a tag word is the target.
+    Both start at zero effect (size's last layer is zero), so training starts where a tag-free model would.
+    """
+
+    def __init__(self, k: int, embed_dim: int, out_dim: int, hidden_dim: int):
         super().__init__()
         self.k, self.n = k, len(object_words().nouns)
-        # noun -> vocabulary id: set from the vocabulary when the model is made (set_tag_vocabulary); saved with it
+        # noun -> vocabulary ids: set from the vocabulary when the model is made (set_tag_vocabulary); saved with it
         self.register_buffer("noun_vocab", torch.full((self.n,), UNK, dtype=torch.long))
+        self.register_buffer("copy_vocab", torch.full((self.n, COPY_FORMS), UNK, dtype=torch.long))
         self.word = nn.Linear(embed_dim, out_dim)
         self.prob = nn.Linear(1, out_dim)
         self.rank = nn.Parameter(torch.zeros(k, out_dim))
         self.no_photo = nn.Parameter(torch.zeros(out_dim))
+        self.copy_size = nn.Sequential(nn.Linear(2, 16), nn.GELU(), nn.Linear(16, 1))  # (p, log p) -> logit units
+        nn.init.zeros_(self.copy_size[2].weight)
+        nn.init.zeros_(self.copy_size[2].bias)
+        self.copy_gate = nn.Linear(hidden_dim, COPY_FORMS)  # decoder state -> is this the place for the noun?
+
+    def copy_source(self, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tag row (B, C) -> the K likeliest nouns' probabilities (B, K) and word ids (B, K, F): what the copy path
+        reads at every step (computed once per photo, kept in the decoding state)."""
+        p, noun = row[:, : self.n].float().topk(self.k, dim=1)  # (B, K) each
+        return p, self.copy_vocab[noun]  # (B, K), (B, K, F)
+
+    def copy(self, logits: torch.Tensor, h: torch.Tensor, p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """logits (B, T, V) or (B, V), decoder states h (B, T, H) or (B, H) -> logits with each tag's singular and
+        plural raised by size(p) x gate(h). Computed in fp32 (also under bf16 autocast: logits stay fp32)."""
+        single = logits.dim() == 2
+        if single:
+            logits, h = logits.unsqueeze(1), h.unsqueeze(1)  # (B, 1, V), (B, 1, H)
+        B, T, _ = logits.shape
+        with torch.autocast(logits.device.type, enabled=False):
+            size = self.copy_size(torch.stack([p, p.clamp_min(1e-4).log()], -1).float()).squeeze(-1)  # (B, K)
+            gate = torch.sigmoid(self.copy_gate(h.float()))  # (B, T, F)
+            bias = size[:, None, :, None] * gate[:, :, None, :]  # (B, T, K, F)
+            bias = bias.masked_fill((ids == UNK)[:, None], 0.0).flatten(2)  # (B, T, K*F)
+            index = ids.flatten(1)[:, None].expand(B, T, -1)  # (B, T, K*F)
+            out = logits.float().scatter_add(-1, index, bias)  # (B, T, V)
+        return out[:, 0] if single else out
 
     def split(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """feats (B, P + 1, C) -> grid (B, P, C), tag row (B, C), photo (B,) bool."""
@@ -162,7 +213,7 @@ class AttentionDecoder(nn.Module):
         self.cell = nn.LSTMCell(cfg.embed_dim + feature_dim, H)
         self.drop = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(H, cfg.vocab_size)
-        self.tags = TagSlots(cfg.tag_slots, cfg.embed_dim, feature_dim) if cfg.tag_slots else None
+        self.tags = TagSlots(cfg.tag_slots, cfg.embed_dim, feature_dim, H) if cfg.tag_slots else None
 
     def init_state(self, feats):
         if self.tags is None:
@@ -173,8 +224,11 @@ class AttentionDecoder(nn.Module):
             cells = self.tags.cells(self.proj(grid), photo)  # (B, P, D)
             mean = cells.mean(1)  # (B, D)
             feats = torch.cat([cells, self.tags(row, self.embed)], 1)  # (B, P + K, D)
-        return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean)),  # (B, H)
-                "feats": feats, "feats_att": self.feat_att(feats)}  # (B, P, D), (B, P, A): computed once
+        state = {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean)),  # (B, H)
+                 "feats": feats, "feats_att": self.feat_att(feats)}  # (B, P, D), (B, P, A): computed once
+        if self.tags is not None:
+            state["tag_p"], state["tag_ids"] = self.tags.copy_source(row)  # (B, K), (B, K, F)
+        return state
 
     def _advance(self, word, state):
         """One LSTM step with attention: word (B, E) -> new state, alpha (B, P)."""
@@ -202,6 +256,7 @@ class AttentionDecoder(nn.Module):
             state = self.init_state(feats[order])
         else:
             state = {k: v[image_index[order]] for k, v in self.init_state(feats).items()}  # (B, ...) from (U, ...)
+        copy = (state["tag_p"], state["tag_ids"]) if self.tags is not None else None  # (B, K), (B, K, F), sorted
         words = self.drop(self.embed(captions[order, :-1]))  # (B, T, E)
         hs, alphas = [], []
         for t in range(T):
@@ -214,6 +269,8 @@ class AttentionDecoder(nn.Module):
             alphas.append(F.pad(alpha, (0, 0, 0, B - n)))  # (B, P)
         h = torch.stack(hs, 1)  # (B, T', H)
         logits = self.fc(self.drop(h))  # (B, T', V): one big output matmul, not one per word
+        if copy is not None:
+            logits = self.tags.copy(logits, h, *copy)  # (B, T', V)
         logits = F.pad(logits, (0, 0, 0, T - h.size(1)))  # (B, T, V)
         alphas = F.pad(torch.stack(alphas, 1), (0, 0, 0, T - h.size(1)))  # (B, T, P)
         restore = order.argsort()
@@ -228,8 +285,12 @@ class AttentionDecoder(nn.Module):
             # bf16 decoding (core.nn.captioner) keeps the output layer in fp32: bf16 logits (3 significant digits)
             # reorder close beams (46 of 480 Flickr8k dev captions changed; 8 with fp32 logits)
             with torch.autocast("cpu", enabled=False):
-                return self.fc(h.float()), state, alpha  # logits (B, V)
-        return self.fc(h), state, alpha  # logits (B, V)
+                logits = self.fc(h.float())  # (B, V)
+        else:
+            logits = self.fc(h)  # (B, V)
+        if self.tags is not None:
+            logits = self.tags.copy(logits, h, state["tag_p"], state["tag_ids"])  # (B, V)
+        return logits, state, alpha
 
 
 class _Attention(nn.Module):
@@ -320,7 +381,7 @@ class TransformerDecoder(nn.Module):
         self.ln_f = nn.LayerNorm(D)
         self.drop = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(D, cfg.vocab_size)
-        self.tags = TagSlots(cfg.tag_slots, D, D) if cfg.tag_slots else None
+        self.tags = TagSlots(cfg.tag_slots, D, D, D) if cfg.tag_slots else None
         for emb in (self.cell_pos, self.embed, self.word_pos):
             nn.init.normal_(emb.weight, std=0.02)
 
@@ -338,12 +399,15 @@ class TransformerDecoder(nn.Module):
         pos = torch.arange(start, start + tokens.size(1), device=tokens.device).clamp(max=self.word_pos.num_embeddings - 1)
         return self.drop(self.embed(tokens) + self.word_pos(pos))
 
-    def _logits(self, x):
+    def _logits(self, x, copy=None):
+        """x (B, D) -> logits (B, V); copy: the tags' (p (B, K), ids (B, K, F)) for the copy path."""
         x = self.ln_f(x)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):  # fp32 logits under bf16, as AttentionDecoder.step
-                return self.fc(x.float())
-        return self.fc(x)
+                logits = self.fc(x.float())
+        else:
+            logits = self.fc(x)
+        return logits if copy is None else self.tags.copy(logits, x, *copy)
 
     def forward(self, feats, captions, image_index=None):
         """feats (B, P, C), captions (B, L) -> logits (B, L-1, V), None (no per-word attention regulariser).
@@ -357,7 +421,14 @@ class TransformerDecoder(nn.Module):
             if image_index is not None:
                 k, v = k[image_index], v[image_index]  # (B, h, P, D/h)
             x, _, _ = blk(x, None, (k, v), causal=True)
-        return self.fc(self.ln_f(x)), None  # (B, L-1, V)
+        x = self.ln_f(x)
+        logits = self.fc(x)  # (B, L-1, V)
+        if self.tags is not None:
+            p, ids = self.tags.copy_source(feats[:, -1])  # (U or B, K), (U or B, K, F)
+            if image_index is not None:
+                p, ids = p[image_index], ids[image_index]  # (B, K), (B, K, F)
+            logits = self.tags.copy(logits, x, p, ids)
+        return logits, None
 
     def init_state(self, feats):
         mem = self._memory(feats)  # (B, P, D)
@@ -367,6 +438,8 @@ class TransformerDecoder(nn.Module):
         for i, blk in enumerate(self.blocks):
             state[f"mk{i}"], state[f"mv{i}"] = blk.cross_att.keys_values(mem)  # (B, h, P, D/h): computed once
             state[f"k{i}"], state[f"v{i}"] = empty, empty
+        if self.tags is not None:
+            state["tag_p"], state["tag_ids"] = self.tags.copy_source(feats[:, -1])  # (B, K), (B, K, F)
         return state
 
     def step(self, tokens, state):
@@ -380,7 +453,8 @@ class TransformerDecoder(nn.Module):
             new[f"k{i}"], new[f"v{i}"] = k, v  # (B, h, t + 1, D/h)
             if w is not None:
                 alpha = w[:, 0, : w.size(-1) - (self.tags.k if self.tags is not None else 0)]  # (B, P): the grid's
-        return self._logits(x[:, 0]), new, alpha  # logits (B, V)
+        copy = (state["tag_p"], state["tag_ids"]) if self.tags is not None else None
+        return self._logits(x[:, 0], copy), new, alpha  # logits (B, V)
 
 
 DECODER_CLASSES = {"attention": AttentionDecoder, "show_tell": ShowTellDecoder, "transformer": TransformerDecoder}
@@ -402,10 +476,12 @@ class CaptionModel(nn.Module):
 
     def set_tag_vocabulary(self, stoi: dict) -> None:
         """Point the tag slots of every decoder (ensemble members too) at this vocabulary's words."""
-        ids = torch.tensor(tag_vocabulary(stoi), dtype=torch.long)
+        ids = torch.tensor(tag_vocabulary(stoi), dtype=torch.long)  # (N,)
+        forms = torch.tensor(copy_vocabulary(stoi), dtype=torch.long)  # (N, F)
         for module in self.decoder.modules():
             if isinstance(module, TagSlots):
                 module.noun_vocab.copy_(ids)
+                module.copy_vocab.copy_(forms)
 
     @property
     def has_attention(self) -> bool:
