@@ -6,9 +6,7 @@ Encodes every image once, then prints:
 - the captions' scores without guidance and with it, for several tag-probability thresholds, with how many
   images were guided and the precision of the forced nouns (the share of guided images where at least one
   human reference uses one of the noun's words);
-- the confidence calibration (core.caption.confidence), fitted on one half of the images and checked on the other:
-  the mean CIDEr of flagged captions against the rest.
-`--write` stores the calibration fitted on all images in the bundle's metrics.json.
+(The confidence curve is fitted and checked by tools/fit_confidence.py, through the app's own captioner.)
 `--sweep` first prints BLEU-4 / CIDEr / distinct captions for a grid of beam widths and length penalties.
 """
 from __future__ import annotations
@@ -18,20 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.bundle.store import DEFAULT_MODEL, update_metrics  # noqa: E402
+from core.bundle.store import DEFAULT_MODEL  # noqa: E402
 from core.nn.weights import load_bundle
-from core.caption.confidence import fit_calibration, per_image_cider  # noqa: E402
 from core.nn.batches import iter_image_batches  # noqa: E402
 from core.data.datasets import load_split
 from core.nn.decode import beam_search  # noqa: E402
 from core.nn.precision import encoder_autocast  # noqa: E402
 from core.evaluate.metrics import score_captions  # noqa: E402
-from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags  # noqa: E402
+from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags, noun_probs  # noqa: E402
+from core.nn.model import with_tag_row  # noqa: E402
 from core.evaluate.metrics import tokenize  # noqa: E402
 
 
@@ -43,7 +40,6 @@ def main(argv=None) -> int:
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--thresholds", default=f"0.3,0.5,{GUIDE_MIN_PROB}")
-    p.add_argument("--write", action="store_true", help="store the calibration in the bundle's metrics.json")
     p.add_argument("--sweep", default=None, metavar="BEAMS/PENALTIES", help='e.g. "1,2,3,5/0.5,0.7,1.0"')
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -58,7 +54,10 @@ def main(argv=None) -> int:
         for idx, images, errors in iter_image_batches([it.path for it in items], spec.image_size, spec.mean, spec.std, 32):
             with encoder_autocast(torch.device("cpu")):
                 f = model.encode(images).float()  # (n, P, C)
-            for i, fi, ti in zip(idx, f, image_tags(model.encoder.classify(f))):
+            logits = model.encoder.classify(f)  # (n, 1000)
+            if model.cfg.tag_slots:
+                f = with_tag_row(f, noun_probs(logits))  # (n, P + 1, C): a tag-reading decoder's input
+            for i, fi, ti in zip(idx, f, image_tags(logits)):
                 feats[i], tags[i] = fi, ti
     keep = [i for i, f in enumerate(feats) if f is not None]
     print(f"encoded {len(keep)} images in {time.time() - t0:.0f} s")
@@ -91,7 +90,6 @@ def main(argv=None) -> int:
     base = score_captions(refs, plain_caps)
     print(f"plain beam {args.beam}: BLEU-4 {base['BLEU-4']:.2f} CIDEr {base['CIDEr']:.2f} "
           f"distinct {len(set(plain_caps.values()))}/{len(keep)} ({plain_s:.0f} s)")
-    app_caps, app_hyps = plain_caps, dict(plain)  # what the app shows: guided at GUIDE_MIN_PROB
     for th in [float(x) for x in args.thresholds.split(",")]:
         cons = {i: guide_words(tags[i], vocab.stoi, min_prob=th) for i in keep}
         guided_rows = [i for i in keep if cons[i]]
@@ -107,28 +105,6 @@ def main(argv=None) -> int:
         prec = hits / len(guided_rows) if guided_rows else float("nan")
         print(f"guided at p>={th:.2f}: BLEU-4 {m['BLEU-4']:.2f} CIDEr {m['CIDEr']:.2f} | guided {len(guided_rows)} images, "
               f"caption changed {changed}, noun precision {prec:.1%} ({time.time() - t0:.0f} s)", flush=True)
-        if th == GUIDE_MIN_PROB:
-            app_caps, app_hyps = caps, {**plain, **guided}
-    # confidence: fitted on even rows, checked on odd rows (and the other way round), then fitted on all
-    scores = np.array([app_hyps[i].score for i in keep])
-    cider = per_image_cider({i: refs[i] for i in keep}, {i: app_caps[i] for i in keep})
-    cider = np.array([cider[i] for i in keep])
-    ref_list = [refs[i] for i in keep]
-    for fit_rows, test_rows in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
-        fit_refs = dict(enumerate(ref_list[fit_rows]))
-        cal = fit_calibration(scores[fit_rows], cider[fit_rows], refs=fit_refs)
-        conf = np.array([cal.confidence(s) for s in scores[test_rows]])
-        flagged = conf < cal.flag_below
-        c = cider[test_rows]
-        print(f"confidence (fit {len(scores[fit_rows])}, test {len(c)}): flagged {flagged.sum()} "
-              f"mean CIDEr flagged {100 * c[flagged].mean():.1f} vs others {100 * c[~flagged].mean():.1f}; "
-              f"acceptable (CIDEr >= {cal.acceptable:.2f}) flagged {np.mean(c[flagged] >= cal.acceptable):.0%} "
-              f"vs others {np.mean(c[~flagged] >= cal.acceptable):.0%}")
-    if args.write:
-        cal = fit_calibration(scores, cider, refs=dict(enumerate(ref_list)))
-        print(f"calibration: {cal.to_dict()}")
-        update_metrics(Path(args.model), {"confidence": cal.to_dict()})
-        print(f"stored the calibration in {Path(args.model) / 'metrics.json'}")
     return 0
 
 

@@ -19,7 +19,7 @@ from core.bundle.store import DEFAULT_MODEL
 from core.caption.confidence import Calibration
 from core.caption.result import CaptionResult
 from core.caption.grammar import Grammar
-from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags, noun_probs, person_banned
+from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags, missed_tag, noun_probs, person_banned
 from core.data.vocabulary import END, PAD
 from core.nn import distributed as dist
 from core.nn.batches import iter_image_batches
@@ -142,7 +142,8 @@ class Captioner:
             if guide and guide[j]:
                 r.guided = next(n for n, _ in seen[j] if self.vocab.stoi.get(n) in guide[j][0])
             if self.calibration and not opt.top_p:  # the curve was fitted on beam-search scores
-                r.confidence = round(self.calibration.confidence(r.score), 3)
+                # the tags seen (threshold aside): a caption that leaves out a confident object scores lower
+                r.confidence = round(self.calibration.confidence(r.score, missed_tag(seen[j], r.words)), 3)
                 r.check = r.confidence < self.calibration.flag_below
         return results
 
