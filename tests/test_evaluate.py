@@ -1,5 +1,6 @@
 """`python -m core.evaluate`: a bundle captions a split, its scores land in the bundle."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -46,3 +47,31 @@ def test_caption_diagnostics_count_invented_clothes_repeats_and_words():
              "climbs", "jacket", "dog", "runs", "on", "grass", "and"}
     assert d["distinct_words"] == len(words)
     assert "| 2 | a dog runs on the grass and a dog runs |" in diagnostics_markdown(d)
+
+
+def test_a_caption_file_beside_a_few_of_its_photos_scores_those_with_wider_document_frequencies(tiny_bundle, tmp_path):
+    """The out-of-domain check's layout: COCO's caption file of many photos, with only a few photos beside it
+    (captions_val2017.json + images/). Only the photos present are captioned; CIDEr can take its document
+    frequencies from a larger set too (--cider-df)."""
+    import shutil
+
+    from conftest import make_coco
+    from core.evaluate.run import _data_split, evaluate_bundle
+
+    coco = make_coco(tmp_path / "coco")  # 4 photos in COCO's own layout
+    few = tmp_path / "few"
+    (few / "images").mkdir(parents=True)
+    captions = json.loads((coco / "annotations" / "captions_val2017.json").read_text())
+    for ann in captions["annotations"]:  # references the model's "a red square" only partly matches
+        ann["caption"] += " on a table" if ann["id"] % 2 else " in the sun"
+    (few / "captions_val2017.json").write_text(json.dumps(captions))
+    for name in ("000000000000.jpg", "000000000002.jpg"):  # 2 of the file's 4 photos are here
+        shutil.copy(coco / "images" / "val2017" / name, few / "images" / name)
+    flickr = make_flickr(tmp_path / "flickr")
+    m = evaluate_bundle(tiny_bundle, few, "val", write=False, df_from=(flickr, "val"))
+    assert m["images"] == 2 and m["photos_not_here"] == 2
+    wider = m["CIDEr (df flickr/val + these)"]
+    assert wider >= 0 and wider != m["CIDEr"]  # other document frequencies, another figure
+    assert _data_split("../data/flickr8k:train") == (Path("../data/flickr8k"), "train")
+    assert _data_split("../data/flickr8k") == (Path("../data/flickr8k"), "val")
+    assert _data_split("C:\\data\\flickr8k") == (Path("C:\\data\\flickr8k"), "val")

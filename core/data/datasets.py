@@ -70,9 +70,11 @@ def load_flickr(captions_file: Path, image_dir: Path, names: set[str] | None = N
 
 
 def _coco_files(root: Path, split: str) -> tuple[Path, Path] | None:
-    for ann in sorted((root / "annotations").glob(f"captions_{split}*.json")):
+    # annotations/captions_val2017.json (COCO's own layout), else captions_val2017.json beside the images
+    for ann in [*sorted((root / "annotations").glob(f"captions_{split}*.json")),
+                *sorted(root.glob(f"captions_{split}*.json"))]:
         tag = ann.stem[len("captions_"):]  # e.g. "train2017"
-        for image_dir in (root / "images" / tag, root / tag):
+        for image_dir in (root / "images" / tag, root / tag, root / "images"):
             if image_dir.is_dir():
                 return ann, image_dir
         return ann, root / "images" / tag

@@ -91,13 +91,19 @@ def diagnostics_markdown(d: dict) -> str:
 
 def evaluate_bundle(model_dir: Path, data: Path, split: str = "val", options: DecodeOptions = DecodeOptions(),
                     batch_size: int = 32, limit: int | None = None, device: str = "auto",
-                    write: bool = True, on_progress=None, captions_out: Path | None = None) -> dict:
-    """Caption every image of a split with a bundle, score against the references, store in metrics.json."""
+                    write: bool = True, on_progress=None, captions_out: Path | None = None,
+                    df_from: tuple[Path, str] | None = None) -> dict:
+    """Caption every image of a split with a bundle, score against the references, store in metrics.json.
+
+    Only the split's photos that are in the folder are captioned and scored (a caption file of 5,000 photos
+    beside 11 of them scores those 11; the figures say how many). `df_from` (data, split): CIDEr is also given
+    with its document frequencies from that split's references plus these, as "CIDEr (df ...)": on a few photos
+    the plain CIDEr is noisy, because its document frequencies come from those few photos' references alone."""
     from core.bundle.store import update_metrics
     from core.data.datasets import load_split
     from core.nn.captioner import Captioner
 
-    items, _ = load_split(data, split)
+    items, missing = load_split(data, split)  # the photos present, and how many listed are not
     items = items[:limit] if limit else items
     captioner = Captioner(model_dir, device=device)
     results = captioner.caption([(str(it.path), it.path) for it in items], options=options, batch_size=batch_size,
@@ -108,6 +114,15 @@ def evaluate_bundle(model_dir: Path, data: Path, split: str = "val", options: De
     metrics.update({"images": len(hyps), "distinct_captions": len(set(hyps.values())), "beam": options.beam,
                     "split": f"{Path(data).name}/{split}", "tokenizer": "PTB" if java_available() else "python",
                     "diagnostics": caption_diagnostics(hyps, refs)})
+    if missing:
+        metrics["photos_not_here"] = missing  # listed in the caption file, not in the folder
+    if df_from:
+        from core.evaluate.metrics import CorpusCider
+
+        wider = [it.captions for it in load_split(Path(df_from[0]), df_from[1])[0]]
+        cider = CorpusCider(wider + [refs[k] for k in hyps])
+        scores = cider(list(hyps.values()), [refs[k] for k in hyps])
+        metrics[f"CIDEr (df {Path(df_from[0]).name}/{df_from[1]} + these)"] = round(float(scores.mean()) * 100, 2)
     if captions_out:  # for tools/contact_sheet.py and for reading the captions themselves
         from core.base.files import atomic_write_json
 
@@ -116,6 +131,14 @@ def evaluate_bundle(model_dir: Path, data: Path, split: str = "val", options: De
     if write:
         update_metrics(model_dir, {f"{Path(data).name}/{split}": metrics})
     return metrics
+
+
+def _data_split(text: str) -> tuple[Path, str]:
+    """"../data/flickr8k:val" -> (Path, "val"); the split is "val" when not given (a Windows drive letter stays)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and tail and "/" not in tail and "\\" not in tail and len(head) > 1:
+        return Path(head), tail
+    return Path(text), "val"
 
 
 def main(argv=None) -> int:
@@ -130,6 +153,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-write", action="store_true", help="do not store the metrics in the bundle")
     p.add_argument("--captions-out", type=Path, default=None, help="also write every caption to this JSON file")
+    p.add_argument("--cider-df", default=None, metavar="DATA[:SPLIT]",
+                   help="also give CIDEr with document frequencies from this dataset split's references plus these "
+                        "(a few photos alone make CIDEr noisy), e.g. ../shared/data/flickr8k:val")
     args = p.parse_args(argv)
     try:  # the decoding flags as one DecodeOptions; the other options keep their defaults (object words on)
         options = DecodeOptions(beam=args.beam, max_len=args.max_len)
@@ -139,6 +165,7 @@ def main(argv=None) -> int:
 
     metrics = evaluate_bundle(Path(args.model or DEFAULT_MODEL), Path(args.data), args.split, options,
                               args.batch_size, args.limit, args.device, write=not args.no_write, captions_out=args.captions_out,
+                              df_from=_data_split(args.cider_df) if args.cider_df else None,
                               on_progress=lambda d, n: print(f"\rcaptioned {d}/{n}", end="", file=sys.stderr))
     print(file=sys.stderr)
     print(json.dumps(metrics, indent=2))
