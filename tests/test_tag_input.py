@@ -9,7 +9,7 @@ from core.base.config import ModelConfig
 from core.data.object_words import object_words
 from core.data.vocabulary import UNK, Vocabulary
 from core.nn.decode import beam_search
-from core.nn.model import NO_PHOTO, CaptionModel, tag_vocabulary, with_tag_row
+from core.nn.model import COPY_SCALE, NO_PHOTO, CaptionModel, tag_vocabulary, with_tag_row
 from core.nn.weights import load_bundle, save_bundle
 
 N = len(object_words().nouns)
@@ -127,7 +127,7 @@ def _copy_on(model: CaptionModel, size: float) -> None:
     """Give the copy path a fixed size (every tag raises its words by size x gate) and a gate of 1."""
     tags = model.decoder.tags
     with torch.no_grad():
-        tags.copy_size[2].bias.fill_(size)
+        tags.copy_size[2].bias.fill_(size / COPY_SCALE)
         tags.copy_gate.weight.zero_()
         tags.copy_gate.bias.fill_(30.0)  # sigmoid(30) = 1
 

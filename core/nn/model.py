@@ -77,6 +77,10 @@ def tag_vocabulary(stoi: dict) -> list[int]:
 
 
 COPY_FORMS = 2  # the words a tag can raise directly: its noun's singular and plural ("zebra", "zebras")
+# The copy size is this times a small network's output. Why: Adam moves a weight by about the learning rate per
+# step, so in a 1,580-step run at 5e-4 an unscaled size grew to 0.5 logit units at most (log p(bear | "a") moved by
+# 0.5 with a 0.95 bear tag, after 316 steps); a few logit units are needed to turn "a man" into "a bear".
+COPY_SCALE = 8.0
 
 
 def copy_vocabulary(stoi: dict) -> list[list[int]]:
@@ -133,7 +137,7 @@ class TagSlots(nn.Module):
             logits, h = logits.unsqueeze(1), h.unsqueeze(1)  # (B, 1, V), (B, 1, H)
         B, T, _ = logits.shape
         with torch.autocast(logits.device.type, enabled=False):
-            size = self.copy_size(torch.stack([p, p.clamp_min(1e-4).log()], -1).float()).squeeze(-1)  # (B, K)
+            size = COPY_SCALE * self.copy_size(torch.stack([p, p.clamp_min(1e-4).log()], -1).float()).squeeze(-1)  # (B, K)
             gate = torch.sigmoid(self.copy_gate(h.float()))  # (B, T, F)
             bias = size[:, None, :, None] * gate[:, :, None, :]  # (B, T, K, F)
             bias = bias.masked_fill((ids == UNK)[:, None], 0.0).flatten(2)  # (B, T, K*F)
