@@ -31,6 +31,8 @@ def test_a_sure_animal_or_object_without_a_person_cue_bans_the_person_words():
     assert person_banned(probs(cat=0.9, hat=0.03, sunglasses=0.03), STOI) == []  # the cues add up
     assert person_banned(probs(ski=0.97), STOI) == []  # the top noun itself comes with people
     assert person_banned(probs(baseball_player=0.99), STOI) == []
+    assert person_banned(probs(ball=0.97), STOI) == []  # a ball is mostly seen with people playing with it
+    assert person_banned(probs(swing=0.99), STOI) == []
     assert {"man", "woman", "people", "boy", "girl", "child", "person"} <= PERSON_WORDS
     assert PERSON_CUES <= set(NOUNS)  # every cue is a noun the classifier can give
 
@@ -73,3 +75,20 @@ def test_the_captioner_leaves_people_out_where_the_classifier_sees_only_a_cat(ti
     assert "red" in cap.caption([("a", tmp_path / "a.png")], DecodeOptions(object_words=False))[0].words  # off
     _sure_of(cap, monkeypatch, {281: 8.0, 610: 5.5})  # and a jersey (a T-shirt) at about 0.08: people may be there
     assert cap.caption([("a", tmp_path / "a.png")], DecodeOptions())[0].words == ["a", "red", "square"]
+
+
+def test_which_nouns_are_seen_without_people_is_measured_from_caption_text(tmp_path):
+    import sys
+
+    from conftest import ROOT
+    from core.caption.tags import people_free_nouns
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from measure_person_share import count
+
+    counted = count(["A man throws a ball .", "a ball on the grass", "a cat on a bed", "two cats and a woman",
+                     "a kitten sleeps"])
+    assert counted["ball"] == [2, 1] and counted["cat"] == [3, 1]  # "cats", "kitten": the noun's word forms
+    free = people_free_nouns()  # the committed table (Flickr8k train + COCO val2017 caption text)
+    assert {"zebra", "cat", "bear", "apple", "clock"} <= free
+    assert not {"ball", "swing", "bike", "horse", "cliff"} & free

@@ -7,6 +7,10 @@ the caption model knows becomes a constraint for beam search (core.nn.decode), s
 """
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+from pathlib import Path
+
 from core.base.config import DecodeOptions
 from core.data.object_words import object_words
 
@@ -65,19 +69,24 @@ def guide_words(tags: list[tuple[str, float]], stoi: dict, min_prob: float = GUI
 
 # ----------------------------------------------------------------------------- no person where the classifier sees none
 # A caption model trained on Flickr8k (people in 70% of its captions) puts a man into any photo it does not know
-# ("a man in a blue shirt is sitting on a cat"). Where the classifier is sure of one animal or object and sees
-# nothing that comes with people (clothes, gear one wears or rides, instruments one plays), the caption may not
-# name a person. The ban is a decode-time mask (core.nn.decode.beam_search's `banned`), so the caption is the
-# model's best sentence without those words, not a sentence with a word cut out.
+# ("a man in a blue shirt is sitting on a cat"). Where the classifier is sure of one animal or object that is
+# usually seen without people, and sees nothing that comes with people (clothes, gear one wears or rides,
+# instruments one plays), the caption may not name a person. "Usually seen without people" is measured from
+# caption text (tools/measure_person_share.py -> core/data/person_share.json): of the captions naming the noun,
+# few name a person too (zebra 8%, cat 10%; not ball 58% or swing 95%). The ban is a decode-time mask
+# (core.nn.decode.beam_search's `banned`), so the caption is the model's best sentence without those words.
 NO_PERSON_MIN_PROB = 0.90  # the classifier's top noun at least this sure
 PERSON_CUE_MIN_PROB = 0.05  # a person cue counts from this probability (all cue nouns summed)
+PEOPLE_SHARE_MAX = 0.35  # the rule holds for nouns whose captions name a person at most this often...
+PEOPLE_SHARE_MIN_CAPTIONS = 20  # ... measured on at least this many captions (else the rule stays out of it)
+PERSON_SHARE = Path(__file__).resolve().parent.parent / "data" / "person_share.json"
 PERSON_WORDS = frozenset("""
-    man men woman women person people persons boy boys girl girls child children kid kids baby babies toddler
-    toddlers lady ladies guy guys gentleman adult adults teenager teenagers teen teens someone somebody he she
-    player players skier skiers surfer surfers biker bikers cyclist cyclists rider riders snowboarder skateboarder
-    skateboarders climber climbers swimmer swimmers runner runners crowd couple family friends mother father mom
-    dad worker workers policeman officer officers soldier soldiers athlete athletes team audience spectators
-    """.split())
+    man men woman women person people persons boy boys girl girls child children kid kids toddler toddlers lady
+    ladies guy guys gentleman teenager teenagers teen teens someone somebody he she player players skier skiers
+    surfer surfers biker bikers cyclist cyclists rider riders snowboarder skateboarder skateboarders climber
+    climbers swimmer swimmers runner runners crowd couple family friends mother father mom dad worker workers
+    policeman officer officers soldier soldiers athlete athletes team audience spectators
+    """.split())  # not "baby" or "adult": "a baby zebra", "an adult elephant"
 PERSON_CUES = frozenset("""
     abaya apron bikini bra breastplate cardigan cloak coat cuirass diaper gasmask gown hoopskirt jacket jeans jersey
     kimono lipstick mask miniskirt mitten mortarboard necklace overskirt pajama pickelhaube poncho sarong sock
@@ -89,14 +98,22 @@ PERSON_CUES = frozenset("""
     """.split()) | {"baseball player", "swimming trunks"}
 
 
+@lru_cache(maxsize=1)
+def people_free_nouns(path: Path = PERSON_SHARE) -> frozenset[str]:
+    """The nouns whose captions seldom name a person (PEOPLE_SHARE_MAX, on PEOPLE_SHARE_MIN_CAPTIONS or more)."""
+    counts = json.loads(Path(path).read_text(encoding="utf-8"))["nouns"]
+    return frozenset(n for n, (named, with_person) in counts.items()
+                     if named >= PEOPLE_SHARE_MIN_CAPTIONS and with_person <= PEOPLE_SHARE_MAX * named)
+
+
 def person_banned(noun_probs_row, stoi: dict) -> list[int]:
     """One image's noun probabilities (N,) -> the caption vocabulary's person words, when the classifier's top
-    noun is an animal or object at NO_PERSON_MIN_PROB or more and no person cue reaches PERSON_CUE_MIN_PROB;
-    else []."""
+    noun is an animal or object seen mostly without people, at NO_PERSON_MIN_PROB or more, and no person cue
+    reaches PERSON_CUE_MIN_PROB; else []."""
     ow = object_words()
     probs = [float(p) for p in noun_probs_row]
     top = max(range(len(probs)), key=probs.__getitem__)
-    if probs[top] < NO_PERSON_MIN_PROB or ow.nouns[top] in PERSON_CUES:
+    if probs[top] < NO_PERSON_MIN_PROB or ow.nouns[top] in PERSON_CUES or ow.nouns[top] not in people_free_nouns():
         return []
     if sum(p for n, p in zip(ow.nouns, probs) if n in PERSON_CUES) >= PERSON_CUE_MIN_PROB:
         return []
