@@ -73,7 +73,7 @@ def guide_words(tags: list[tuple[str, float]], stoi: dict, min_prob: float = GUI
 # usually seen without people, and sees nothing that comes with people (clothes, gear one wears or rides,
 # instruments one plays), the caption may not name a person. "Usually seen without people" is measured from
 # caption text (tools/measure_person_share.py -> core/data/person_share.json): of the captions naming the noun,
-# few name a person too (zebra 8%, cat 10%; not ball 58% or swing 95%). The ban is a decode-time mask
+# few name a person too (zebra 7%, cat 10%; not ball 58% or swing 94%). The ban is a decode-time mask
 # (core.nn.decode.beam_search's `banned`), so the caption is the model's best sentence without those words.
 NO_PERSON_MIN_PROB = 0.90  # the classifier's top noun at least this sure
 PERSON_CUE_MIN_PROB = 0.05  # a person cue counts from this probability (all cue nouns summed)
@@ -85,8 +85,10 @@ PERSON_WORDS = frozenset("""
     ladies guy guys gentleman teenager teenagers teen teens someone somebody he she player players skier skiers
     surfer surfers biker bikers cyclist cyclists rider riders snowboarder skateboarder skateboarders climber
     climbers swimmer swimmers runner runners crowd couple family friends mother father mom dad worker workers
-    policeman officer officers soldier soldiers athlete athletes team audience spectators
-    """.split())  # not "baby" or "adult": "a baby zebra", "an adult elephant"
+    policeman officer officers soldier soldiers athlete athletes team audience spectators baby babies
+    """.split())  # not "adult": "an adult elephant" (a "baby zebra" is lost: "a baby in a green shirt" is worse)
+# the words that put a person in a caption without naming one: "a cat wearing a white shirt"
+WORN_WORDS = frozenset("shirt shirts jacket jackets wearing wears dress dresses uniform uniforms".split())
 PERSON_CUES = frozenset("""
     abaya apron bikini bra breastplate cardigan cloak coat cuirass diaper gasmask gown hoopskirt jacket jeans jersey
     kimono lipstick mask miniskirt mitten mortarboard necklace overskirt pajama pickelhaube poncho sarong sock
@@ -107,7 +109,8 @@ def people_free_nouns(path: Path = PERSON_SHARE) -> frozenset[str]:
 
 
 def person_banned(noun_probs_row, stoi: dict) -> list[int]:
-    """One image's noun probabilities (N,) -> the caption vocabulary's person words, when the classifier's top
+    """One image's noun probabilities (N,) -> the caption vocabulary's person and clothing words (PERSON_WORDS,
+    WORN_WORDS), when the classifier's top
     noun is an animal or object seen mostly without people, at NO_PERSON_MIN_PROB or more, and no person cue
     reaches PERSON_CUE_MIN_PROB; else []."""
     ow = object_words()
@@ -117,7 +120,7 @@ def person_banned(noun_probs_row, stoi: dict) -> list[int]:
         return []
     if sum(p for n, p in zip(ow.nouns, probs) if n in PERSON_CUES) >= PERSON_CUE_MIN_PROB:
         return []
-    return sorted(stoi[w] for w in PERSON_WORDS if w in stoi)
+    return sorted(stoi[w] for w in PERSON_WORDS | WORN_WORDS if w in stoi)
 
 
 MISSED_TAG_MIN_PROB = 0.5  # a tag confident enough that a caption which leaves it out may be wrong
