@@ -37,6 +37,8 @@ def test_no_article_before_a_plural(before, after):
     ("two men is walking", "two men are walking"),
     ("a dog are running", "a dog is running"),
     ("a man and a dog are running", "a man and a dog are running"),  # a plural subject of two nouns
+    ("a brown and white dog are playing", "a brown and white dog is playing"),  # "and" inside the noun's colours
+    ("a man and a white dog are running", "a man and a white dog are running"),
     ("some water is", "some water is"),  # a mass noun after "some" stays singular
 ])
 def test_numbers_and_verbs_agree(before, after):

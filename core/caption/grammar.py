@@ -89,16 +89,20 @@ class Grammar:
         return [t[i] for i in kept], kept
 
     def _verb_agreement(self, t: list[str]) -> list[str]:
-        """"two zebras is" -> "are"; "a zebra are" -> "is" (the noun right before the verb, its article before it)."""
+        """"two zebras is" -> "are"; "a zebra are" -> "is" (the noun right before the verb, its article before it
+        and its modifiers: "a brown and white bear are" -> "is")."""
         for i, w in enumerate(t):
             if i == 0 or w not in ("is", "are"):
                 continue
             noun = t[i - 1]
             if w == "is" and self.singular(noun) and "and" not in t[:i]:
                 t[i] = "are"
-            elif (w == "are" and i >= 2 and t[i - 2] in ("a", "an") and not self.singular(noun)
-                  and "and" not in t[:i] and noun not in NUMBERS):
-                t[i] = "is"
+            elif w == "are" and not self.singular(noun) and noun not in NUMBERS | MODIFIERS:
+                k = i - 2  # back over the noun's modifiers: "a brown and white bear are" -> "is"
+                while k >= 0 and (t[k] in MODIFIERS or t[k] == "and"):
+                    k -= 1
+                if k >= 0 and t[k] in ("a", "an") and "and" not in t[:k]:  # not "a man and a woman are"
+                    t[i] = "is"
         return t
 
     @staticmethod
