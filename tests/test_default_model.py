@@ -39,16 +39,21 @@ def test_shipped_model_describes_real_photos_sensibly():
     assert len({r.caption for r in results.values()}) == len(results)
 
 
-def test_the_sample_cat_is_called_a_cat_and_its_caption_is_flagged():
-    """Without object words the Flickr8k model calls the close-up cat "a man in a blue shirt ..."; the backbone's
-    own classifier sees a cat (0.96), constrained beam search names it, and the calibrated confidence says the
-    caption needs a look (the model knows too little about cats to write a good sentence about one)."""
+def test_the_sample_cat_is_the_subject_of_its_caption():
+    """The part-1 model wrote "a man in a blue shirt is sitting on a cat": Flickr8k shows 15 cats in 6,000 photos.
+    This one reads the classifier's tags (cat 0.96) and learned sentences about cats from caption text: the cat is
+    the caption's subject and no person is named. (Without object words it still writes "a man in a blue shirt is
+    riding a bike": the photo's grid outweighs the tag there, a weakness the card states.)"""
+    from core.caption.tags import PERSON_WORDS, WORN_WORDS
+
     cap = Captioner(DEFAULT_MODEL)
-    assert cap.can_tag and cap.calibration is not None
+    assert cap.can_tag and cap.reads_tags and cap.calibration is not None and cap.calibration.c < 0
     photo = [("cat", SAMPLES / "cat.jpg")]
     guided = cap.caption(photo)[0]
-    plain = cap.caption(photo, DecodeOptions(object_words=False))[0]
-    assert guided.tags[0][0] == "cat" and guided.tags[0][1] > 0.9 and guided.guided == "cat"
-    assert "cat" in guided.caption.split() and "cat" not in plain.caption.split()
-    assert plain.guided is None and plain.tags == guided.tags
-    assert guided.check and 0 <= guided.confidence < cap.calibration.flag_below
+    assert guided.tags[0][0] == "cat" and guided.tags[0][1] > 0.9
+    words = guided.caption.split()
+    subject = next(w for w in words if w not in ("a", "an", "the", "two", "small", "white", "black", "brown",
+                                                 "orange", "gray", "grey", "tabby", "and", "little", "large"))
+    assert subject in ("cat", "cats", "kitten"), guided.caption
+    assert not (set(guided.caption.split()) & (PERSON_WORDS | WORN_WORDS)), guided.caption
+    assert 0 <= guided.confidence <= 1 and guided.check == (guided.confidence < cap.calibration.flag_below)
