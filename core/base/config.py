@@ -216,7 +216,7 @@ class TrainConfig:
     # caption text without photos (a COCO caption JSON whose photos are absent, or one caption a line): sentences
     # and nouns the photos lack, learned as captions of "no photo" with tags made from their nouns (core.data.text_only)
     text_data: str = ""
-    text_share: float = 0.25  # with text_data: the share of each step's captions taken from it
+    text_share: float = 0.3  # with text_data: the share of each step's captions taken from it (the default model's)
     text_exclude: str = ""  # with text_data: a folder of photos, or file names (comma-separated), whose captions are left out
 
     def to_dict(self) -> dict:
@@ -329,8 +329,8 @@ ADVANCED_OPTIONS = (
     ("text_data", "Extra caption text, no photos needed", "a caption file whose photos you do not have (COCO's "
      "captions_train2017.json) or a text file with one caption a line: more sentences and more kinds of things "
      "to name; needs tags (above)", None),
-    ("text_share", "Share of each step from the extra text", "e.g. 0.25: a quarter of the captions of each step "
-     "come from the text, three quarters from the photos", (0.0, 0.9)),
+    ("text_share", "Share of each step from the extra text", "e.g. 0.3: 30% of the captions of each step "
+     "come from the text, 70% from the photos (the default model's share)", (0.0, 0.9)),
     ("text_exclude", "Leave out the captions of these photos", "a folder of photos (or file names, comma-separated) "
      "that you will check the model on: the text must not describe them to it", None),
 )
