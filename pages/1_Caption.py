@@ -18,8 +18,9 @@ from ui.review import (
 )
 from ui.tags import tag_threshold_ui
 
-SAMPLES_NOTE = ("The samples are photos far from what this model learned (it was trained on Flickr8k: people, dogs, "
-                "outdoor scenes), so expect odd captions: they show how the **check** flag and the object tags work.")
+SAMPLES_NOTE = ("The samples are photos far from what this model learned from photos (Flickr8k: people, dogs, "
+                "outdoor scenes), so expect some odd captions: they show what the object tags bring and how the "
+                "**check** flag works.")
 
 
 def options_ui():
