@@ -30,8 +30,12 @@ def noun_probs(logits):
 
 def image_tags(logits, top: int = 3, min_prob: float = TAG_MIN_PROB) -> list[list[tuple[str, float]]]:
     """ImageNet logits (B, 1000) -> per image, up to `top` (noun, probability) pairs, likeliest first."""
+    return top_tags(noun_probs(logits), top, min_prob)
+
+
+def top_tags(per_noun, top: int = 3, min_prob: float = TAG_MIN_PROB) -> list[list[tuple[str, float]]]:
+    """The nouns' probabilities (B, N) (noun_probs) -> per image, up to `top` (noun, probability) pairs."""
     ow = object_words()
-    per_noun = noun_probs(logits)  # (B, N)
     p, i = per_noun.topk(min(top, len(ow.nouns)), dim=1)  # (B, top)
     return [[(ow.nouns[n], round(float(q), 3)) for q, n in zip(ps, ns) if q >= min_prob]
             for ps, ns in zip(p.tolist(), i.tolist())]

@@ -19,7 +19,7 @@ from core.bundle.store import DEFAULT_MODEL
 from core.caption.confidence import Calibration
 from core.caption.result import CaptionResult
 from core.caption.grammar import Grammar
-from core.caption.tags import GUIDE_MIN_PROB, guide_words, image_tags, missed_tag, noun_probs, person_banned
+from core.caption.tags import GUIDE_MIN_PROB, guide_words, missed_tag, noun_probs, person_banned, top_tags
 from core.data.vocabulary import END, PAD
 from core.nn import distributed as dist
 from core.nn.batches import iter_image_batches
@@ -115,10 +115,10 @@ class Captioner:
         if feats is None:
             return results
         logits = self.model.encoder.classify(feats) if self.can_tag else None  # (B, 1000) ImageNet's classes
-        # guidance sees the confident tags whatever the threshold shown: a 0.9 threshold does not unguide a 0.8 cat
-        seen = (image_tags(logits, top=max(opt.max_tags, 3), min_prob=min(opt.tag_threshold, GUIDE_MIN_PROB))
-                if self.can_tag else [[] for _ in idx])
         nouns = noun_probs(logits) if self.can_tag else None  # (B, N)
+        # guidance sees the confident tags whatever the threshold shown: a 0.9 threshold does not unguide a 0.8 cat
+        seen = (top_tags(nouns, top=max(opt.max_tags, 3), min_prob=min(opt.tag_threshold, GUIDE_MIN_PROB))
+                if self.can_tag else [[] for _ in idx])
         if self.reads_tags:
             feats = with_tag_row(feats, nouns)  # (B, P + 1, C): the decoder reads the tags too
         # no person named where the classifier is sure of an animal or object and sees no sign of people

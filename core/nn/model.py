@@ -123,10 +123,14 @@ class TagSlots(nn.Module):
         nn.init.zeros_(self.copy_size[2].bias)
         self.copy_gate = nn.Linear(hidden_dim, COPY_FORMS)  # decoder state -> is this the place for the noun?
 
+    def top(self, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tag row (B, C) -> the K likeliest nouns' probabilities and indices, (B, K) each."""
+        return row[:, : self.n].float().topk(self.k, dim=1)
+
     def copy_source(self, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tag row (B, C) -> the K likeliest nouns' probabilities (B, K) and word ids (B, K, F): what the copy path
         reads at every step (computed once per photo, kept in the decoding state)."""
-        p, noun = row[:, : self.n].float().topk(self.k, dim=1)  # (B, K) each
+        p, noun = self.top(row)  # (B, K) each
         return p, self.copy_vocab[noun]  # (B, K), (B, K, F)
 
     def copy(self, logits: torch.Tensor, h: torch.Tensor, p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -151,7 +155,7 @@ class TagSlots(nn.Module):
 
     def forward(self, row: torch.Tensor, embed: nn.Embedding) -> torch.Tensor:
         """tag row (B, C) -> slots (B, K, out_dim)."""
-        p, noun = row[:, : self.n].float().topk(self.k, dim=1)  # (B, K) each
+        p, noun = self.top(row)  # (B, K) each
         words = self.word(embed(self.noun_vocab[noun]))  # (B, K, out_dim)
         return words + self.prob(p.unsqueeze(-1).to(words.dtype)) + self.rank  # (B, K, out_dim)
 
